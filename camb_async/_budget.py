@@ -1,0 +1,196 @@
+"""RateBudget: requests per second plus requests in flight, shared by all a client sends.
+
+Why a sliding-window log rather than a token bucket: the promise is "at most R requests start
+in any 1-second window", and a bucket of depth R lets 2R through across a window boundary.
+The log keeps the start times of the last ``R`` requests and lets a new one start only when
+the oldest is at least a window old, which is exact and costs O(1) per request.
+
+429 handling is AIMD, as in TCP: the whole budget pauses for the server's Retry-After and the
+rate is cut multiplicatively (at most once per window, so one burst of 429s from requests
+already in flight counts as one signal), then grows back linearly toward the configured rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Protocol, runtime_checkable
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["Budget", "RateBudget"]
+
+
+@runtime_checkable
+class Budget(Protocol):
+    """What the client needs of a budget; ``RateBudget`` and ``RedisRateBudget`` provide it.
+
+    ``acquire`` returns once one request may start (a concurrency slot is held and a unit of
+    rate was spent); every successful ``acquire`` is paired with exactly one ``release``.
+    ``penalize`` reports a 429 with its Retry-After in seconds (``None`` if absent).
+    """
+
+    async def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def penalize(self, retry_after: float | None) -> None: ...
+
+
+class RateBudget:
+    """At most ``rate`` request starts per ``window`` seconds and ``max_concurrency`` in flight.
+
+    ``rate=None`` means no rate limit (the concurrency limit still applies). ``margin``
+    widens the window slightly so that network jitter between client and server cannot make
+    the server count ``rate + 1`` starts in one of its windows.
+    """
+
+    __slots__ = (
+        "_max_rate",
+        "_rate",
+        "_rate_at_cut",
+        "_cut_at",
+        "_starts",
+        "_window",
+        "_sem",
+        "_paused_until",
+        "max_concurrency",
+        "min_rate",
+        "decrease",
+        "recovery",
+        "default_pause",
+        "max_pause",
+        "_clock",
+        "pauses",
+        "cuts",
+    )
+
+    def __init__(
+        self,
+        rate: float | None = 20.0,
+        max_concurrency: int = 16,
+        *,
+        window: float = 1.0,
+        margin: float = 0.01,
+        decrease: float = 0.5,
+        recovery: float | None = None,
+        min_rate: float = 1.0,
+        default_pause: float = 1.0,
+        max_pause: float = 60.0,
+    ) -> None:
+        if rate is not None:
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise TypeError("rate must be a number or None")
+            if not math.isfinite(rate) or rate <= 0:
+                raise ValueError(f"rate must be > 0 requests/s (or None for unlimited), got {rate}")
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise TypeError("max_concurrency must be an integer")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not 0 < decrease < 1:
+            raise ValueError("decrease must be between 0 and 1")
+        if window <= 0 or margin < 0:
+            raise ValueError("window must be > 0 and margin >= 0")
+        self._max_rate = None if rate is None else float(rate)
+        self._rate = self._max_rate
+        self._rate_at_cut = self._max_rate
+        self._cut_at = -math.inf
+        self._window = window * (1.0 + margin)
+        self._starts: deque[float] = deque()
+        self._sem = anyio.Semaphore(max_concurrency)
+        self._paused_until = -math.inf
+        self.max_concurrency = max_concurrency
+        self.min_rate = min(min_rate, self._max_rate or min_rate)
+        self.decrease = decrease
+        # Additive increase: by default back from a halving to the full rate in ~5 windows.
+        self.recovery = recovery if recovery is not None else (self._max_rate or 0.0) / 10.0
+        self.default_pause = default_pause
+        self.max_pause = max_pause
+        self._clock = anyio.current_time
+        self.pauses = 0
+        self.cuts = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"RateBudget(rate={self._max_rate}, max_concurrency={self.max_concurrency}, "
+            f"current_rate={self.current_rate()})"
+        )
+
+    @property
+    def rate(self) -> float | None:
+        """The configured rate (requests per window)."""
+        return self._max_rate
+
+    @property
+    def in_flight(self) -> int:
+        return self.max_concurrency - int(self._sem.value)
+
+    def current_rate(self, now: float | None = None) -> float | None:
+        """The rate in force now: the configured one, or less while recovering from a 429."""
+        if self._rate_at_cut is None or self._max_rate is None:
+            return None
+        if self._rate_at_cut >= self._max_rate:
+            return self._max_rate
+        if now is None:
+            try:
+                now = self._clock()
+            except Exception:  # outside an event loop: report the rate at the last cut
+                return self._rate_at_cut
+        rate = self._rate_at_cut + self.recovery * max(0.0, now - self._cut_at)
+        if rate >= self._max_rate:
+            self._rate_at_cut = self._max_rate
+            return self._max_rate
+        return rate
+
+    @property
+    def paused_until(self) -> float:
+        return self._paused_until
+
+    async def acquire(self) -> None:
+        await self._sem.acquire()
+        try:
+            await self._take_start()
+        except BaseException:
+            self._sem.release()
+            raise
+
+    def release(self) -> None:
+        self._sem.release()
+
+    def penalize(self, retry_after: float | None) -> None:
+        now = self._clock()
+        pause = self.default_pause if retry_after is None else retry_after
+        pause = min(max(pause, 0.0), self.max_pause)
+        if now + pause > self._paused_until:
+            self._paused_until = now + pause
+            self.pauses += 1
+        if self._max_rate is None:
+            return
+        # One cut per window: the 429s of requests already in flight are one signal, not many.
+        if now - self._cut_at >= self._window:
+            current = self.current_rate(now) or self._max_rate
+            self._rate_at_cut = max(self.min_rate, current * self.decrease)
+            self._cut_at = now + pause
+            self.cuts += 1
+
+    async def _take_start(self) -> None:
+        clock = self._clock
+        starts = self._starts
+        while True:
+            now = clock()
+            if now < self._paused_until:
+                await anyio.sleep(self._paused_until - now)
+                continue
+            rate = self.current_rate(now)
+            if rate is None:
+                return
+            limit = max(1, int(rate))
+            edge = now - self._window
+            while starts and starts[0] <= edge:
+                starts.popleft()
+            if len(starts) < limit:
+                starts.append(now)
+                return
+            # The (len - limit)-th oldest start must leave the window before we may start.
+            await anyio.sleep(starts[len(starts) - limit] - edge)

@@ -1,0 +1,449 @@
+"""AsyncCambClient and the one request path. The only module that touches httpx.
+
+Flow of every request: budget.acquire() -> httpx send -> on 408/429/5xx or a transport
+failure wait (Retry-After / retry-after-ms when given, else a jittered ``backoff`` wait
+generator) and retry up to ``max_retries`` -> non-2xx mapped to the error hierarchy -> JSON
+decoded and handed to a parser from ``_models``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import backoff
+import httpx
+
+from ._budget import Budget, RateBudget
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    ClientClosedError,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+    UnprocessableEntityError,
+    snippet,
+)
+from ._models import ModelError, StatusResult, TaskKind, parse_validation_details
+from ._resources import TaskResource
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._handle import TaskHandle
+    from ._polling import PollPolicy
+
+__all__ = ["AsyncCambClient", "DEFAULT_BASE_URL"]
+
+T = TypeVar("T")
+logger = logging.getLogger("camb_async")
+
+DEFAULT_BASE_URL = "https://client.camb.ai/apis"
+RETRY_STATUSES = frozenset({408, 429})
+#: Longest server-requested wait honoured; a hostile or buggy Retry-After cannot park us.
+MAX_RETRY_AFTER = 60.0
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, capped at ``MAX_RETRY_AFTER``; None if absent/bad.
+
+    Accepts ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as (fractional)
+    seconds or an HTTP date. Negative or unparseable values count as absent.
+    """
+    value: float | None = None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = None
+    if value is None:
+        raw = headers.get("retry-after")
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            try:
+                date = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+            if date is None:
+                return None
+            value = date.timestamp() - (time.time() if now is None else now)
+            value = max(value, 0.0)
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(value, MAX_RETRY_AFTER)
+
+
+class AsyncCambClient:
+    """Client for the CAMB.AI task API, for asyncio and trio.
+
+    One client = one pooled HTTP client + one rate budget shared by every request it makes
+    (status checks, handles, bulk polls, results). Use it as ``async with`` or call
+    ``aclose()``; the HTTP client is opened lazily on first use inside the event loop.
+    """
+
+    dub: TaskResource
+    tts: TaskResource
+    translation: TaskResource
+    transcription: TaskResource
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        rate_limit: float | None = 20.0,
+        max_concurrency: int = 16,
+        budget: Budget | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        allow_insecure: bool = False,
+        verify: bool = True,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
+        if key is None or not isinstance(key, str) or not key.strip():
+            raise ValueError(
+                "no API key: pass api_key=... or set the CAMB_API_KEY environment variable"
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise ValueError("the API key contains control characters")
+        base = base_url or os.environ.get("CAMB_BASE_URL") or DEFAULT_BASE_URL
+        parsed = httpx.URL(base)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"base_url must be an http(s) URL with a host, got {base!r}")
+        if parsed.scheme == "http" and not allow_insecure and not _is_loopback(parsed.host):
+            raise ValueError(
+                f"refusing to send the API key over plain http to {parsed.host!r}; "
+                "use https, a loopback host, or pass allow_insecure=True"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if http_client is not None and transport is not None:
+            raise ValueError("pass http_client or transport, not both")
+        if budget is None:
+            budget = RateBudget(rate_limit, max_concurrency)
+        elif not isinstance(budget, Budget):
+            raise TypeError("budget must provide acquire(), release() and penalize()")
+
+        self.__key = key
+        self.base_url = str(parsed).rstrip("/")
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.budget: Budget = budget
+        self._verify = verify
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = http_client
+        self._owns_http = http_client is None
+        self._closed = False
+        self._scopes: set[anyio.CancelScope] = set()
+        self._headers = {
+            "x-api-key": key,
+            "user-agent": f"camb-async/{__version__}",
+            "accept": "application/json",
+        }
+        # Per-request headers only when the caller's own client carries no defaults of ours.
+        self._request_headers: dict[str, str] | None = None if self._owns_http else self._headers
+
+        self.dub = TaskResource(self, TaskKind.DUB)
+        self.tts = TaskResource(self, TaskKind.TTS)
+        self.translation = TaskResource(self, TaskKind.TRANSLATION)
+        self.transcription = TaskResource(self, TaskKind.TRANSCRIPTION)
+        self._resources = {
+            TaskKind.DUB: self.dub,
+            TaskKind.TTS: self.tts,
+            TaskKind.TRANSLATION: self.translation,
+            TaskKind.TRANSCRIPTION: self.transcription,
+        }
+
+    # ------------------------------------------------------------------ public surface
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<AsyncCambClient base_url={self.base_url!r} budget={self.budget!r} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def resource(self, kind: TaskKind | str) -> TaskResource:
+        """The resource for ``kind`` (a ``TaskKind`` or its path word)."""
+        try:
+            return self._resources[TaskKind(kind)]
+        except ValueError:
+            raise ValueError(
+                f"unknown task kind {kind!r}; expected one of "
+                f"{', '.join(k.value for k in self._resources)}"
+            ) from None
+
+    def task(self, kind: TaskKind | str, task_id: str) -> TaskHandle:
+        """A handle on an existing task of any kind; makes no request."""
+        return self.resource(kind).task(task_id)
+
+    async def gather_statuses(
+        self,
+        tasks: Iterable[str | TaskHandle],
+        *,
+        kind: TaskKind | str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+        return_exceptions: bool = False,
+        on_update: Callable[[StatusResult], object] | None = None,
+    ) -> list[Any]:
+        """``gather_statuses(self, ...)``; see that function."""
+        from ._polling import gather_statuses
+
+        return await gather_statuses(
+            self,
+            tasks,
+            kind=kind,
+            wait=wait,
+            timeout=timeout,
+            policy=policy,
+            return_exceptions=return_exceptions,
+            on_update=on_update,
+        )
+
+    async def __aenter__(self) -> AsyncCambClient:
+        if self._closed:
+            raise ClientClosedError("this AsyncCambClient is closed; create a new one")
+        self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client. Requests still in flight end with ``ClientClosedError``.
+
+        Closing twice is fine. A caller's own ``http_client`` is left open.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for scope in list(self._scopes):
+            scope.cancel()
+        http, self._http = self._http, None
+        if http is not None and self._owns_http:
+            with anyio.CancelScope(shield=True):
+                await http.aclose()
+
+    # ------------------------------------------------------------------ the request path
+
+    def _open(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise ClientClosedError("this AsyncCambClient is closed; create a new one")
+        if self._http is None:
+            limits = httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=max(20, getattr(self.budget, "max_concurrency", 20)),
+            )
+            self._http = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=self.timeout,
+                transport=self._transport,
+                limits=limits,
+                verify=self._verify,
+                follow_redirects=False,  # the x-api-key header must not follow a redirect
+                trust_env=False,
+            )
+        return self._http
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[Any], T],
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str | int] | None = None,
+        data: Mapping[str, str] | None = None,
+        files: Any = None,
+        idempotent: bool = True,
+        preacquired: bool = False,
+        max_retries: int | None = None,
+        reopen_body: Callable[[], Awaitable[Any]] | None = None,
+    ) -> T:
+        """Send one logical request (with retries) and return ``parse(decoded JSON)``.
+
+        ``idempotent=False`` (task creation) retries only failures that prove the server never
+        saw the request (connection not established, 429); anything after the request may have
+        been received is raised, so a lost answer cannot create a second job.
+        ``preacquired=True`` means the caller already holds one budget acquisition for the
+        first attempt (the bulk poller acquires in due order, then hands the slot over).
+        """
+        http = self._http or self._open()
+        url = self.base_url + path
+        budget = self.budget
+        retries = self.max_retries if max_retries is None else max_retries
+        attempt = 0
+        waits: Any = None
+        headers = self._request_headers
+        while True:
+            if self._closed:
+                if preacquired:
+                    budget.release()
+                raise ClientClosedError("this AsyncCambClient is closed")
+            if preacquired:
+                preacquired = False
+            else:
+                await budget.acquire()
+            scope = anyio.CancelScope()
+            self._scopes.add(scope)
+            response: httpx.Response | None = None
+            failure: Exception | None = None
+            try:
+                with scope:
+                    response = await http.request(
+                        method,
+                        url,
+                        json=json_body,
+                        params=params,
+                        data=data,
+                        files=files,
+                        headers=headers,
+                    )
+            except httpx.TimeoutException as exc:
+                failure = exc
+            except httpx.TransportError as exc:
+                failure = exc
+            except RuntimeError:  # httpx: "Cannot send a request, as the client has been closed."
+                if not self._closed:
+                    raise
+            finally:
+                self._scopes.discard(scope)
+                budget.release()
+            if self._closed:
+                raise ClientClosedError("the AsyncCambClient was closed during the request")
+
+            retry_after: float | None = None
+            if failure is not None:
+                error: Exception = self._transport_error(failure, method, path)
+                # Safe to resend only if the request cannot have reached the server.
+                retryable = idempotent or isinstance(
+                    failure, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+                )
+            else:
+                assert response is not None
+                status = response.status_code
+                if status < 300:
+                    return self._decode(response, method, path, parse)
+                if status == 429:
+                    retry_after = parse_retry_after(response.headers)
+                    budget.penalize(retry_after)
+                    retryable = True
+                else:
+                    retryable = idempotent and (status in RETRY_STATUSES or status >= 500)
+                    if retryable:
+                        retry_after = parse_retry_after(response.headers)
+                error = self._status_error(response, method, path, retry_after)
+
+            if not retryable or attempt >= retries:
+                raise error
+            if retry_after is None:
+                if waits is None:
+                    waits = backoff.expo(base=2, factor=0.25, max_value=8.0)
+                    next(waits)  # prime: backoff's generators start with a bare yield
+                delay = backoff.full_jitter(next(waits))
+            else:
+                delay = retry_after
+            attempt += 1
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "retrying %s %s in %.2fs (attempt %d of %d): %s",
+                    method, path, delay, attempt, retries, error,
+                )
+            if reopen_body is not None:
+                files = await reopen_body()
+            await anyio.sleep(delay)
+
+    def _decode(
+        self,
+        response: httpx.Response,
+        method: str,
+        path: str,
+        parse: Callable[[Any], T],
+    ) -> T:
+        body = response.content
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            raise APIError(
+                f"{method} {path}: answer {response.status_code} is not JSON: {snippet(body)!r}",
+                status_code=response.status_code,
+                body=snippet(body),
+                method=method,
+                path=path,
+            ) from None
+        try:
+            return parse(data)
+        except ModelError as exc:
+            raise APIError(
+                f"{method} {path}: unexpected answer ({exc}): {snippet(body)!r}",
+                status_code=response.status_code,
+                body=snippet(body),
+                method=method,
+                path=path,
+            ) from None
+
+    @staticmethod
+    def _transport_error(exc: Exception, method: str, path: str) -> APIConnectionError:
+        kind = type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(f"{method} {path}: {kind} (request timed out)")
+        detail = snippet(str(exc), 120)
+        return APIConnectionError(f"{method} {path}: {kind}: {detail}")
+
+    @staticmethod
+    def _status_error(
+        response: httpx.Response, method: str, path: str, retry_after: float | None
+    ) -> APIError:
+        status = response.status_code
+        body = snippet(response.content)
+        common: dict[str, Any] = {"status_code": status, "body": body, "method": method,
+                                  "path": path}
+        message = f"{method} {path}: HTTP {status}: {body!r}"
+        if status in (401, 403):
+            return AuthenticationError(message, **common)
+        if status == 404:
+            return NotFoundError(message, **common)
+        if status == 422:
+            try:
+                decoded = json.loads(response.content)
+            except ValueError:
+                decoded = None
+            return UnprocessableEntityError(
+                message, detail=parse_validation_details(decoded), **common
+            )
+        if status == 429:
+            return RateLimitError(message, retry_after=retry_after, **common)
+        if status >= 500:
+            return InternalServerError(message, **common)
+        return APIError(message, **common)

@@ -1,0 +1,159 @@
+"""The exception hierarchy. Everything this package raises on purpose derives from CambError::
+
+    CambError
+    ├── APIError                    the server answered, and the answer is an error or unusable
+    │   ├── AuthenticationError       401 / 403: every other request would fail the same way
+    │   ├── NotFoundError             404: unknown task or run id
+    │   ├── UnprocessableEntityError  422: the request was invalid; ``detail`` holds the reasons
+    │   ├── RateLimitError            429 after the retries ran out
+    │   └── InternalServerError       5xx after the retries ran out
+    ├── APIConnectionError          no usable answer: connect/read/protocol failure
+    │   └── APITimeoutError           ... because a timeout expired
+    ├── TaskFailedError             the task ended ERROR / TIMEOUT / PAYMENT_REQUIRED
+    ├── WaitTimeoutError            ``handle.wait(timeout=...)`` expired (also a TimeoutError)
+    └── ClientClosedError           the client was closed (also a RuntimeError)
+
+Messages carry at most a short snippet of a response body and never the API key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._models import StatusResult, TaskKind, ValidationDetail
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "CambError",
+    "ClientClosedError",
+    "InternalServerError",
+    "NotFoundError",
+    "RateLimitError",
+    "TaskFailedError",
+    "UnprocessableEntityError",
+    "WaitTimeoutError",
+    "snippet",
+]
+
+SNIPPET_LIMIT = 200
+
+
+def snippet(body: bytes | str, limit: int = SNIPPET_LIMIT) -> str:
+    """A bounded, printable excerpt of a response body for error messages."""
+    if isinstance(body, bytes):
+        text = body[: limit * 4].decode("utf-8", "replace")
+    else:
+        text = body[: limit * 4]
+    text = text.replace("\r", " ").replace("\n", " ")
+    if len(text) > limit:
+        return text[:limit] + "…"
+    return text
+
+
+class CambError(Exception):
+    """Base class of every error camb-async raises on purpose.
+
+    Errors reported for one task of a bulk call carry that task's ``kind`` and ``task_id``.
+    """
+
+    kind: TaskKind | None = None
+    task_id: str | None = None
+
+
+class APIError(CambError):
+    """The API answered with an error status, or with a body this client cannot use."""
+
+    status_code: int
+    body: str
+    method: str
+    path: str
+
+    def __init__(self, message: str, *, status_code: int, body: str = "", method: str = "",
+                 path: str = "") -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body  # already a bounded snippet
+        self.method = method
+        self.path = path
+
+
+class AuthenticationError(APIError):
+    """401 or 403: the API key is missing, wrong or not allowed to do this."""
+
+
+class NotFoundError(APIError):
+    """404: no such task or run for this key."""
+
+
+class UnprocessableEntityError(APIError):
+    """422: the API rejected the request's parameters; ``detail`` lists why."""
+
+    detail: list[ValidationDetail]
+
+    def __init__(self, message: str, *, detail: list[ValidationDetail] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.detail = detail or []
+
+
+class RateLimitError(APIError):
+    """429 that persisted through every retry."""
+
+    retry_after: float | None
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class InternalServerError(APIError):
+    """5xx that persisted through every retry."""
+
+
+class APIConnectionError(CambError):
+    """The request got no usable answer (connection refused or reset, protocol error)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect, read, write or pool timeout expired."""
+
+
+class TaskFailedError(CambError):
+    """The task reached a terminal status other than SUCCESS; ``status`` is its final result."""
+
+    status: StatusResult
+
+    def __init__(self, status: StatusResult) -> None:
+        reason = f", reason={status.exception_reason}" if status.exception_reason else ""
+        message = f": {snippet(str(status.message))}" if status.message else ""
+        super().__init__(
+            f"{status.kind.value} task {status.task_id!r} ended "
+            f"{status.raw_status}{reason}{message}"
+        )
+        self.status = status
+
+    @property
+    def message(self) -> str | dict[str, Any] | None:
+        return self.status.message
+
+    @property
+    def exception_reason(self) -> str | None:
+        return self.status.exception_reason
+
+
+class WaitTimeoutError(CambError, TimeoutError):
+    """``TaskHandle.wait(timeout=...)`` expired; ``last`` is the last observed status, if any."""
+
+    last: StatusResult | None
+
+    def __init__(self, message: str, last: StatusResult | None) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+class ClientClosedError(CambError, RuntimeError):
+    """The client was closed (``aclose()`` or the end of its ``async with`` block)."""

@@ -1,0 +1,111 @@
+"""TaskHandle: an awaitable reference to one task. Creating one makes no request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._errors import CambError, ClientClosedError, WaitTimeoutError
+from ._models import StatusResult, TaskKind
+from ._polling import PollPolicy, is_transient
+
+if TYPE_CHECKING:
+    from ._client import AsyncCambClient
+
+__all__ = ["TaskHandle"]
+
+
+class TaskHandle:
+    """One task of one kind on one client.
+
+    ``await handle`` polls with the kind's default ``PollPolicy`` until the task is terminal
+    and returns its final ``StatusResult``. ``created_at`` (the event loop's clock) is set for
+    handles returned by ``create()``; it tells polling policies how old the task is.
+    """
+
+    __slots__ = ("_client", "kind", "task_id", "created_at")
+
+    def __init__(self, client: AsyncCambClient, kind: TaskKind, task_id: str,
+                 created_at: float | None = None) -> None:
+        self._client = client
+        self.kind = kind
+        self.task_id = task_id
+        self.created_at = created_at
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.kind.value} {self.task_id!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskHandle):
+            return NotImplemented
+        return (self._client is other._client and self.kind is other.kind
+                and self.task_id == other.task_id)
+
+    def __hash__(self) -> int:
+        return hash((id(self._client), self.kind, self.task_id))
+
+    @property
+    def client(self) -> AsyncCambClient:
+        return self._client
+
+    async def status(self) -> StatusResult:
+        """One status check, no waiting."""
+        return await self._client.resource(self.kind).status(self.task_id)
+
+    async def watch(
+        self, *, policy: PollPolicy | None = None
+    ) -> AsyncGenerator[StatusResult, None]:
+        """Yield every observed status until (and including) the terminal one.
+
+        Transient failures (429, 5xx, connection problems, garbled answers) that outlast the
+        client's own retries are retried at the policy's pace up to ``policy.max_errors``
+        times in a row before they are raised.
+        """
+        policy = policy or PollPolicy.for_kind(self.kind)
+        resource = self._client.resource(self.kind)
+        start = self.created_at if self.created_at is not None else anyio.current_time()
+        polls = errors = 0
+        while True:
+            try:
+                result = await resource.status(self.task_id)
+            except CambError as exc:
+                if (isinstance(exc, ClientClosedError) or not is_transient(exc)
+                        or errors >= policy.max_errors):
+                    raise
+                errors += 1
+                await anyio.sleep(policy.next_interval(polls + errors,
+                                                       anyio.current_time() - start))
+                continue
+            polls += 1
+            errors = 0
+            yield result
+            if result.is_terminal:
+                return
+            await anyio.sleep(policy.next_interval(polls, anyio.current_time() - start))
+
+    async def wait(self, timeout: float | None = None, *,
+                   policy: PollPolicy | None = None) -> StatusResult:
+        """Poll until terminal and return the final status.
+
+        Raises ``WaitTimeoutError`` (a ``TimeoutError``) carrying the last observed status if
+        ``timeout`` seconds pass first.
+        """
+        last: StatusResult | None = None
+        with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+            async with aclosing(self.watch(policy=policy)) as statuses:
+                async for last in statuses:  # noqa: B007
+                    pass
+        if scope.cancelled_caught or last is None or not last.is_terminal:
+            state = last.raw_status if last is not None else "not yet polled"
+            raise WaitTimeoutError(
+                f"{self.kind.value} task {self.task_id!r} not finished after {timeout}s "
+                f"(last status: {state})",
+                last,
+            )
+        return last
+
+    def __await__(self) -> Generator[Any, None, StatusResult]:
+        return self.wait().__await__()

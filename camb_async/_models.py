@@ -1,0 +1,223 @@
+"""Typed models and the one cattrs converter: the only place JSON meets types.
+
+The converter is strict about primitives (a number where a string belongs is an error, not
+``str(3)``) and ignores unknown keys, because the API adds fields over time and a client that
+breaks on a new field is worse than one that drops it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+
+__all__ = [
+    "ModelError",
+    "StatusResult",
+    "TaskKind",
+    "TaskStatus",
+    "ValidationDetail",
+    "converter",
+    "parse_status",
+    "structure",
+]
+
+T = TypeVar("T")
+
+
+class TaskKind(str, enum.Enum):
+    """The four polled task kinds; values are the API's path words."""
+
+    DUB = "dub"
+    TTS = "tts"
+    TRANSLATION = "translate"
+    TRANSCRIPTION = "transcribe"
+
+    # Aliases spelled like the path words.
+    TRANSLATE = "translate"
+    TRANSCRIBE = "transcribe"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TaskStatus(str, enum.Enum):
+    """A task's status. ``UNKNOWN`` stands for any value this version does not know."""
+
+    SUCCESS = "SUCCESS"
+    PENDING = "PENDING"
+    TIMEOUT = "TIMEOUT"
+    ERROR = "ERROR"
+    PAYMENT_REQUIRED = "PAYMENT_REQUIRED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = frozenset(
+    {TaskStatus.SUCCESS, TaskStatus.ERROR, TaskStatus.TIMEOUT, TaskStatus.PAYMENT_REQUIRED}
+)
+_STATUS_BY_TEXT: dict[str, TaskStatus] = {s.value: s for s in TaskStatus}
+
+
+@attrs.frozen(slots=True)
+class StatusResult:
+    """One observed status of one task.
+
+    ``raw_status`` is the text the API sent; it differs from ``status.value`` only when the
+    status is ``UNKNOWN`` (a value newer than this client), which is deliberately not terminal:
+    polling on is safer than declaring a job finished that may not be.
+    """
+
+    kind: TaskKind
+    task_id: str
+    status: TaskStatus
+    raw_status: str
+    run_id: int | None = None
+    message: str | dict[str, Any] | None = None
+    exception_reason: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in _TERMINAL
+
+    @property
+    def is_success(self) -> bool:
+        return self.status is TaskStatus.SUCCESS
+
+
+@attrs.frozen(slots=True)
+class ValidationDetail:
+    """One entry of a 422 answer's ``detail`` list."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ModelError(Exception):
+    """A JSON document did not match the model; turned into ``APIError`` by the client."""
+
+
+# --------------------------------------------------------------------------------- converter
+
+
+def _strict_str(value: Any, _: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"expected a boolean, got {type(value).__name__}")
+
+
+def _str_or_int(value: Any, _: Any) -> str | int:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"expected a string or integer, got {type(value).__name__}")
+
+
+def _optional_run_id(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit() and len(value) < 20:
+        return int(value)
+    raise TypeError(f"run_id: expected an integer, got {type(value).__name__}")
+
+
+def _optional_message(value: Any) -> str | dict[str, Any] | None:
+    if value is None or isinstance(value, (str, dict)):
+        return value
+    raise TypeError(f"message: expected a string or object, got {type(value).__name__}")
+
+
+def _optional_str(value: Any, field: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"{field}: expected a string, got {type(value).__name__}")
+
+
+converter = cattrs.Converter(forbid_extra_keys=False)
+converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(float, _strict_float)
+converter.register_structure_hook(bool, _strict_bool)
+converter.register_structure_hook(str | int, _str_or_int)
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Structure ``data`` into ``cls`` with the converter; any mismatch is a ``ModelError``."""
+    try:
+        return converter.structure(data, cls)
+    except Exception as exc:  # cattrs raises ClassValidationError / TypeError / KeyError ...
+        raise ModelError(_describe(exc)) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        parts = [_describe(e) for e in exc.exceptions[:3]]
+        return "; ".join(parts)
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def parse_status(kind: TaskKind, task_id: str, data: Any) -> StatusResult:
+    """Turn a status answer into a ``StatusResult``.
+
+    Hand-written rather than generated: this runs once per poll, so it is the hottest
+    structuring in the package, and it must also keep unknown status text verbatim.
+    """
+    if not isinstance(data, Mapping):
+        raise ModelError(f"expected a JSON object, got {type(data).__name__}")
+    raw = data.get("status")
+    if not isinstance(raw, str):
+        raise ModelError("status: missing or not a string")
+    try:
+        return StatusResult(
+            kind,
+            task_id,
+            _STATUS_BY_TEXT.get(raw, TaskStatus.UNKNOWN),
+            raw,
+            _optional_run_id(data.get("run_id")),
+            _optional_message(data.get("message")),
+            _optional_str(data.get("exception_reason"), "exception_reason"),
+        )
+    except TypeError as exc:
+        raise ModelError(str(exc)) from None
+
+
+def parse_validation_details(data: Any) -> list[ValidationDetail]:
+    """The ``detail`` list of a 422 answer; an unparseable one yields no entries."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("detail"), list):
+        return []
+    try:
+        return structure(data["detail"], list[ValidationDetail])
+    except ModelError:
+        return []
+
+
+Parser = Callable[[Any], T]
