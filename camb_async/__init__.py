@@ -21,6 +21,7 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._handle import TaskHandle
+from ._hooks import RequestHooks
 from ._models import StatusResult, TaskKind, TaskStatus, ValidationDetail
 from ._polling import PollPolicy, gather_statuses, iter_statuses
 from ._resources import TaskResource
@@ -40,6 +41,7 @@ __all__ = [
     "PollPolicy",
     "RateBudget",
     "RateLimitError",
+    "RequestHooks",
     "StatusResult",
     "TaskFailedError",
     "TaskHandle",

@@ -35,6 +35,7 @@ from ._errors import (
     UnprocessableEntityError,
     snippet,
 )
+from ._hooks import RequestHooks
 from ._models import ModelError, StatusResult, TaskKind, parse_validation_details
 from ._resources import TaskResource
 from ._version import __version__
@@ -124,6 +125,7 @@ class AsyncCambClient:
         transport: httpx.AsyncBaseTransport | None = None,
         allow_insecure: bool = False,
         verify: bool = True,
+        hooks: RequestHooks | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
         if key is None or not isinstance(key, str) or not key.strip():
@@ -158,6 +160,10 @@ class AsyncCambClient:
         self.max_retries = max_retries
         self.budget: Budget = budget
         self._verify = verify
+        if hooks is not None and not isinstance(hooks, RequestHooks):
+            raise TypeError("hooks must be a RequestHooks")
+        #: Request hooks for metrics/tracing; ``None`` costs one check per attempt.
+        self._hooks = hooks
         self._transport = transport
         self._http: httpx.AsyncClient | None = http_client
         self._owns_http = http_client is None
@@ -306,6 +312,7 @@ class AsyncCambClient:
         attempt = 0
         waits: Any = None
         headers = self._request_headers
+        hooks = self._hooks
         while True:
             if self._closed:
                 if preacquired:
@@ -319,6 +326,9 @@ class AsyncCambClient:
             self._scopes.add(scope)
             response: httpx.Response | None = None
             failure: Exception | None = None
+            if hooks is not None:
+                hooks._start(method, path)
+                started = anyio.current_time()
             try:
                 with scope:
                     response = await http.request(
@@ -340,6 +350,9 @@ class AsyncCambClient:
             finally:
                 self._scopes.discard(scope)
                 budget.release()
+                if hooks is not None:
+                    hooks._end(method, path, anyio.current_time() - started,
+                               None if response is None else response.status_code)
             if self._closed:
                 raise ClientClosedError("the AsyncCambClient was closed during the request")
 
@@ -358,6 +371,8 @@ class AsyncCambClient:
                 if status == 429:
                     retry_after = parse_retry_after(response.headers)
                     budget.penalize(retry_after)
+                    if hooks is not None or logger.isEnabledFor(logging.INFO):
+                        self._throttled(hooks, method, path, retry_after)
                     retryable = True
                 else:
                     retryable = idempotent and (status in RETRY_STATUSES or status >= 500)
@@ -380,9 +395,25 @@ class AsyncCambClient:
                     "retrying %s %s in %.2fs (attempt %d of %d): %s",
                     method, path, delay, attempt, retries, error,
                 )
+            if hooks is not None:
+                hooks._retry(method, path, attempt, delay, error)
             if reopen_body is not None:
                 files = await reopen_body()
             await anyio.sleep(delay)
+
+    def _throttled(self, hooks: RequestHooks | None, method: str, path: str,
+                   retry_after: float | None) -> None:
+        """A 429 paused the whole budget: tell the hooks and the log (never the key)."""
+        if hooks is not None:
+            hooks._throttle(method, path, retry_after)
+        if logger.isEnabledFor(logging.INFO):
+            current = getattr(self.budget, "current_rate", None)
+            rate = current() if callable(current) else None
+            logger.info(
+                "HTTP 429 on %s %s: budget paused for %s; rate now %s", method, path,
+                "the default pause" if retry_after is None else f"{retry_after:.2f}s",
+                "unlimited" if rate is None else f"{rate:.1f} requests/s",
+            )
 
     def _decode(
         self,
