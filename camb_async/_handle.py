@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import CambError, ClientClosedError, WaitTimeoutError
+from ._errors import (
+    APIError,
+    CambError,
+    ClientClosedError,
+    TaskFailedError,
+    WaitTimeoutError,
+)
 from ._models import StatusResult, TaskKind
 from ._polling import PollPolicy, is_transient
 
@@ -93,6 +99,10 @@ class TaskHandle:
         Raises ``WaitTimeoutError`` (a ``TimeoutError``) carrying the last observed status if
         ``timeout`` seconds pass first.
         """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         last: StatusResult | None = None
         with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
             async with aclosing(self.watch(policy=policy)) as statuses:
@@ -109,3 +119,28 @@ class TaskHandle:
 
     def __await__(self) -> Generator[Any, None, StatusResult]:
         return self.wait().__await__()
+
+    async def result(self, timeout: float | None = None, *,
+                     policy: PollPolicy | None = None) -> Any:
+        """Wait until the task is terminal, then fetch its result (one more request).
+
+        Returns the kind's result model: ``DubbingResult`` (or a per-language map of them),
+        ``TTSResult``, ``TranslationResult`` or ``TranscriptionResult``. ``timeout`` bounds
+        the wait (``WaitTimeoutError``); the fetch is one ordinary request. A task that ended
+        ERROR, TIMEOUT or PAYMENT_REQUIRED raises ``TaskFailedError`` carrying its final
+        status, so callers never mistake a failed job for a missing result.
+        """
+        final = await self.wait(timeout, policy=policy)
+        return await self._client.resource(self.kind)._result(run_id_of(final))
+
+
+def run_id_of(final: StatusResult) -> int:
+    """The run id of a terminal status, or the error that explains why there is none."""
+    if not final.is_success:
+        raise TaskFailedError(final)
+    if final.run_id is None:
+        raise APIError(
+            f"{final.kind.value} task {final.task_id!r} is SUCCESS but the API sent no run_id",
+            status_code=200, method="GET", path=f"/{final.kind.value}/{final.task_id}",
+        )
+    return final.run_id

@@ -244,8 +244,10 @@ class FakeCambAPI:
         status, payload = self._handle(method, path, headers, body, now)
         if fault is not None and fault.body is not None:
             payload = fault.body
-        self.log.append(LoggedRequest(now, method, path, status,
-                                      "reset" if fault is not None and fault.reset else None))
+        label: str | None = None  # how an answered-normally request was still faulty
+        if fault is not None:
+            label = "reset" if fault.reset else "slow" if fault.delay else "body"
+        self.log.append(LoggedRequest(now, method, path, status, label))
         await self._respond(send, status, payload, [],
                             reset=fault is not None and fault.reset)
 
