@@ -449,7 +449,14 @@ class AsyncCambClient:
         kind = type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(f"{method} {path}: {kind} (request timed out)")
-        detail = snippet(str(exc), 120)
+        # httpx/httpcore/trio wrap the real reason (e.g. a failed TLS verification) in
+        # exceptions with no text: report the first cause in the chain that has some.
+        cause: BaseException | None = exc
+        for _ in range(8):
+            if cause is None or str(cause):
+                break
+            cause = cause.__cause__ or cause.__context__
+        detail = snippet(str(cause or ""), 120)
         return APIConnectionError(f"{method} {path}: {kind}: {detail}")
 
     @staticmethod

@@ -1,0 +1,268 @@
+"""Secret hygiene: the API key never leaves through a repr, an error, a traceback or a log,
+is never sent in clear over the network to another machine, and TLS is verified by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from camb_async import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AsyncCambClient,
+    AuthenticationError,
+    CambError,
+    ClientClosedError,
+    InternalServerError,
+    NotFoundError,
+    PollPolicy,
+    RateLimitError,
+    TaskFailedError,
+    UnprocessableEntityError,
+    WaitTimeoutError,
+    gather_statuses,
+)
+from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
+
+pytestmark = pytest.mark.anyio
+
+#: Distinctive, so a leak of any large part of it is found too.
+SECRET = "sk-live-7Hq2ZpX9mK4vR8wN3bT6yC1dF5gJ0aLe"
+FRAGMENTS = [SECRET, SECRET[8:], SECRET[:20], SECRET[-16:]]
+FAST = PollPolicy(initial=1.0, factor=1.0, max_interval=1.0, jitter=0.0, max_errors=0)
+
+
+def assert_no_secret(*texts: object) -> None:
+    for text in texts:
+        rendered = text if isinstance(text, str) else repr(text)
+        for fragment in FRAGMENTS:
+            assert fragment not in rendered, f"API key leaked into: {rendered[:300]!r}"
+
+
+def error_texts(error: BaseException) -> list[str]:
+    """Everything a user, a log aggregator or an error tracker would render of an error."""
+    texts = [str(error), repr(error), "".join(traceback.format_exception(error))]
+    texts += [repr(value) for value in vars(error).values()]
+    for arg in error.args:
+        texts.append(repr(arg))
+    return texts
+
+
+async def collect_errors(api: FakeCambAPI, client: AsyncCambClient) -> list[BaseException]:
+    """One error of every class the client produces from answers and transport failures."""
+    errors: list[BaseException] = []
+
+    async def catch(coro: Any) -> None:
+        try:
+            await coro
+        except CambError as exc:
+            errors.append(exc)
+        else:
+            raise AssertionError("expected an error")
+
+    ok = api.add_task("dub", "ok", status="ERROR", message="failed", exception_reason="NONE")
+    api.add_task("tts", "slow", after=1e9)
+    api.inject(status=401, path="/dub/")
+    await catch(client.dub.status(ok))
+    api.inject(status=403, path="/dub/")
+    await catch(client.dub.status(ok))
+    await catch(client.dub.status("missing"))
+    api.inject(status=422, path="/dub/", body=b'{"detail":[{"loc":["path","task_id"],'
+                                            b'"msg":"bad","type":"value_error"}]}')
+    await catch(client.dub.status(ok))
+    api.inject(status=429, retry_after="1", count=2, path="/dub/")
+    await catch(client.dub.status(ok))
+    api.inject(status=503, count=2, path="/dub/")
+    await catch(client.dub.status(ok))
+    api.inject(status=None, body=b"<html>not json</html>", path="/dub/")
+    await catch(client.dub.status(ok))
+    api.inject(status=418, path="/dub/")
+    await catch(client.dub.status(ok))
+    failed = await client.dub.status(ok)
+    errors.append(TaskFailedError(failed))
+    await catch(client.tts.task("slow").wait(timeout=5, policy=FAST))
+    api.inject(status=404, path="/dub/")
+    out = await gather_statuses(client, [ok], kind="dub", return_exceptions=True)
+    errors.append(out[0])
+    return errors
+
+
+async def test_key_absent_from_every_error_repr_and_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
+    api = FakeCambAPI(api_key=SECRET)
+    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=1,
+                               rate_limit=5, transport=httpx.ASGITransport(app=api)) as client:
+        errors = await collect_errors(api, client)
+        handle = client.dub.task("ok")
+        result = await handle.status()
+        objects: list[object] = [client, client.dub, client.tts, client.translation,
+                                 client.transcription, handle, result, client.budget, FAST]
+        assert_no_secret(*objects, *(str(o) for o in objects))
+    classes = {type(e) for e in errors}
+    assert {AuthenticationError, NotFoundError, UnprocessableEntityError, RateLimitError,
+            InternalServerError, APIError, TaskFailedError, WaitTimeoutError} <= classes
+    for error in errors:
+        assert_no_secret(*error_texts(error))
+    assert "retrying" in caplog.text  # the DEBUG/INFO log did see the retries ...
+    assert_no_secret(caplog.text)  # ... and not the key
+    for record in caplog.records:
+        assert_no_secret(record.getMessage(), repr(record.args))
+
+
+async def test_key_absent_from_transport_errors_and_closed_client_errors(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        assert request.headers["x-api-key"] == SECRET  # it is sent, to the right place only
+        if request.url.path.endswith("/timeout"):
+            raise httpx.ReadTimeout("read timed out", request=request)
+        raise httpx.ConnectError(f"connection refused to {request.url}", request=request)
+
+    errors: list[BaseException] = []
+    client = AsyncCambClient(SECRET, base_url="http://127.0.0.1:9", max_retries=1,
+                             transport=httpx.MockTransport(fail))
+    for task_id in ("timeout", "refused"):
+        with pytest.raises(APIConnectionError) as info:
+            await client.dub.status(task_id)
+        errors.append(info.value)
+    assert isinstance(errors[0], APITimeoutError)
+    await client.aclose()
+    with pytest.raises(ClientClosedError) as closed:
+        await client.dub.status("x")
+    errors.append(closed.value)
+    for error in errors:
+        assert_no_secret(*error_texts(error))
+    assert_no_secret(caplog.text, client)
+
+
+def test_key_absent_from_errors_and_logs_over_real_sockets(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Resets, read timeouts and error answers through uvicorn; DEBUG logs of every library."""
+    caplog.set_level(logging.DEBUG)
+    api = FakeCambAPI(api_key=SECRET, clock=time.monotonic)
+    api.add_task("dub", "t1", status="SUCCESS")
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        async with AsyncCambClient(SECRET, base_url=url, timeout=0.3, max_retries=1,
+                                   rate_limit=None) as client:
+            for fault in (Fault(status=None, reset=True), Fault(status=None, delay=0.6),
+                          Fault(status=502), Fault(status=429, retry_after="0")):
+                api.inject(fault, count=2)
+                try:
+                    await client.dub.status("t1")
+                except CambError as exc:
+                    errors.append(exc)
+            assert (await client.dub.status("t1")).is_success
+
+    with serve_in_thread(api, log_level="critical") as url:
+        for backend in ("asyncio", "trio"):
+            anyio.run(main, backend=backend)
+    assert [type(e) for e in errors] == [APIConnectionError, APITimeoutError,
+                                         InternalServerError, RateLimitError] * 2
+    for error in errors:
+        assert_no_secret(*error_texts(error))
+    assert "HTTP Request" in caplog.text  # httpx's own DEBUG/INFO lines were captured
+    assert_no_secret(caplog.text)
+
+
+async def test_key_from_environment_is_not_echoed_in_errors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMB_API_KEY", SECRET)
+    monkeypatch.setenv("CAMB_BASE_URL", "http://api.example.com")
+    with pytest.raises(ValueError) as info:
+        AsyncCambClient()
+    assert_no_secret(*error_texts(info.value))
+
+
+@pytest.mark.parametrize("base_url", [
+    "http://client.camb.ai/apis", "http://example.com", "HTTP://EXAMPLE.COM", "http://10.0.0.1",
+    "http://192.168.1.10:8080", "http://127.0.0.1.nip.io", "http://localhost.evil.com",
+    "http://[::ffff:8.8.8.8]", "http://0.0.0.0", "http://evil.com#@localhost",
+])
+async def test_plain_http_to_a_remote_host_is_refused(base_url: str) -> None:
+    with pytest.raises(ValueError, match="plain http") as info:
+        AsyncCambClient(SECRET, base_url=base_url)
+    assert_no_secret(*error_texts(info.value))
+    # An explicit opt-in is honoured (e.g. a TLS-terminating sidecar on a private network).
+    client = AsyncCambClient(SECRET, base_url=base_url, allow_insecure=True)
+    await client.aclose()
+
+
+@pytest.mark.parametrize("base_url", ["http://localhost:8000", "http://127.0.0.1",
+                                      "http://127.3.2.1:1", "http://[::1]:8080",
+                                      "http://api.localhost", "https://example.com"])
+async def test_loopback_http_and_https_are_allowed(base_url: str) -> None:
+    client = AsyncCambClient(SECRET, base_url=base_url)
+    await client.aclose()
+
+
+async def test_key_is_not_sent_to_a_redirect_target() -> None:
+    seen: list[httpx.URL] = []
+
+    def redirect(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(302, headers={"location": "https://attacker.example/steal"})
+
+    async with AsyncCambClient(SECRET, base_url="https://client.camb.ai/apis",
+                               transport=httpx.MockTransport(redirect)) as client:
+        with pytest.raises(APIError) as info:
+            await client.dub.status("t1")
+    assert info.value.status_code == 302
+    assert [u.host for u in seen] == ["client.camb.ai"]  # never followed
+    assert_no_secret(*error_texts(info.value))
+
+
+# ------------------------------------------------------------------- TLS verification
+
+
+@pytest.fixture(scope="module")
+def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    openssl = shutil.which("openssl")
+    assert openssl, "the TLS test needs the openssl command to make a self-signed certificate"
+    folder: Path = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, env={**os.environ, "RANDFILE": str(folder / "rnd")},
+    )
+    yield str(cert), str(key)
+
+
+def test_tls_is_verified_by_default(self_signed_cert: tuple[str, str]) -> None:
+    """An untrusted certificate is refused unless the caller opts out with verify=False."""
+    cert, key = self_signed_cert
+    api = FakeCambAPI(api_key=SECRET, clock=time.monotonic)
+    api.add_task("dub", "t1")
+
+    async def status(url: str, **kwargs: Any) -> Any:
+        async with AsyncCambClient(SECRET, base_url=url, max_retries=0, **kwargs) as client:
+            return await client.dub.status("t1")
+
+    with serve_in_thread(api, log_level="critical", ssl_certfile=cert, ssl_keyfile=key) as url:
+        url = url.replace("http://", "https://")
+        for backend in ("asyncio", "trio"):
+            with pytest.raises(APIConnectionError, match="CERTIFICATE_VERIFY_FAILED") as info:
+                anyio.run(status, url, backend=backend)
+            assert_no_secret(*error_texts(info.value))
+            assert api.log == []  # the key never reached the untrusted server
+            # The same server with verification turned off: so the refusal above was TLS's.
+            assert anyio.run(lambda: status(url, verify=False), backend=backend).is_success
+            api.log.clear()
