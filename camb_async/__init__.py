@@ -22,9 +22,27 @@ from ._errors import (
 )
 from ._handle import TaskHandle
 from ._hooks import RequestHooks
-from ._models import StatusResult, TaskKind, TaskStatus, ValidationDetail
+from ._models import (
+    DubbingResult,
+    Language,
+    StatusResult,
+    TaskKind,
+    TaskStatus,
+    TranscriptionResult,
+    TranscriptSegment,
+    TranslationResult,
+    TTSResult,
+    ValidationDetail,
+)
 from ._polling import PollPolicy, gather_statuses, iter_statuses
-from ._resources import TaskResource
+from ._resources import (
+    DubResource,
+    TaskResource,
+    TranscriptionResource,
+    TranslationResource,
+    TTSResource,
+)
+from ._results import gather_results
 from ._version import __version__
 
 __all__ = [
@@ -35,23 +53,34 @@ __all__ = [
     "AuthenticationError",
     "Budget",
     "CambError",
+    "DubResource",
+    "DubbingResult",
     "ClientClosedError",
     "InternalServerError",
+    "Language",
     "NotFoundError",
     "PollPolicy",
     "RateBudget",
     "RateLimitError",
     "RequestHooks",
     "StatusResult",
+    "TTSResource",
+    "TTSResult",
     "TaskFailedError",
     "TaskHandle",
     "TaskKind",
     "TaskResource",
     "TaskStatus",
+    "TranscriptSegment",
+    "TranscriptionResource",
+    "TranscriptionResult",
+    "TranslationResource",
+    "TranslationResult",
     "UnprocessableEntityError",
     "ValidationDetail",
     "WaitTimeoutError",
     "__version__",
+    "gather_results",
     "gather_statuses",
     "iter_statuses",
 ]

@@ -37,7 +37,13 @@ from ._errors import (
 )
 from ._hooks import RequestHooks
 from ._models import ModelError, StatusResult, TaskKind, parse_validation_details
-from ._resources import TaskResource
+from ._resources import (
+    DubResource,
+    TaskResource,
+    TranscriptionResource,
+    TranslationResource,
+    TTSResource,
+)
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -106,10 +112,10 @@ class AsyncCambClient:
     ``aclose()``; the HTTP client is opened lazily on first use inside the event loop.
     """
 
-    dub: TaskResource
-    tts: TaskResource
-    translation: TaskResource
-    transcription: TaskResource
+    dub: DubResource
+    tts: TTSResource
+    translation: TranslationResource
+    transcription: TranscriptionResource
 
     def __init__(
         self,
@@ -177,10 +183,10 @@ class AsyncCambClient:
         # Per-request headers only when the caller's own client carries no defaults of ours.
         self._request_headers: dict[str, str] | None = None if self._owns_http else self._headers
 
-        self.dub = TaskResource(self, TaskKind.DUB)
-        self.tts = TaskResource(self, TaskKind.TTS)
-        self.translation = TaskResource(self, TaskKind.TRANSLATION)
-        self.transcription = TaskResource(self, TaskKind.TRANSCRIPTION)
+        self.dub = DubResource(self, TaskKind.DUB)
+        self.tts = TTSResource(self, TaskKind.TTS)
+        self.translation = TranslationResource(self, TaskKind.TRANSLATION)
+        self.transcription = TranscriptionResource(self, TaskKind.TRANSCRIPTION)
         self._resources = {
             TaskKind.DUB: self.dub,
             TaskKind.TTS: self.tts,

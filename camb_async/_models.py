@@ -8,17 +8,26 @@ breaks on a new field is worse than one that drops it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 import attrs
 import cattrs
 
 __all__ = [
+    "CreatedTask",
+    "DubbingOutcome",
+    "DubbingResult",
+    "Language",
     "ModelError",
     "StatusResult",
+    "TTSResult",
     "TaskKind",
+    "TaskResult",
     "TaskStatus",
+    "TranscriptSegment",
+    "TranscriptionResult",
+    "TranslationResult",
     "ValidationDetail",
     "converter",
     "parse_status",
@@ -221,3 +230,168 @@ def parse_validation_details(data: Any) -> list[ValidationDetail]:
 
 
 Parser = Callable[[Any], T]
+
+
+# ------------------------------------------------------------------------ results (issue 4)
+#
+# Result models of the four task kinds and the ``Language`` ids. Results are rare next to
+# status checks (one per finished task), so they go through the generated cattrs structuring
+# rather than hand-written parsers. Sequences are tuples so the frozen models really are
+# immutable; unknown keys are ignored like everywhere else.
+
+
+class Language(enum.IntEnum):
+    """Common language ids of the CAMB.AI API (on the wire a language is an integer id).
+
+    Not exhaustive: the API knows about 150 (``GET /source-languages`` and
+    ``GET /target-languages`` list them); every language argument also takes a plain ``int``.
+    Member names are the locale in upper case with ``_``.
+    """
+
+    EN_US = 1
+    AF_ZA = 2
+    AM_ET = 3
+    AR_AE = 4
+    AR_BH = 5
+    AR_DZ = 6
+    AR_EG = 7
+    AR_IQ = 8
+    AR_JO = 9
+    AR_KW = 10
+    AR_LB = 11
+    AR_LY = 12
+    AR_MA = 13
+    AR_OM = 14
+    AR_QA = 15
+    DE_DE = 31
+    EN_GB = 35
+    ES_ES = 54
+    ES_MX = 58
+    FR_FR = 76
+    HI_IN = 81
+    IT_IT = 87
+    JA_JP = 88
+    KO_KR = 94
+    PT_BR = 111
+    RU_RU = 114
+    TR_TR = 131
+    ZH_CN = 139
+    ZH_HK = 145
+    ZH_TW = 146
+    PA_IN = 148
+    SA_IN = 149
+    AR_XA = 150
+    TL_PH = 151
+
+
+@attrs.frozen(slots=True)
+class TranscriptSegment:
+    """One timed line of a transcript (dubbing and transcription results); times in seconds."""
+
+    start: float
+    end: float
+    text: str
+    speaker: str
+
+
+@attrs.frozen(slots=True)
+class DubbingResult:
+    """A finished dub: the dubbed audio, the dubbed video if one was made, the transcript."""
+
+    audio_url: str
+    transcript: tuple[TranscriptSegment, ...]
+    video_url: str | None = None
+
+
+@attrs.frozen(slots=True)
+class TTSResult:
+    """A finished text-to-speech run: a pre-signed URL of the audio (FILE_URL mode)."""
+
+    output_url: str
+
+
+@attrs.frozen(slots=True)
+class TranslationResult:
+    """A finished translation: one translated text per input text, in input order."""
+
+    texts: tuple[str, ...]
+
+
+@attrs.frozen(slots=True)
+class TranscriptionResult:
+    """A finished transcription: its timed transcript segments."""
+
+    transcript: tuple[TranscriptSegment, ...]
+
+
+DubbingOutcome = DubbingResult | dict[str, DubbingResult]
+"""What a dubbing run yields: one ``DubbingResult``, or (for a run with several target
+languages) a mapping from the API's per-language key to each language's ``DubbingResult``."""
+
+TaskResult = DubbingOutcome | TTSResult | TranslationResult | TranscriptionResult
+
+
+@attrs.frozen(slots=True)
+class CreatedTask:
+    """The answer of a create call (``POST /dub``, ``/tts``, ``/translate``, ``/transcribe``)."""
+
+    task_id: str
+
+
+def parse_dubbing_result(data: Any) -> DubbingOutcome:
+    """A ``DubbingResult`` or, when the answer is keyed per target language, a map of them.
+
+    The two shapes are told apart by ``audio_url``: a single result must carry it, and a
+    language key is never spelled like a result field.
+    """
+    if isinstance(data, Mapping) and "audio_url" not in data:
+        if not data:
+            raise ModelError("dubbing result: empty object")
+        return {str(k): structure(v, DubbingResult) for k, v in data.items()}
+    return structure(data, DubbingResult)
+
+
+def parse_tts_result(data: Any) -> TTSResult:
+    """``{"output_url": ...}``; a bare URL string (the other shape the API's schema allows)
+    is accepted as the output URL, any other string is refused rather than guessed at."""
+    if isinstance(data, str):
+        if data.startswith(("https://", "http://")):
+            return TTSResult(data)
+        raise ModelError(f"tts result: expected an object or a URL, got {data[:60]!r}")
+    return structure(data, TTSResult)
+
+
+def parse_translation_result(data: Any) -> TranslationResult:
+    return structure(data, TranslationResult)
+
+
+def parse_transcription_result(data: Any) -> TranscriptionResult:
+    return structure(data, TranscriptionResult)
+
+
+def parse_created(data: Any) -> CreatedTask:
+    return structure(data, CreatedTask)
+
+
+def parse_batch(data: Any, requested: Collection[int], parse_one: Callable[[Any], T]
+                ) -> dict[int, T]:
+    """A batch answer ``{"<run_id>": result}`` -> ``{run_id: parsed}``.
+
+    Keys are run ids as strings. Keys that were not asked for are dropped (a server cannot
+    slip in results for runs the caller did not name); runs the answer leaves out are simply
+    absent, and the caller decides what that means.
+    """
+    if not isinstance(data, Mapping):
+        raise ModelError(f"batch results: expected a JSON object, got {type(data).__name__}")
+    out: dict[int, T] = {}
+    for key, value in data.items():
+        try:
+            run_id = int(key)
+        except (TypeError, ValueError):
+            raise ModelError(f"batch results: key {str(key)[:40]!r} is not a run id") from None
+        if run_id in requested:
+            try:
+                out[run_id] = parse_one(value)
+            except ModelError as exc:
+                raise ModelError(f"run {run_id}: {exc}") from None
+    return out
