@@ -1,0 +1,242 @@
+"""A throwaway redis-server, and a fleet of worker processes sharing one RedisRateBudget.
+
+Used by tests/test_redis.py and benchmarks/bench_fleet.py. ``RedisServer`` runs the Debian
+``redis-server`` binary on a free loopback port with a temporary directory and no persistence
+(so a restart loses every key, the worst case for the budget). ``run_fleet`` serves a
+FakeCambAPI over loopback TCP from this process (uvicorn in a thread, ``clock=time.monotonic``
+so its log is on the same clock as the workers'), starts N worker processes
+(``python -m tests.redis_server worker CONFIG``) that each poll their own tasks through one
+AsyncCambClient with a RedisRateBudget, and returns the server's log and each worker's report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from camb_async import TaskKind
+from camb_async.testing import FakeCambAPI, LoggedRequest, serve_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "sk-fleet-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1:<free port>, data in a temp dir, nothing persisted."""
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: apt-get install redis-server")
+        self.binary = binary
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="camb-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--save", "", "--appendonly", "no", "--daemonize", "no",
+             "--protected-mode", "yes", "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@attrs.frozen
+class FleetRun:
+    log: list[LoggedRequest]
+    workers: list[dict[str, Any]]
+    start: float  # time.monotonic() at which the workers began
+    events: dict[str, float]  # what the harness did mid-run, and when (time.monotonic)
+    api: FakeCambAPI
+
+    @property
+    def began(self) -> float:
+        """When the last worker was ready (their imports may outlast the planned start)."""
+        return max(self.start, *(w["began"] for w in self.workers))
+
+    @property
+    def wall(self) -> float:
+        return max(w["finished"] for w in self.workers) - self.began
+
+    def peak(self, window: float = 1.0, since: float = -1e18) -> int:
+        times = sorted(r.time for r in self.log if r.time >= since)
+        best = lo = 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= window:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
+
+
+def run_fleet(
+    redis_url: str,
+    *,
+    workers: int = 3,
+    tasks: int = 300,
+    rate: float = 100.0,
+    name: str = "fleet",
+    budget_options: dict[str, Any] | None = None,
+    during: Sequence[tuple[float, str, Callable[[], None]]] = (),
+    timeout: float = 120.0,
+) -> FleetRun:
+    """Run ``workers`` processes polling ``tasks`` tasks each through one shared budget.
+
+    ``during``: ``(seconds after start, label, action)`` run by the harness mid-run (restart
+    Redis, inject a 429); the time each action started is in ``FleetRun.events[label]``.
+    """
+    api = FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
+    for w in range(workers):
+        for i in range(tasks):
+            api.add_task(TaskKind.TTS, f"w{w}-{i}")
+    events: dict[str, float] = {}
+    with serve_in_thread(api) as base_url:
+        start_wall = time.time() + 2.5  # every worker imported and connected by then
+        start = time.monotonic() + (start_wall - time.time())
+        procs = []
+        for w in range(workers):
+            config = {
+                "redis_url": redis_url, "api_url": base_url, "name": name, "rate": rate,
+                "prefix": f"w{w}", "tasks": tasks, "start_at": start_wall,
+                "options": budget_options or {},
+            }
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.redis_server", "worker", json.dumps(config)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            ))
+        threads = []
+        for at, label, action in during:
+            def act(at: float = at, label: str = label,
+                    action: Callable[[], None] = action) -> None:
+                time.sleep(max(0.0, start + at - time.monotonic()))
+                events[label] = time.monotonic()
+                action()
+            thread = threading.Thread(target=act, daemon=True)
+            thread.start()
+            threads.append(thread)
+        reports = []
+        try:
+            for w, proc in enumerate(procs):
+                out, err = proc.communicate(timeout=max(1.0, start + timeout - time.monotonic()))
+                if proc.returncode != 0:
+                    raise RuntimeError(f"worker {w} exited {proc.returncode}:\n{err.decode()}")
+                reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for thread in threads:
+                thread.join(timeout=30)
+    return FleetRun(log=list(api.log), workers=reports, start=start, events=events, api=api)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+async def _worker(config: dict[str, Any]) -> dict[str, Any]:
+    import anyio
+
+    from camb_async import AsyncCambClient, PollPolicy, gather_statuses
+    from camb_async.redis import RedisRateBudget
+
+    budget = RedisRateBudget.from_url(config["redis_url"], rate=config["rate"],
+                                      name=config["name"], **config["options"])
+    ids = [f"{config['prefix']}-{i}" for i in range(config["tasks"])]
+    async with budget, AsyncCambClient(API_KEY, base_url=config["api_url"],
+                                       budget=budget) as client:
+        await anyio.sleep(max(0.0, config["start_at"] - time.time()))
+        began = time.monotonic()
+        results = await gather_statuses(client, ids, kind=TaskKind.TTS,
+                                        policy=PollPolicy(initial=0.5, max_interval=2.0),
+                                        return_exceptions=True)
+        finished = time.monotonic()
+    return {
+        "prefix": config["prefix"],
+        "began": began,
+        "finished": finished,
+        "results": len(results),
+        "success": sum(1 for r in results if getattr(r, "is_success", False)),
+        "errors": [repr(r) for r in results if isinstance(r, BaseException)][:5],
+        "grants": budget.grants, "local_grants": budget.local_grants,
+        "pauses": budget.pauses, "redis_errors": budget.redis_errors,
+        "outages": budget.outages, "resets_seen": budget.resets_seen,
+        "redis_calls": budget.redis_calls,
+    }
+
+
+def main(argv: list[str]) -> None:
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if argv[:1] != ["worker"] or len(argv) != 2:
+        raise SystemExit("usage: python -m tests.redis_server worker CONFIG_JSON")
+    report = asyncio.run(_worker(json.loads(argv[1])))
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
