@@ -338,6 +338,24 @@ class CreatedTask:
     task_id: str
 
 
+def _sequence_of(item: type[T]) -> Callable[[Any, Any], tuple[T, ...]]:
+    """Structure a JSON list into a tuple, refusing a string (which cattrs would split)."""
+    def hook(value: Any, _: Any) -> tuple[T, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return tuple(converter.structure(v, item) for v in value)
+    return hook
+
+
+def _is_type(wanted: Any) -> Callable[[Any], bool]:
+    return lambda t: bool(t == wanted)
+
+
+converter.register_structure_hook_func(_is_type(tuple[str, ...]), _sequence_of(str))
+converter.register_structure_hook_func(_is_type(tuple[TranscriptSegment, ...]),
+                                       _sequence_of(TranscriptSegment))
+
+
 def parse_dubbing_result(data: Any) -> DubbingOutcome:
     """A ``DubbingResult`` or, when the answer is keyed per target language, a map of them.
 

@@ -134,8 +134,9 @@ class TaskResource:
 
     async def _results(self, run_ids: Iterable[int], *, chunk_size: int = 100) -> dict[int, Any]:
         ids = check_run_ids(run_ids)
-        return await self._fetch_batches(ids, check_chunk_size(chunk_size),
-                                         collect_errors=False)
+        got = await self._fetch_batches(ids, check_chunk_size(chunk_size),
+                                        collect_errors=False)
+        return {run_id: got[run_id] for run_id in ids if run_id in got}  # caller's order
 
     async def _fetch_batches(self, ids: Sequence[int], chunk_size: int, *,
                              collect_errors: bool) -> dict[int, Any]:
