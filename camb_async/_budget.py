@@ -21,6 +21,10 @@ import anyio.lowlevel
 
 __all__ = ["Budget", "RateBudget"]
 
+#: Clock slack: a timer may fire a hair early (or float rounding may leave a start 1e-17 s
+#: inside the window); without slack we would re-sleep for nothing, forever on a virtual clock.
+_EPSILON = 1e-9
+
 
 @runtime_checkable
 class Budget(Protocol):
@@ -179,18 +183,18 @@ class RateBudget:
         starts = self._starts
         while True:
             now = clock()
-            if now < self._paused_until:
+            if now < self._paused_until - _EPSILON:
                 await anyio.sleep(self._paused_until - now)
                 continue
             rate = self.current_rate(now)
             if rate is None:
                 return
             limit = max(1, int(rate))
-            edge = now - self._window
+            edge = now - self._window + _EPSILON
             while starts and starts[0] <= edge:
                 starts.popleft()
             if len(starts) < limit:
                 starts.append(now)
                 return
             # The (len - limit)-th oldest start must leave the window before we may start.
-            await anyio.sleep(starts[len(starts) - limit] - edge)
+            await anyio.sleep(starts[len(starts) - limit] - edge + _EPSILON)

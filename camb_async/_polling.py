@@ -284,7 +284,7 @@ class _Poller:
                     await self._sleep_until_woken(math.inf)
                     continue
                 delay = heap[0][0] - anyio.current_time()
-                if delay > 0:
+                if delay > 1e-9:  # slack for timers firing a hair early / float rounding
                     await self._sleep_until_woken(delay)
                     continue
                 await self.client.budget.acquire()
@@ -444,8 +444,13 @@ async def iter_statuses(
         try:
             with receive:
                 async for item in receive:
-                    yield item
-            if poller.fatal is not None:
-                raise poller.fatal
+                    try:
+                        yield item
+                    except GeneratorExit:
+                        # aclose() / break: stop the workers and finish quietly; letting
+                        # GeneratorExit cross the task group would wrap it in a group.
+                        return
         finally:
             tg.cancel_scope.cancel()
+    if poller.fatal is not None:
+        raise poller.fatal  # outside the task group, so it is not wrapped in a group

@@ -1,0 +1,265 @@
+"""gather_statuses / iter_statuses and the budget, on virtual time (deterministic)."""
+
+from __future__ import annotations
+
+import random
+from contextlib import aclosing
+
+import anyio
+import httpx
+import pytest
+
+from camb_async import (
+    AsyncCambClient,
+    AuthenticationError,
+    NotFoundError,
+    PollPolicy,
+    RateBudget,
+    StatusResult,
+    TaskKind,
+    TaskStatus,
+    gather_statuses,
+    iter_statuses,
+)
+from camb_async.testing import FakeCambAPI
+
+from .conftest import API_KEY, ClientFactory
+
+pytestmark = pytest.mark.anyio
+
+FAST = PollPolicy(initial=1.0, factor=2.0, max_interval=4.0, jitter=0.0)
+
+
+def _script(api: FakeCambAPI, n: int, seed: int = 1) -> dict[str, tuple[TaskKind, str]]:
+    rng = random.Random(seed)
+    truth = {}
+    kinds = list(dict.fromkeys(TaskKind))
+    for i in range(n):
+        kind = kinds[i % 4]
+        status = rng.choice(["SUCCESS", "SUCCESS", "SUCCESS", "ERROR", "TIMEOUT",
+                             "PAYMENT_REQUIRED"])
+        task_id = api.add_task(kind, f"t{i}", status=status, after=rng.uniform(0, 30))
+        truth[task_id] = (kind, status)
+    return truth
+
+
+async def test_gather_mixed_kinds_in_input_order(api: FakeCambAPI, client: AsyncCambClient
+                                                 ) -> None:
+    truth = _script(api, 200)
+    handles = [client.task(kind, tid) for tid, (kind, _) in truth.items()]
+    handles.reverse()
+    out = await client.gather_statuses(handles, policy=FAST)
+    assert [r.task_id for r in out] == [h.task_id for h in handles]
+    assert all(r.raw_status == truth[r.task_id][1] for r in out)
+    assert all(r.kind is truth[r.task_id][0] for r in out)
+
+
+async def test_ids_need_kind_and_repeated_ids_are_polled_once(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    a = api.add_task("tts", "a", polls=2)
+    b = api.add_task("tts", "b")
+    with pytest.raises(TypeError, match="kind"):
+        await gather_statuses(client, [a, b])
+    out = await gather_statuses(client, [a, b, a, a], kind="tts", policy=FAST)
+    assert [r.task_id for r in out] == ["a", "b", "a", "a"]
+    assert out[0] is out[2] is out[3]
+    assert sum(r.path == "/tts/a" for r in api.log) == 3
+    assert sum(r.path == "/tts/b" for r in api.log) == 1
+
+
+async def test_wait_false_is_one_snapshot_each(api: FakeCambAPI, client: AsyncCambClient) -> None:
+    ids = [api.add_task("dub", after=100) for _ in range(50)]
+    seen: list[StatusResult] = []
+    out = await gather_statuses(client, ids, kind=TaskKind.DUB, wait=False, on_update=seen.append)
+    assert all(r.status is TaskStatus.PENDING for r in out)
+    assert len(api.log) == 50 and len(seen) == 50
+
+
+async def test_timeout_returns_last_observed_status(api: FakeCambAPI,
+                                                    make_client: ClientFactory) -> None:
+    client = make_client(rate_limit=10, max_concurrency=4)
+    done = [api.add_task("tts", after=0) for _ in range(5)]
+    slow = [api.add_task("tts", after=10_000) for _ in range(200)]
+    start = anyio.current_time()
+    out = await gather_statuses(client, done + slow, kind="tts", timeout=5, policy=FAST)
+    assert anyio.current_time() - start == pytest.approx(5, abs=1e-6)
+    assert [r.status for r in out[:5]] == [TaskStatus.SUCCESS] * 5
+    assert all(r.status is TaskStatus.PENDING for r in out[5:])
+    # ~50 requests fit in 5 s at 10/s; the rest were never polled and still come back PENDING
+    assert len(api.log) <= 61
+
+
+async def test_return_exceptions_and_first_error(api: FakeCambAPI, client: AsyncCambClient
+                                                 ) -> None:
+    ok = api.add_task("dub", after=50)
+    out = await gather_statuses(client, [ok, "nope"], kind="dub", return_exceptions=True,
+                                policy=FAST)
+    assert out[0].is_success
+    assert isinstance(out[1], NotFoundError) and out[1].task_id == "nope"
+
+    api.log.clear()
+    with pytest.raises(NotFoundError):
+        await gather_statuses(client, [ok, "nope", *[api.add_task("dub", after=500)
+                                                     for _ in range(5)]],
+                              kind="dub", policy=FAST)
+    requests_at_failure = len(api.log)
+    await anyio.sleep(100)
+    assert len(api.log) == requests_at_failure  # everything else was cancelled
+
+
+async def test_authentication_error_raises_even_with_return_exceptions(
+        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    client = make_client(api_key="wrong-key", max_concurrency=2)
+    ids = [api.add_task("tts", after=5) for _ in range(20)]
+    with pytest.raises(AuthenticationError):
+        await gather_statuses(client, ids, kind="tts", return_exceptions=True)
+    assert len(api.log) <= 2
+
+
+async def test_transient_errors_are_repolled(api: FakeCambAPI, make_client: ClientFactory
+                                             ) -> None:
+    client = make_client(max_retries=0)
+    ids = [api.add_task("translate", after=3) for _ in range(20)]
+    api.inject(status=503, count=15)
+    api.inject(status=429, retry_after="2", count=3)
+    out = await gather_statuses(client, ids, kind="translate", policy=FAST)
+    assert all(r.is_success for r in out)
+
+
+async def test_handles_must_belong_to_this_client(api: FakeCambAPI,
+                                                  make_client: ClientFactory) -> None:
+    one, two = make_client(), make_client()
+    task_id = api.add_task("dub")
+    with pytest.raises(ValueError, match="another AsyncCambClient"):
+        await gather_statuses(one, [two.dub.task(task_id)])
+    with pytest.raises(TypeError):
+        await gather_statuses(one, [42], kind="dub")  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        await gather_statuses(one, "abc", kind="dub")
+    with pytest.raises(ValueError):
+        await gather_statuses(one, ["ok", "a/b"], kind="dub")
+    assert api.log == []  # validation happens before any request
+
+
+async def test_rate_bound_holds_in_every_window(api: FakeCambAPI,
+                                                make_client: ClientFactory) -> None:
+    client = make_client(rate_limit=25, max_concurrency=8)
+    ids = [api.add_task("tts", after=random.Random(i).uniform(0, 20)) for i in range(300)]
+    start = anyio.current_time()
+    out = await gather_statuses(client, ids, kind="tts", policy=FAST)
+    assert all(r.is_success for r in out)
+    assert api.peak_per_window(1.0) <= 25
+    # The budget, not the schedule, is the bottleneck: it is used nearly fully.
+    assert anyio.current_time() - start <= len(api.log) / 25 * 1.05 + 1
+
+
+async def test_retry_after_pauses_every_task_of_the_budget(
+        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    client = make_client(rate_limit=50, max_concurrency=1)
+    ids = [api.add_task("dub", after=1) for _ in range(30)]
+    api.inject(status=429, retry_after="10")
+    await gather_statuses(client, ids, kind="dub", policy=FAST)
+    first = api.log[0]
+    assert first.status == 429
+    assert all(r.time - first.time >= 10 - 1e-6 for r in api.log[1:])
+    assert isinstance(client.budget, RateBudget) and client.budget.pauses == 1
+
+
+async def test_due_order_and_no_starvation_under_a_tight_budget(
+        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    # 10 requests/s; 5 tasks re-polled every second and 40 never polled: the new ones must
+    # all go out before any task is polled for a second time.
+    client = make_client(rate_limit=10, max_concurrency=1)
+    ids = [api.add_task("tts", after=1000) for _ in range(45)]
+    await gather_statuses(client, ids, kind="tts", timeout=6,
+                          policy=PollPolicy(initial=0.1, factor=1, max_interval=0.1, jitter=0))
+    first_45 = [r.path for r in api.log[:45]]
+    assert len(set(first_45)) == 45
+
+
+async def test_cancellation_at_random_points_leaves_nothing_running(
+        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    client = make_client(rate_limit=40, max_concurrency=6)
+    budget = client.budget
+    assert isinstance(budget, RateBudget)
+    ids = [api.add_task("translate", after=random.Random(i).uniform(0, 60)) for i in range(60)]
+    rng = random.Random(7)
+    for _ in range(20):
+        with anyio.move_on_after(rng.uniform(0, 5)):
+            await gather_statuses(client, ids, kind="translate", policy=FAST)
+        assert budget.in_flight == 0
+        before = len(api.log)
+        await anyio.sleep(30)
+        assert len(api.log) == before  # no worker survived the cancellation
+
+
+async def test_iter_statuses_streams_terminal_results_as_they_land(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    ids = [api.add_task("tts", f"t{i}", after=float(40 - i)) for i in range(20)]
+    order = []
+    async with aclosing(iter_statuses(client, ids, kind="tts",
+                                      policy=PollPolicy(initial=0.5, factor=1,
+                                                        max_interval=0.5, jitter=0))) as it:
+        async for result in it:
+            assert result.is_terminal
+            order.append(result.task_id)
+    assert sorted(order) == sorted(ids)
+    assert order[0] == "t19" and order[-1] == "t0"  # shortest first
+
+
+async def test_iter_statuses_break_stops_polling(api: FakeCambAPI, client: AsyncCambClient
+                                                 ) -> None:
+    ids = [api.add_task("tts", after=float(i)) for i in range(50)]
+    async with aclosing(iter_statuses(client, ids, kind="tts", policy=FAST)) as it:
+        async for _ in it:
+            break
+    before = len(api.log)
+    await anyio.sleep(60)
+    assert len(api.log) == before
+
+
+async def test_iter_statuses_timeout_yields_every_task_once(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    ids = [api.add_task("dub", after=5)] + [api.add_task("dub", after=1e6) for _ in range(9)]
+    got = [r async for r in iter_statuses(client, ids, kind="dub", timeout=20, policy=FAST)]
+    assert sorted(r.task_id for r in got) == sorted(ids)
+    assert sum(r.is_success for r in got) == 1
+
+
+async def test_iter_statuses_raises_first_error(api: FakeCambAPI, client: AsyncCambClient
+                                                ) -> None:
+    ids = [api.add_task("dub", after=50), "ghost"]
+    with pytest.raises(NotFoundError):
+        async with aclosing(iter_statuses(client, ids, kind="dub", policy=FAST)) as it:
+            async for _ in it:
+                pass
+
+
+async def test_on_update_may_be_async_and_sees_every_status(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    task_id = api.add_task("tts", polls=3)
+    seen = []
+
+    async def record(result: StatusResult) -> None:
+        await anyio.sleep(0)
+        seen.append(result.status)
+
+    await gather_statuses(client, [task_id], kind="tts", policy=FAST, on_update=record)
+    assert seen == [TaskStatus.PENDING] * 3 + [TaskStatus.SUCCESS]
+
+
+async def test_no_request_for_empty_input(api: FakeCambAPI, client: AsyncCambClient) -> None:
+    assert await gather_statuses(client, [], kind="dub") == []
+    assert api.log == []
+
+
+async def test_budget_is_shared_with_other_calls(api: FakeCambAPI) -> None:
+    async with AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=5,
+                               transport=httpx.ASGITransport(app=api)) as client:
+        ids = [api.add_task("tts", after=1e6) for _ in range(20)]
+        single = api.add_task("dub", after=1e6)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: gather_statuses(client, ids, kind="tts", timeout=10))
+            for _ in range(10):
+                await client.dub.status(single)
+        assert api.peak_per_window(1.0) <= 5
