@@ -107,7 +107,7 @@ class RedisServer:
 class FleetRun:
     log: list[LoggedRequest]
     workers: list[dict[str, Any]]
-    start: float  # time.monotonic() at which the workers began
+    start: float  # time.monotonic() at which the workers were told to go
     events: dict[str, float]  # what the harness did mid-run, and when (time.monotonic)
     api: FakeCambAPI
 
@@ -138,13 +138,13 @@ def run_fleet(
     rate: float = 100.0,
     name: str = "fleet",
     budget_options: dict[str, Any] | None = None,
-    during: Sequence[tuple[float, str, Callable[[], None]]] = (),
+    during: Sequence[tuple[float, str, Callable[[FakeCambAPI], object]]] = (),
     timeout: float = 120.0,
 ) -> FleetRun:
     """Run ``workers`` processes polling ``tasks`` tasks each through one shared budget.
 
-    ``during``: ``(seconds after start, label, action)`` run by the harness mid-run (restart
-    Redis, inject a 429); the time each action started is in ``FleetRun.events[label]``.
+    ``during``: ``(seconds after the server's first request, label, action(api))`` run by the
+    harness mid-run (restart Redis, inject a 429); when each started is in ``FleetRun.events``.
     """
     api = FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
     for w in range(workers):
@@ -152,27 +152,36 @@ def run_fleet(
             api.add_task(TaskKind.TTS, f"w{w}-{i}")
     events: dict[str, float] = {}
     with serve_in_thread(api) as base_url:
-        start_wall = time.time() + 2.5  # every worker imported and connected by then
-        start = time.monotonic() + (start_wall - time.time())
         procs = []
         for w in range(workers):
             config = {
                 "redis_url": redis_url, "api_url": base_url, "name": name, "rate": rate,
-                "prefix": f"w{w}", "tasks": tasks, "start_at": start_wall,
-                "options": budget_options or {},
+                "prefix": f"w{w}", "tasks": tasks, "options": budget_options or {},
             }
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tests.redis_server", "worker", json.dumps(config)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             ))
+        # Start together once every worker has imported everything (a start line each).
+        for w, proc in enumerate(procs):
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != b"ready":
+                raise RuntimeError(f"worker {w} did not start: {proc.communicate()[1]!r}")
+        start = time.monotonic()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
         threads = []
         for at, label, action in during:
             def act(at: float = at, label: str = label,
-                    action: Callable[[], None] = action) -> None:
-                time.sleep(max(0.0, start + at - time.monotonic()))
+                    action: Callable[[FakeCambAPI], object] = action) -> None:
+                while not api.log and time.monotonic() < start + timeout:
+                    time.sleep(0.005)
+                time.sleep(max(0.0, api.log[0].time + at - time.monotonic()))
                 events[label] = time.monotonic()
-                action()
+                action(api)
             thread = threading.Thread(target=act, daemon=True)
             thread.start()
             threads.append(thread)
@@ -197,8 +206,6 @@ def run_fleet(
 
 
 async def _worker(config: dict[str, Any]) -> dict[str, Any]:
-    import anyio
-
     from camb_async import AsyncCambClient, PollPolicy, gather_statuses
     from camb_async.redis import RedisRateBudget
 
@@ -207,7 +214,6 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
     ids = [f"{config['prefix']}-{i}" for i in range(config["tasks"])]
     async with budget, AsyncCambClient(API_KEY, base_url=config["api_url"],
                                        budget=budget) as client:
-        await anyio.sleep(max(0.0, config["start_at"] - time.time()))
         began = time.monotonic()
         results = await gather_statuses(client, ids, kind=TaskKind.TTS,
                                         policy=PollPolicy(initial=0.5, max_interval=2.0),
@@ -234,6 +240,10 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if argv[:1] != ["worker"] or len(argv) != 2:
         raise SystemExit("usage: python -m tests.redis_server worker CONFIG_JSON")
+    import camb_async.redis  # noqa: F401  (imported before the start, not timed)
+
+    print("ready", flush=True)
+    sys.stdin.readline()
     report = asyncio.run(_worker(json.loads(argv[1])))
     print(json.dumps(report), flush=True)
 
