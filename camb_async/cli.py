@@ -775,9 +775,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit", type=float, default=100.0,
                    help="the rate budget, requests/s (the fake server enforces it too)")
     p.add_argument("--max-concurrency", type=int, default=16)
-    p.add_argument("--margin", type=float, default=0.1,
+    p.add_argument("--margin", type=float, default=0.25,
                    help="budget window margin, so that client-to-server delay jitter cannot "
-                        "push the server's count over the budget (default 0.1 = 100 ms)")
+                        "push the server's count over the budget (default 0.25 = 250 ms)")
     p.add_argument("--fault-rate", type=float, default=0.01,
                    help="share of requests answered with a transient fault (default 0.01)")
     p.add_argument("--error-rate", type=float, default=0.02, help="tasks ending ERROR")
