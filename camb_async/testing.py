@@ -18,7 +18,7 @@ import json
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
 import anyio
@@ -694,8 +694,10 @@ class serve_in_thread:  # lower case: used like a function, `with serve_in_threa
     """
 
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning", **uvicorn_options: Any) -> None:
+                 log_level: str = "warning", lifespan: Literal["on", "off", "auto"] = "off",
+                 **uvicorn_options: Any) -> None:
         self.app = app
+        self.lifespan = lifespan  # "on" for apps (e.g. FastAPI) that open resources at startup
         self.host = host
         self.port = port
         self.log_level = log_level
@@ -710,11 +712,15 @@ class serve_in_thread:  # lower case: used like a function, `with serve_in_threa
 
         import uvicorn
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
+        # when the socket says it is TCP, and accepted sockets inherit proto from this one.
+        # With proto 0, every answer after a connection's first stalled ~40 ms (Nagle against
+        # the client's delayed ACK: headers and body go out as two writes).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="off",
+        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan=self.lifespan,
                                 access_log=False, **self.options)
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
