@@ -407,7 +407,7 @@ def parse_batch(data: Any, requested: Collection[int], parse_one: Callable[[Any]
             run_id = int(key)
         except (TypeError, ValueError):
             raise ModelError(f"batch results: key {str(key)[:40]!r} is not a run id") from None
-        if run_id in requested:
+        if run_id in requested and value is not None:  # null = no result: leave it absent
             try:
                 out[run_id] = parse_one(value)
             except ModelError as exc:

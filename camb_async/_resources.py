@@ -124,6 +124,15 @@ class TaskResource:
 
     # ------------------------------------------------------------- results (issue 4)
 
+    async def result(self, run_id: int) -> Any:
+        """The result of run ``run_id`` as the kind's model (each kind narrows the type)."""
+        return await self._result(run_id)
+
+    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+                      ) -> dict[int, Any]:
+        """``{run_id: result}`` through the kind's batch endpoint (each kind narrows it)."""
+        return await self._results(run_ids, chunk_size=chunk_size)
+
     async def _result(self, run_id: int) -> Any:
         """``GET /{kind}-result/{run_id}``, parsed into the kind's result model."""
         route = _ROUTES[self.kind]
@@ -298,7 +307,8 @@ class TTSResource(TaskResource):
 
     Results are fetched in FILE_URL mode (``output_type=FILE_URL``): the answer is JSON with a
     pre-signed URL of the audio, not the audio bytes the API streams by default, so results
-    are small, typed and batchable like every other kind's. Download the URL yourself.
+    are small, typed and batchable like every other kind's. Download the URL yourself. (The
+    API's documents name the mode but not its wire spelling; ``FILE_URL`` is the name used.)
     """
 
     __slots__ = ()

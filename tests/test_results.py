@@ -6,6 +6,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from camb_async import (
     APIError,
@@ -24,6 +26,14 @@ from camb_async import (
     TTSResult,
     WaitTimeoutError,
     gather_results,
+)
+from camb_async._models import (
+    ModelError,
+    parse_batch,
+    parse_dubbing_result,
+    parse_transcription_result,
+    parse_translation_result,
+    parse_tts_result,
 )
 from camb_async.testing import FakeCambAPI, FakeTask
 
@@ -111,7 +121,7 @@ async def test_malformed_result_is_an_api_error(api: FakeCambAPI, client: AsyncC
     run_id = run_of(api, kind, api.add_task(kind))
     api.set_result(kind, run_id, bad)
     with pytest.raises(APIError) as info:
-        await client.resource(kind)._result(run_id)
+        await client.resource(kind).result(run_id)
     assert info.value.status_code == 200 and "unexpected answer" in str(info.value)
 
 
@@ -143,8 +153,8 @@ async def test_1000_results_in_10_requests(api: FakeCambAPI, client: AsyncCambCl
 async def test_batch_results_for_each_kind(api: FakeCambAPI, client: AsyncCambClient,
                                            kind: TaskKind) -> None:
     runs = [run_of(api, kind, api.add_task(kind)) for _ in range(7)]
-    results = await client.resource(kind)._results(runs, chunk_size=3)
-    singles = [await client.resource(kind)._result(r) for r in runs]
+    results = await client.resource(kind).results(runs, chunk_size=3)
+    singles = [await client.resource(kind).result(r) for r in runs]
     assert [results[r] for r in runs] == singles
     assert len(api.requests("POST", BATCH_PATHS[kind])) == 3
 
@@ -275,7 +285,7 @@ async def test_gather_results_mixed_kinds_in_input_order(api: FakeCambAPI,
     assert len(results) == 121 and results[-1] == results[5]
     for handle, result in zip(handles, results, strict=True):
         run_id = run_of(api, handle.kind, handle.task_id)
-        assert result == await client.resource(handle.kind)._result(run_id)
+        assert result == await client.resource(handle.kind).result(run_id)
     # 30 runs a kind -> one batch request a kind
     for kind, path in BATCH_PATHS.items():
         assert len(api.requests("POST", path)) == 1, kind
@@ -352,3 +362,41 @@ async def test_gather_results_checks_chunk_size_first(api: FakeCambAPI,
     with pytest.raises(ValueError):
         await gather_results(client, [api.add_task("tts")], kind="tts", chunk_size=0)
     assert api.log == []
+
+
+# ------------------------------------------------------------------ hostile batch answers
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(answer=st.dictionaries(st.sampled_from(["1", "2", "x", "-1", "01", " 2"]), JSON,
+                              max_size=4) | JSON)
+def test_parse_batch_fails_only_with_model_error(answer: Any) -> None:
+    for parse in (parse_dubbing_result, parse_tts_result, parse_translation_result,
+                  parse_transcription_result):
+        try:
+            out = parse_batch(answer, {1, 2}, parse)
+        except ModelError:
+            continue
+        assert set(out) <= {1, 2}
+
+
+@pytest.mark.parametrize("answer", [b"[]", b'"x"', b'{"1": {"texts": "abc"}}',
+                                    b'{"x": {"texts": []}}', b"not json", b'{"1": 5}'])
+async def test_hostile_batch_answer_is_an_api_error(api: FakeCambAPI, client: AsyncCambClient,
+                                                    answer: bytes) -> None:
+    api.inject(status=None, path="/translation-results", body=answer)
+    with pytest.raises(APIError):
+        await client.translation.results([1])
+
+
+async def test_null_entry_counts_as_missing(api: FakeCambAPI, client: AsyncCambClient) -> None:
+    run_id = run_of(api, TaskKind.TRANSLATION, api.add_task("translate"))
+    api.inject(status=None, path="/translation-results", body=b'{"%d": null}' % run_id)
+    assert await client.translation.results([run_id]) == {}
