@@ -24,6 +24,7 @@ import backoff
 import httpx
 import sniffio
 
+from ._adaptive import CompletionStats
 from ._budget import Budget, RateBudget
 from ._errors import (
     APIConnectionError,
@@ -249,6 +250,7 @@ class AsyncCambClient:
         allow_insecure: bool = False,
         verify: bool = True,
         hooks: RequestHooks | None = None,
+        completion_stats: CompletionStats | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
         if key is None or not isinstance(key, str) or not key.strip():
@@ -287,6 +289,13 @@ class AsyncCambClient:
             raise TypeError("hooks must be a RequestHooks")
         #: Request hooks for metrics/tracing; ``None`` costs one check per attempt.
         self._hooks = hooks
+        if completion_stats is not None and not isinstance(completion_stats, CompletionStats):
+            raise TypeError("completion_stats must be a CompletionStats")
+        #: How long each kind of task took, learned from every completion this client saw;
+        #: read by ``PollPolicy.adaptive``. ``to_dict()``/``CompletionStats.from_dict()``
+        #: carry it across restarts.
+        self.completion_stats = completion_stats if completion_stats is not None else (
+            CompletionStats())
         self._transport = transport
         self._http: httpx.AsyncClient | None = http_client
         self._owns_http = http_client is None

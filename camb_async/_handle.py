@@ -70,27 +70,50 @@ class TaskHandle:
         client's own retries are retried at the policy's pace up to ``policy.max_errors``
         times in a row before they are raised.
         """
-        policy = policy or PollPolicy.for_kind(self.kind)
-        resource = self._client.resource(self.kind)
+        kind = self.kind
+        policy = (policy or PollPolicy.for_kind(kind))._bind(self._client, kind)
+        resource = self._client.resource(kind)
+        stats = self._client.completion_stats
+        known_start = self.created_at is not None
         start = self.created_at if self.created_at is not None else anyio.current_time()
+        if known_start:
+            first = policy.first_interval(anyio.current_time() - start)
+            if first > 0:
+                await self._client._sleep(first)
         polls = errors = 0
-        while True:
-            try:
-                result = await resource.status(self.task_id)
-            except CambError as exc:
-                if (isinstance(exc, ClientClosedError) or not is_transient(exc)
-                        or errors >= policy.max_errors):
-                    raise
-                errors += 1
-                await anyio.sleep(policy.next_interval(polls + errors,
-                                                       anyio.current_time() - start))
-                continue
-            polls += 1
-            errors = 0
-            yield result
-            if result.is_terminal:
-                return
-            await anyio.sleep(policy.next_interval(polls, anyio.current_time() - start))
+        last_pending = 0.0  # age at the last poll that saw the task pending
+        watching = False  # counted as pending in the completion statistics
+        try:
+            while True:
+                try:
+                    result = await resource.status(self.task_id)
+                except CambError as exc:
+                    if (isinstance(exc, ClientClosedError) or not is_transient(exc)
+                            or errors >= policy.max_errors):
+                        raise
+                    errors += 1
+                    await self._client._sleep(
+                        policy.next_interval(polls + errors, anyio.current_time() - start))
+                    continue
+                polls += 1
+                errors = 0
+                age = anyio.current_time() - start
+                if result.is_terminal:
+                    stats.completed(kind, start, last_pending if polls > 1 else 0.0, age,
+                                    known_start=known_start, tracked=watching)
+                    watching = False
+                    yield result
+                    return
+                if not watching:
+                    stats.started(kind, start)
+                    watching = True
+                last_pending = age
+                yield result
+                await self._client._sleep(
+                    policy.next_interval(polls, anyio.current_time() - start))
+        finally:
+            if watching:  # stopped while pending (timeout, cancel, error): it ran longer
+                stats.abandoned(kind, start, last_pending)
 
     async def wait(self, timeout: float | None = None, *,
                    policy: PollPolicy | None = None) -> StatusResult:

@@ -103,6 +103,49 @@ class PollPolicy:
         """The default policy of a task kind (see ``DEFAULT_POLICIES``)."""
         return DEFAULT_POLICIES[TaskKind(kind)]
 
+    @classmethod
+    def adaptive(
+        cls,
+        max_delay: float = 30.0,
+        *,
+        request_cost: float | None = None,
+        min_interval: float = 0.5,
+        min_samples: int = 20,
+        fallback: PollPolicy | None = None,
+        jitter: float = 0.1,
+        max_errors: int = 5,
+    ) -> PollPolicy:
+        """A policy that learns each kind's durations (per client) and polls where
+        completion is likely; see ``camb_async._adaptive.AdaptivePollPolicy``.
+
+        ``max_delay`` bounds every gap between polls (so any completion is seen within it);
+        ``request_cost`` (default ``max_delay / 20``) is the mean delay, in seconds, one
+        request is worth. Until a kind has ``min_samples`` completions, ``fallback`` (default:
+        the kind's default policy, capped at ``max_delay``) is used.
+        """
+        from ._adaptive import AdaptivePollPolicy
+
+        return AdaptivePollPolicy(
+            initial=min(1.0, max_delay), factor=2.0, max_interval=max_delay, jitter=jitter,
+            max_errors=max_errors, max_delay=max_delay, request_cost=request_cost,
+            min_interval=min_interval, min_samples=min_samples, fallback=fallback,
+        )
+
+    # Hooks for policies that learn (``AdaptivePollPolicy``); plain policies learn nothing.
+
+    def _bind(self, client: AsyncCambClient, kind: TaskKind) -> PollPolicy:
+        """The policy to use for ``kind`` on ``client`` (adaptive ones attach its stats)."""
+        return self
+
+    def first_interval(self, age: float) -> float:
+        """Seconds to wait before the first poll of a task known to be ``age`` seconds old."""
+        return 0.0
+
+    def _previous_gap(self, polls: int, age: float) -> float:
+        """About how long before the ``polls``-th poll the previous one was (no jitter)."""
+        schedule = self._schedule
+        return schedule[polls - 2] if polls - 1 <= len(schedule) else schedule[-1]
+
 
 #: Per-kind defaults, from the API's own status pages: TTS is quick (the example polls every
 #: 5 s); translation "1-2 s at first, doubling, capped at 10-15 s"; transcription "every 15 s,
@@ -159,6 +202,16 @@ class _Task:
         return StatusResult(self.kind, self.task_id, TaskStatus.PENDING, TaskStatus.PENDING.value)
 
 
+class _CreatedTask(_Task):
+    """A task whose ``first_seen`` is its creation time (a handle from ``create()``).
+
+    The class is the flag, so it costs no memory: completion statistics treat its duration
+    as observed, not as left-truncated.
+    """
+
+    __slots__ = ()
+
+
 _CHUNK = 4096  # tasks prepared or reported between checkpoints, to keep the loop responsive
 
 
@@ -187,6 +240,7 @@ class _Poller:
         self.emit: Callable[[StatusResult | BaseException], None] | None = None
         self.default_kind = None if kind is None else client.resource(kind).kind
         self.policy = policy
+        self.stats = client.completion_stats
         self._handle_type = TaskHandle
         self._raw = tasks
         self.order: list[_Task] = []
@@ -212,11 +266,14 @@ class _Poller:
                     raise ValueError(
                         f"handle for task {item.task_id!r} belongs to another AsyncCambClient"
                     )
-                kind, task_id, first_seen = item.kind, item.task_id, item.created_at or now
+                kind, task_id = item.kind, item.task_id
+                created = item.created_at
+                first_seen = now if created is None else created
             elif isinstance(item, str):
                 if self.default_kind is None:
                     raise TypeError("task ids need kind=...; or pass TaskHandles")
                 kind, task_id, first_seen = self.default_kind, item, now
+                created = None
             else:
                 raise TypeError(
                     f"tasks must be task id strings or TaskHandles, got {type(item).__name__}"
@@ -225,24 +282,43 @@ class _Poller:
             task = by_key.get(key)
             if task is None:
                 client.resource(kind).status_path(task_id)  # validates the id; no request
-                policy = self.policy or policies.get(kind)
+                policy = policies.get(kind)
                 if policy is None:
-                    policy = policies[kind] = PollPolicy.for_kind(kind)
-                task = by_key[key] = _Task(kind, task_id, policy, first_seen)
+                    policy = policies[kind] = (self.policy or PollPolicy.for_kind(kind))._bind(
+                        client, kind)
+                if created is None:
+                    task = by_key[key] = _Task(kind, task_id, policy, first_seen)
+                    due = now
+                else:
+                    task = by_key[key] = _CreatedTask(kind, task_id, policy, first_seen)
+                    due = now + policy.first_interval(now - first_seen)
                 self.unique.append(task)
-                self.heap.append((now, next(self.seq), task))
+                self.heap.append((due, next(self.seq), task))
             order.append(task)
             if count % _CHUNK == 0:
                 await anyio.lowlevel.checkpoint()
-        # Already a heap: every entry is due now and seq increases.
+        heapq.heapify(self.heap)  # first polls may be deferred (learned policies)
 
     async def run(self) -> None:
         """Poll until every task is done (or the caller's deadline); never raises from workers."""
         n_workers = max(1, min(getattr(self.client.budget, "max_concurrency", 16),
                                len(self.unique)))
-        async with anyio.create_task_group() as tg:
-            for _ in range(n_workers):
-                tg.start_soon(self._worker, tg.cancel_scope)
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(n_workers):
+                    tg.start_soon(self._worker, tg.cancel_scope)
+        finally:
+            self._censor_unfinished()
+
+    def _censor_unfinished(self) -> None:
+        """Tasks still pending when watching stops ran at least this long: tell the stats."""
+        if not self.wait:
+            return
+        stats = self.stats
+        now = anyio.current_time()
+        for task in self.unique:
+            if not task.done and task.polls and task.error is None:
+                stats.abandoned(task.kind, task.first_seen, now - task.first_seen)
 
     def outcomes(self) -> list[StatusResult | BaseException]:
         return [task.outcome() for task in self.order]
@@ -315,11 +391,25 @@ class _Poller:
             ret = self.on_update(result)
             if inspect.isawaitable(ret):
                 await ret
-        if result.is_terminal or not self.wait:
+        if result.is_terminal:
+            if self.wait:
+                self._learn(task)
+            self._finish(task)
+        elif not self.wait:
             self._finish(task)
         else:
             age = anyio.current_time() - task.first_seen
+            if task.polls == 1:
+                self.stats.started(task.kind, task.first_seen)
             self._schedule(task, task.policy.next_interval(task.polls, age))
+
+    def _learn(self, task: _Task) -> None:
+        """Report a completion: it happened after the previous poll and by this one."""
+        hi = anyio.current_time() - task.first_seen
+        polls = task.polls
+        lo = 0.0 if polls == 1 else max(hi - task.policy._previous_gap(polls, hi), 0.0)
+        self.stats.completed(task.kind, task.first_seen, lo, hi,
+                             known_start=type(task) is _CreatedTask, tracked=polls > 1)
 
     def _failed(self, task: _Task, exc: CambError) -> None:
         if _fatal(exc):
@@ -330,7 +420,10 @@ class _Poller:
             self._schedule(task, task.policy.next_interval(task.polls + task.errors, age))
             return
         exc.kind, exc.task_id = task.kind, task.task_id
+        if task.polls and self.wait:
+            self.stats.forget(task.kind, task.first_seen)
         if not self.return_exceptions:
+            task.done = True  # not reported as abandoned by _censor_unfinished
             raise exc
         task.error = exc
         self._finish(task)

@@ -3,6 +3,7 @@ no-duplicate-job rule on a real read timeout, and the memory cost of a 100 MB up
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -107,6 +108,22 @@ async def test_reset_after_create_is_not_retried(api: FakeCambAPI, base_url: str
         await client.translation.create(texts=["b"], source_language=1, target_language=2)
     assert len(api.requests("POST", "/translate")) == 2
     assert len(api.created()) == 2
+
+
+async def test_upload_resent_whole_after_429(api: FakeCambAPI, base_url: str,
+                                            tmp_path: Any) -> None:
+    data = bytes(range(256)) * 20_000  # 5 MB
+    path = tmp_path / "a.wav"
+    path.write_bytes(data)
+    api.inject(status=429, retry_after="0.1", path="/transcribe")
+    async with AsyncCambClient(API_KEY, base_url=base_url) as client:
+        await client.transcription.create(language=1, file=path)
+    wait_for(lambda: len(api.requests("POST", "/transcribe")) == 2)
+    assert [r.status for r in api.requests("POST", "/transcribe")] == [429, 200]
+    (task,) = api.created()
+    assert task.request is not None
+    assert task.request["media_file"]["size"] == len(data)
+    assert task.request["media_file"]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 class FailFirstConnect(httpx.AsyncBaseTransport):
