@@ -393,6 +393,19 @@ class AsyncCambClient:
             with anyio.CancelScope(shield=True):
                 await http.aclose()
 
+    async def _sleep(self, seconds: float) -> None:
+        """Wait between polls; ``aclose()`` cuts the wait short with ``ClientClosedError``,
+        so a caller waiting on a slow task is released at shutdown, not at its next poll."""
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                await anyio.sleep(seconds)
+        finally:
+            self._scopes.discard(scope)
+        if self._closed:
+            raise ClientClosedError("the AsyncCambClient was closed while waiting to poll")
+
     # ------------------------------------------------------------------ the request path
 
     def _open(self) -> httpx.AsyncClient:

@@ -303,12 +303,17 @@ class _Poller:
         """Poll until every task is done (or the caller's deadline); never raises from workers."""
         n_workers = max(1, min(getattr(self.client.budget, "max_concurrency", 16),
                                len(self.unique)))
+        scopes = self.client._scopes  # aclose() cancels these: workers between polls too
         try:
             async with anyio.create_task_group() as tg:
+                scopes.add(tg.cancel_scope)
                 for _ in range(n_workers):
                     tg.start_soon(self._worker, tg.cancel_scope)
         finally:
+            scopes.discard(tg.cancel_scope)
             self._censor_unfinished()
+        if self.client.closed and self.fatal is None and not all(t.done for t in self.unique):
+            self.fatal = ClientClosedError("the AsyncCambClient was closed while polling")
 
     def _censor_unfinished(self) -> None:
         """Tasks still pending when watching stops ran at least this long: tell the stats."""
