@@ -256,7 +256,8 @@ class DubResource(TaskResource):
         """``POST /dub``: start dubbing ``video_url``; returns a handle on the new task.
 
         Give exactly one of ``target_language`` / ``target_languages``. Languages are API ids
-        (``int`` or ``Language``) or locale tags such as ``"es-es"``. ``source_transcript``
+        (``int`` or ``Language``) or locale tags such as ``"es-es"``; only the source may be
+        ``"auto"``. ``source_transcript``
         and ``target_transcripts`` (``{language: srt_text}``) are inline SRT text. Omitted
         options are left out of the request, so the server's defaults apply. Everything is
         checked before a request is made. ``retry_unsafe=True`` also retries read timeouts
@@ -264,7 +265,8 @@ class DubResource(TaskResource):
         """
         body: dict[str, Any] = {
             "video_url": _required_str(video_url, "video_url"),
-            "source_language": check_language(source_language, "source_language"),
+            "source_language": check_language(source_language, "source_language",
+                                              allow_auto=True),
         }
         if (target_language is None) == (target_languages is None):
             raise ValueError("pass exactly one of target_language= or target_languages=")
@@ -394,7 +396,8 @@ class TranslationResource(TaskResource):
             raise ValueError("texts must not be empty")
         body: dict[str, Any] = {
             "texts": [_required_str(t, "texts item", allow_blank=True) for t in texts],
-            "source_language": check_language(source_language, "source_language"),
+            "source_language": check_language(source_language, "source_language",
+                                              allow_auto=True),
             "target_language": check_language(target_language, "target_language",
                                               allow_auto=False),
         }

@@ -408,3 +408,17 @@ def test_fake_refuses_a_bad_fault_free_create(api: FakeCambAPI) -> None:
     assert status == 422
     missing = {tuple(d["loc"]) for d in json.loads(body)["detail"]}
     assert missing == {("body", "source_language"), ("body", "target_language")}
+
+
+async def test_auto_is_for_sources_only(api: FakeCambAPI, client: AsyncCambClient) -> None:
+    await client.translation.create(texts=["x"], source_language="auto", target_language=2)
+    await client.dub.create(video_url="https://x/v.mp4", source_language="auto",
+                            target_languages=["es-es"])
+    assert [t.request["source_language"] for t in api.created()  # type: ignore[index]
+            ] == ["auto", "auto"]
+    with pytest.raises(ValueError, match="concrete"):
+        await client.translation.create(texts=["x"], source_language=1, target_language="auto")
+    with pytest.raises(ValueError, match="concrete"):
+        await client.dub.create(video_url="https://x/v.mp4", source_language=1,
+                                target_languages=[2, "AUTO"])
+    assert len(api.log) == 2
