@@ -132,8 +132,9 @@ def _result_json(item: StatusResult | BaseException, kind: TaskKind | None = Non
         out["kind"] = item.kind.value
         out["status"] = item.status.value
         return out
+    item_kind = getattr(item, "kind", None) or kind
     return {
-        "kind": (getattr(item, "kind", None) or kind or TaskKind.DUB).value,
+        "kind": item_kind.value if item_kind is not None else None,
         "task_id": getattr(item, "task_id", None) or task_id,
         "error": type(item).__name__,
         "detail": str(item),
