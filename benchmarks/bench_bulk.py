@@ -26,7 +26,7 @@ import anyio
 import httpx
 
 from camb_async import AsyncCambClient, TaskKind, TaskStatus, gather_statuses
-from camb_async.testing import TRANSIENT_FAULTS, FakeCambAPI, serve_in_thread
+from camb_async.testing import TRANSIENT_FAULTS, FakeCambAPI, LoggedRequest
 
 KEY = "bench-key"
 KINDS = list(dict.fromkeys(TaskKind))
@@ -47,16 +47,71 @@ def _script(api: FakeCambAPI, n: int, horizon: float, seed: int
     return tasks
 
 
+class served_in_subprocess:  # lower case: used like a function
+    """Serve a scripted FakeCambAPI from a forked process; its request log comes back at exit.
+
+    The server must not share the client's GIL: in one process, server-side arrival times
+    lag by however long the client's code holds the interpreter, which bunches them.
+    """
+
+    def __init__(self, api: FakeCambAPI) -> None:
+        self.api = api
+
+    def __enter__(self) -> str:
+        import multiprocessing as mp
+        import socket
+
+        ctx = mp.get_context("fork")
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._stop = ctx.Event()
+        self._ready = ctx.Event()
+        self._queue: Any = ctx.Queue()
+        self._proc = ctx.Process(target=self._child, args=(sock,), daemon=True)
+        self._proc.start()
+        sock.close()
+        if not self._ready.wait(15):
+            raise RuntimeError("fake server did not start")
+        return f"http://127.0.0.1:{self.port}"
+
+    def _child(self, sock: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        server = uvicorn.Server(uvicorn.Config(self.api, log_level="warning", lifespan="off",
+                                               access_log=False))
+
+        def watch() -> None:
+            while not server.started:
+                time.sleep(0.01)
+            self._ready.set()
+            self._stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=watch, daemon=True).start()
+        server.run(sockets=[sock])
+        self._queue.put(([(r.time, r.method, r.path, r.status, r.fault) for r in self.api.log],
+                         self.api.epoch))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        log, epoch = self._queue.get(timeout=30)
+        self._proc.join(10)
+        self.api.log[:] = [LoggedRequest(*entry) for entry in log]
+        self.api.epoch = epoch
+
+
 def scenario_a(backend: str) -> dict[str, Any]:
     api = FakeCambAPI(api_key=KEY, clock=time.monotonic)
     tasks = _script(api, 2000, 6.0, seed=3)
-    with serve_in_thread(api) as url:
+    with served_in_subprocess(api) as url:
 
         async def poll_all() -> tuple[list[Any], float]:
             async with AsyncCambClient(KEY, base_url=url, rate_limit=150,
                                        max_concurrency=32) as client:
                 handles = [client.task(kind, tid) for kind, tid, _ in tasks]
-                api.epoch = time.monotonic()  # the tasks finish within 6 s of now
                 start = time.monotonic()
                 out = await client.gather_statuses(handles)
                 return out, time.monotonic() - start
@@ -81,13 +136,12 @@ def scenario_b(backend: str) -> dict[str, Any]:
     api = FakeCambAPI(api_key=KEY, clock=time.monotonic, rate_limit=120, fault_rate=0.2,
                       faults=TRANSIENT_FAULTS, seed=11)
     tasks = _script(api, 2000, 6.0, seed=5)
-    with serve_in_thread(api) as url:
+    with served_in_subprocess(api) as url:
 
         async def poll_all() -> tuple[list[Any], float, Any]:
             async with AsyncCambClient(KEY, base_url=url, rate_limit=200,
                                        max_concurrency=32) as client:
                 handles = [client.task(k, t) for k, t, _ in tasks]
-                api.epoch = time.monotonic()
                 start = time.monotonic()
                 out = await gather_statuses(client, handles, return_exceptions=True)
                 return out, time.monotonic() - start, client.budget

@@ -5,6 +5,11 @@ in any 1-second window", and a bucket of depth R lets 2R through across a window
 The log keeps the start times of the last ``R`` requests and lets a new one start only when
 the oldest is at least a window old, which is exact and costs O(1) per request.
 
+Starts are also paced (GCRA: one start per ``1/rate`` s, with a small burst allowance): a
+window's worth of requests fired in one instant queue up at the server, which then sees
+them late and bunched against the next window's, so an exact client-side log alone still
+lets a loaded server count more than ``rate`` in one of its windows.
+
 429 handling is AIMD, as in TCP: the whole budget pauses for the server's Retry-After and the
 rate is cut multiplicatively (at most once per window, so one burst of 429s from requests
 already in flight counts as one signal), then grows back linearly toward the configured rate.
@@ -46,8 +51,10 @@ class RateBudget:
     """At most ``rate`` request starts per ``window`` seconds and ``max_concurrency`` in flight.
 
     ``rate=None`` means no rate limit (the concurrency limit still applies). ``margin``
-    widens the window slightly so that network jitter between client and server cannot make
-    the server count ``rate + 1`` starts in one of its windows.
+    widens the window (by 5 % by default) so that the varying delay between a start here and
+    its arrival there (event-loop scheduling, connection setup, a busy CPU: tens of ms on a
+    loaded machine) cannot make the server count more than ``rate`` in one of its windows;
+    it costs that much throughput.
     """
 
     __slots__ = (
@@ -66,6 +73,8 @@ class RateBudget:
         "default_pause",
         "max_pause",
         "_clock",
+        "_tat",
+        "burst",
         "pauses",
         "cuts",
     )
@@ -76,12 +85,13 @@ class RateBudget:
         max_concurrency: int = 16,
         *,
         window: float = 1.0,
-        margin: float = 0.01,
+        margin: float = 0.05,
         decrease: float = 0.5,
         recovery: float | None = None,
         min_rate: float = 1.0,
         default_pause: float = 1.0,
         max_pause: float = 60.0,
+        burst: float | None = None,
     ) -> None:
         if rate is not None:
             if isinstance(rate, bool) or not isinstance(rate, (int, float)):
@@ -112,6 +122,11 @@ class RateBudget:
         self.default_pause = default_pause
         self.max_pause = max_pause
         self._clock = anyio.current_time
+        self._tat = -math.inf  # GCRA's theoretical arrival time of the next start
+        #: Starts allowed back to back after idling (default a tenth of the rate, at least 1).
+        self.burst = burst if burst is not None else max(1.0, (self._max_rate or 0.0) / 10.0)
+        if self.burst < 1:
+            raise ValueError("burst must be >= 1")
         self.pauses = 0
         self.cuts = 0
 
@@ -189,12 +204,18 @@ class RateBudget:
             rate = self.current_rate(now)
             if rate is None:
                 return
+            interval = self._window / rate
+            earliest = self._tat - (self.burst - 1.0) * interval
+            if now < earliest - _EPSILON:
+                await anyio.sleep(earliest - now)
+                continue
             limit = max(1, int(rate))
             edge = now - self._window + _EPSILON
             while starts and starts[0] <= edge:
                 starts.popleft()
             if len(starts) < limit:
                 starts.append(now)
+                self._tat = max(self._tat, now) + interval
                 return
             # The (len - limit)-th oldest start must leave the window before we may start.
             await anyio.sleep(starts[len(starts) - limit] - edge + _EPSILON)
