@@ -47,9 +47,10 @@ Redis unavailable (``on_redis_error``), never silently unlimited:
   ``retry_interval`` seconds. Safe with any fleet size; requests are delayed, not failed.
 * ``"local"``: each process falls back to a local ``RateBudget`` of ``rate / fleet_size``
   (``fleet_size`` is then required), so the fleet stays within ``rate`` if every process
-  loses Redis together. For ``retry_interval + window`` after Redis returns, a process obeys
-  both Redis and its local share, so that processes still on their fallback and the ones back
-  on Redis cannot add up to more than ``rate``.
+  loses Redis together. Its first local start waits one window after Redis was found gone
+  (the fleet may have spent the whole rate just before). For ``retry_interval + window``
+  after Redis returns, a process obeys both Redis and its local share, so that processes
+  still on their fallback and the ones back on Redis cannot add up to more than ``rate``.
 * ``"raise"``: ``acquire`` raises ``RedisBudgetUnavailableError`` (a ``CambError``).
 
 When Redis comes back, each process re-adds its own starts of the last window to the log (same
@@ -334,6 +335,7 @@ class RedisRateBudget:
         self._backfill = False
         self._probation_until = -math.inf
         self._fallback: RateBudget | None = None
+        self._local_from = -math.inf
         if on_redis_error == "local":
             assert fleet_size is not None
             self._fallback = RateBudget(self._rate / fleet_size, 1 << 30, window=window,
@@ -521,6 +523,9 @@ class RedisRateBudget:
                 continue
             if self._down and now < self._next_try:
                 if self._fallback is not None:  # "local": our share, until the next try
+                    if now < self._local_from:
+                        await self._sleep(self._local_from - now)
+                        continue
                     await self._take_local()
                     return
                 await self._sleep(self._next_try - now)  # "wait"
@@ -577,6 +582,9 @@ class RedisRateBudget:
         if not self._down:
             self._down = True
             self.outages += 1
+            # The fleet may have spent the whole rate in the window before Redis went away,
+            # and the fallback cannot know: its first start waits until that window is over.
+            self._local_from = now + self._window
             behaviour = {"wait": "waiting for it",
                          "local": f"falling back to a local share of {self._rate}/"
                                   f"{self.fleet_size} requests/s",

@@ -134,21 +134,25 @@ def run_fleet(
     redis_url: str,
     *,
     workers: int = 3,
-    tasks: int = 300,
+    tasks: int | Sequence[int] = 300,
     rate: float = 100.0,
     name: str = "fleet",
     budget_options: dict[str, Any] | None = None,
+    local_rate: float | None = None,
     during: Sequence[tuple[float, str, Callable[[FakeCambAPI], object]]] = (),
     timeout: float = 120.0,
 ) -> FleetRun:
     """Run ``workers`` processes polling ``tasks`` tasks each through one shared budget.
 
+    ``local_rate``: the peer setup instead - no Redis, each worker its own
+    ``RateBudget(local_rate)`` (a static split of the rate when ``local_rate = rate / workers``).
     ``during``: ``(seconds after the server's first request, label, action(api))`` run by the
     harness mid-run (restart Redis, inject a 429); when each started is in ``FleetRun.events``.
     """
+    counts = [tasks] * workers if isinstance(tasks, int) else list(tasks)
     api = FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
     for w in range(workers):
-        for i in range(tasks):
+        for i in range(counts[w]):
             api.add_task(TaskKind.TTS, f"w{w}-{i}")
     events: dict[str, float] = {}
     with serve_in_thread(api) as base_url:
@@ -156,7 +160,8 @@ def run_fleet(
         for w in range(workers):
             config = {
                 "redis_url": redis_url, "api_url": base_url, "name": name, "rate": rate,
-                "prefix": f"w{w}", "tasks": tasks, "options": budget_options or {},
+                "prefix": f"w{w}", "tasks": counts[w], "options": budget_options or {},
+                "local_rate": local_rate,
             }
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tests.redis_server", "worker", json.dumps(config)],
@@ -206,14 +211,23 @@ def run_fleet(
 
 
 async def _worker(config: dict[str, Any]) -> dict[str, Any]:
-    from camb_async import AsyncCambClient, PollPolicy, gather_statuses
+    from contextlib import AsyncExitStack
+
+    from camb_async import AsyncCambClient, PollPolicy, RateBudget, gather_statuses
     from camb_async.redis import RedisRateBudget
 
-    budget = RedisRateBudget.from_url(config["redis_url"], rate=config["rate"],
-                                      name=config["name"], **config["options"])
+    budget: Any
+    if config["local_rate"] is not None:
+        budget = RateBudget(config["local_rate"], 16)
+    else:
+        budget = RedisRateBudget.from_url(config["redis_url"], rate=config["rate"],
+                                          name=config["name"], **config["options"])
     ids = [f"{config['prefix']}-{i}" for i in range(config["tasks"])]
-    async with budget, AsyncCambClient(API_KEY, base_url=config["api_url"],
-                                       budget=budget) as client:
+    async with AsyncExitStack() as stack:
+        if isinstance(budget, RedisRateBudget):
+            await stack.enter_async_context(budget)
+        client = await stack.enter_async_context(
+            AsyncCambClient(API_KEY, base_url=config["api_url"], budget=budget))
         began = time.monotonic()
         results = await gather_statuses(client, ids, kind=TaskKind.TTS,
                                         policy=PollPolicy(initial=0.5, max_interval=2.0),
@@ -226,10 +240,9 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         "results": len(results),
         "success": sum(1 for r in results if getattr(r, "is_success", False)),
         "errors": [repr(r) for r in results if isinstance(r, BaseException)][:5],
-        "grants": budget.grants, "local_grants": budget.local_grants,
-        "pauses": budget.pauses, "redis_errors": budget.redis_errors,
-        "outages": budget.outages, "resets_seen": budget.resets_seen,
-        "redis_calls": budget.redis_calls,
+        **{k: getattr(budget, k, 0) for k in (
+            "grants", "local_grants", "pauses", "redis_errors", "outages", "resets_seen",
+            "redis_calls")},
     }
 
 

@@ -1,0 +1,136 @@
+"""Fleet benchmark: several processes sharing one RedisRateBudget (issue 8's acceptance figures).
+
+    .venv/bin/python benchmarks/bench_fleet.py [--json out.json] [--quick]
+
+Needs ``redis-server`` on PATH (Debian package); starts its own on a free loopback port. A
+FakeCambAPI is served over loopback TCP from this process (uvicorn thread, time.monotonic
+clock); the workers are separate processes (``python -m tests.redis_server worker``).
+
+Scenarios, each printed as a row of one Markdown table:
+
+* ``shared``: 3 workers x 300 tasks, one RedisRateBudget of 100 req/s. Acceptance: the
+  server's busiest 1-s window <= 101; wall time within 1.6x of the ideal 900 / 100 = 9 s.
+* ``restart/wait`` and ``restart/local``: the same, with Redis stopped 1.5 s into the run and
+  started again (empty: no persistence) 1 s later; ``on_redis_error="wait"`` and ``"local"``
+  (fleet_size=3). Acceptance: every task finishes, no window after the restart exceeds 101.
+* ``429``: 3 x 150 tasks; worker 0's 61st poll gets a 429 with Retry-After 3: the requests the
+  *other* workers sent during those 3 s (from the server's log) show the fleet-wide pause.
+* peers, in the same run: ``uneven shared`` (600/200/100 tasks on one shared budget) against
+  ``uneven split`` (the same tasks, each worker with a local RateBudget of 100/3 req/s, the
+  static split one would use without Redis) and ``unshared`` (each worker its own 100 req/s,
+  i.e. no fleet budget at all: what the server then sees).
+
+Wall time is measured from the moment every worker was ready (imports done) to the last one
+finishing. It includes the one-window hold of a budget's first use (see camb_async.redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from camb_async.testing import FakeCambAPI, Fault  # noqa: E402
+from tests.redis_server import FleetRun, RedisServer, run_fleet  # noqa: E402
+
+RATE = 100.0
+
+
+def summarize(label: str, run: FleetRun, ideal: float, **extra: Any) -> dict[str, Any]:
+    first = min(r.time for r in run.log)
+    row: dict[str, Any] = {
+        "scenario": label,
+        "tasks done": sum(w["success"] for w in run.workers),
+        "requests": len(run.log),
+        "peak / 1 s": run.peak(1.0),
+        "wall s": round(run.wall, 2),
+        "wall / ideal": round(run.wall / ideal, 2),
+        "to 1st request s": round(first - run.began, 2),
+        "redis calls / grant": round(
+            sum(w["redis_calls"] for w in run.workers)
+            / max(1, sum(w["grants"] for w in run.workers)), 2),
+    }
+    row.update(extra)
+    print(json.dumps(row), flush=True)  # as it comes: a later failure keeps the earlier rows
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--quick", action="store_true", help="1/3 of the tasks")
+    args = parser.parse_args()
+    n = 100 if args.quick else 300
+    ideal = 3 * n / RATE
+    rows: list[dict[str, Any]] = []
+
+    def name() -> str:
+        return f"bench-{uuid.uuid4().hex[:8]}"
+
+    with RedisServer() as server:
+        run = run_fleet(server.url, tasks=n, rate=RATE, name=name())
+        rows.append(summarize("shared", run, ideal))
+
+        for mode in ("wait", "local"):
+            options: dict[str, Any] = {"on_redis_error": mode, "retry_interval": 0.25}
+            if mode == "local":
+                options["fleet_size"] = 3
+            run = run_fleet(server.url, tasks=n, rate=RATE, name=name(),
+                            budget_options=options,
+                            during=[(1.5, "restart", lambda api: server.restart(down_for=1.0))])
+            rows.append(summarize(
+                f"restart/{mode}", run, ideal,
+                **{"peak after restart": run.peak(1.0, since=run.events["restart"]),
+                   "outages seen": sum(w["outages"] for w in run.workers),
+                   "local grants": sum(w["local_grants"] for w in run.workers)}))
+
+        retry_after = 3.0
+
+        def throttle(api: FakeCambAPI) -> None:
+            api.inject(Fault(status=429, retry_after=str(retry_after)), path="/tts/w0-60")
+
+        half = n // 2
+        run = run_fleet(server.url, tasks=half, rate=RATE, name=name(),
+                        during=[(0.0, "429", throttle)])
+        (hit,) = [r for r in run.log if r.status == 429]
+        t0 = hit.time
+        others = [r.time for r in run.log if not r.path.startswith("/tts/w0-")]
+        before = sum(1 for t in others if t0 - retry_after < t < t0)
+        during = sum(1 for t in others if t0 < t < t0 + retry_after)
+        after_news = sum(1 for t in others if t0 + 0.5 < t < t0 + retry_after)
+        later = sorted(t for t in others if t > t0)
+        gap = next((t for t in later if t > t0 + 0.5), t0) - t0
+        rows.append(summarize(
+            "429", run, 3 * half / RATE + retry_after,
+            **{"others' requests in the 3 s before": before,
+               "in the 3 s after": during,
+               "after the first 0.5 s": after_news,
+               "others resumed after s": round(gap, 2)}))
+
+        uneven = [2 * n, 2 * n // 3, n // 3]
+        run = run_fleet(server.url, tasks=uneven, rate=RATE, name=name())
+        rows.append(summarize("uneven shared", run, sum(uneven) / RATE))
+        run = run_fleet(server.url, tasks=uneven, rate=RATE, local_rate=RATE / 3)
+        rows.append(summarize("uneven split (peer)", run, sum(uneven) / RATE))
+        run = run_fleet(server.url, tasks=n, rate=RATE, local_rate=RATE)
+        rows.append(summarize("unshared (peer)", run, ideal))
+
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
