@@ -110,7 +110,7 @@ class DurationEstimator:
         self._obs: dict[tuple[int, int], float] = {}
         self._weight = 0.0  # summed weight of every stored observation
         self._completions = 0.0  # summed weight of the ones with an upper bound
-        self._unit = 1.0  # weight of the next observation (halved on decay, so old data fade)
+        self._unit = 1.0  # weight of one observation; stored ones are halved as they age
         self._pending: dict[int, int] = {}  # start-time bucket -> tasks being watched
         self._pending_res = 1.0  # seconds per start-time bucket
         self._fit: DurationFit | None = None
@@ -158,7 +158,6 @@ class DurationEstimator:
         self._obs = {k: w * 0.5 for k, w in self._obs.items() if w > 1e-3}
         self._weight *= 0.5
         self._completions *= 0.5
-        self._unit *= 0.5
         self._fit_weight *= 0.5
 
     def track(self, start: float) -> None:
@@ -443,7 +442,9 @@ class AdaptivePollPolicy(PollPolicy):
 
         from ._polling import DEFAULT_POLICIES
 
-        fallback = self.fallback or DEFAULT_POLICIES[kind]
+        fallback = self.fallback
+        if fallback is None:
+            fallback = attrs.evolve(DEFAULT_POLICIES[kind], jitter=self.jitter)
         if fallback.max_interval > self.max_delay:
             fallback = attrs.evolve(fallback, max_interval=self.max_delay,
                                     initial=min(fallback.initial, self.max_delay))
