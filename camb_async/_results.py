@@ -99,13 +99,14 @@ async def gather_results(
 
 
 def _run_id(status: StatusResult) -> int:
-    if not status.is_terminal:
-        raise WaitTimeoutError(
-            f"{status.kind.value} task {status.task_id!r} not finished before the deadline "
-            f"(last status: {status.raw_status})",
-            status,
-        )
+    """The run id to fetch, or the error for the task's slot (kind and task_id set)."""
     try:
+        if not status.is_terminal:
+            raise WaitTimeoutError(
+                f"{status.kind.value} task {status.task_id!r} not finished before the "
+                f"deadline (last status: {status.raw_status})",
+                status,
+            )
         return run_id_of(status)
     except CambError as exc:
         exc.kind, exc.task_id = status.kind, status.task_id

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from camb_async import (
     APIError,
     AsyncCambClient,
+    AuthenticationError,
     DubbingResult,
     InternalServerError,
     NotFoundError,
@@ -309,7 +310,7 @@ async def test_gather_results_failed_slots(api: FakeCambAPI, client: AsyncCambCl
     assert isinstance(results[0], TTSResult)
     assert isinstance(results[1], TaskFailedError) and results[1].message == "boom"
     assert results[1].task_id == failed
-    assert isinstance(results[2], WaitTimeoutError)
+    assert isinstance(results[2], WaitTimeoutError) and results[2].task_id == slow
     assert results[2].last is not None and results[2].last.status is TaskStatus.PENDING
 
 
@@ -400,3 +401,11 @@ async def test_null_entry_counts_as_missing(api: FakeCambAPI, client: AsyncCambC
     run_id = run_of(api, TaskKind.TRANSLATION, api.add_task("translate"))
     api.inject(status=None, path="/translation-results", body=b'{"%d": null}' % run_id)
     assert await client.translation.results([run_id]) == {}
+
+
+async def test_gather_results_auth_error_always_raises(api: FakeCambAPI,
+                                                       client: AsyncCambClient) -> None:
+    ids = [api.add_task("dub") for _ in range(3)]
+    api.inject(status=401, path="/dubbing-results")
+    with pytest.raises(AuthenticationError):
+        await gather_results(client, ids, kind="dub", return_exceptions=True)
