@@ -469,7 +469,11 @@ class AsyncCambClient:
                 preacquired = False
             else:
                 await budget.acquire()
-            scope = anyio.CancelScope()
+            # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
+            # server trickling a byte per read (or an in-process transport, which has none)
+            # could otherwise hold the call forever. Uploads keep only the per-phase timeouts.
+            scope = anyio.CancelScope(
+                deadline=anyio.current_time() + self.timeout if files is None else math.inf)
             self._scopes.add(scope)
             response: httpx.Response | None = None
             failure: Exception | None = None
@@ -502,6 +506,8 @@ class AsyncCambClient:
                                None if response is None else response.status_code)
             if self._closed:
                 raise ClientClosedError("the AsyncCambClient was closed during the request")
+            if response is None and failure is None:  # the attempt's deadline expired
+                failure = httpx.ReadTimeout(f"no complete answer within {self.timeout}s")
 
             retry_after: float | None = None
             if failure is not None:
