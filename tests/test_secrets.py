@@ -109,8 +109,13 @@ async def test_key_absent_from_every_error_repr_and_traceback(
         errors = await collect_errors(api, client)
         handle = client.dub.task("ok")
         result = await handle.status()
+        fetched: list[object] = []  # result models of every kind, from real answers
+        for kind in ("dub", "tts", "translate", "transcribe"):
+            done = api.add_task(kind, f"{kind}-done", status="SUCCESS")
+            fetched.append(await client.task(kind, done).result())
         objects: list[object] = [client, client.dub, client.tts, client.translation,
-                                 client.transcription, handle, result, client.budget, FAST]
+                                 client.transcription, handle, result, client.budget, FAST,
+                                 *fetched]
         assert_no_secret(*objects, *(str(o) for o in objects))
     classes = {type(e) for e in errors}
     assert {AuthenticationError, NotFoundError, UnprocessableEntityError, RateLimitError,
