@@ -396,6 +396,8 @@ class AsyncCambClient:
     async def _sleep(self, seconds: float) -> None:
         """Wait between polls; ``aclose()`` cuts the wait short with ``ClientClosedError``,
         so a caller waiting on a slow task is released at shutdown, not at its next poll."""
+        if self._closed:
+            raise ClientClosedError("this AsyncCambClient is closed")
         scope = anyio.CancelScope()
         self._scopes.add(scope)
         try:

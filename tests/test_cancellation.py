@@ -327,3 +327,22 @@ async def test_closed_callers_own_http_client_is_left_open() -> None:
         assert not http.is_closed
         with pytest.raises(ClientClosedError):
             await client.dub.status("t")
+
+
+async def test_aclose_while_the_caller_holds_a_watched_status() -> None:
+    """Closed between two steps of ``watch()``: the next step fails at once, it does not
+    sleep out the policy's interval first."""
+    api = FakeCambAPI(api_key=API_KEY)
+    task_id = api.add_task("dub", after=1e6)
+    client = AsyncCambClient(API_KEY, base_url="http://localhost",
+                             transport=httpx.ASGITransport(app=api))
+    slow = PollPolicy(initial=500, max_interval=500)
+    async with aclosing(client.dub.task(task_id).watch(policy=slow)) as statuses:
+        first = await statuses.__anext__()
+        assert first.raw_status == "PENDING"
+        await client.aclose()
+        started = anyio.current_time()
+        with pytest.raises(ClientClosedError):
+            await statuses.__anext__()
+    assert anyio.current_time() - started < 1.0
+    assert len(api.log) == 1
