@@ -1,27 +1,29 @@
-"""gather_results: poll many tasks, then fetch every success's result in batches.
+"""gather_results: poll many tasks and fetch every success's result in batches.
 
-Polling is ``gather_statuses`` (one scheduler, one budget). Results then go through the batch
-endpoints, ``chunk_size`` run ids a request, so 1,000 finished tasks cost 10 result requests,
-not 1,000. Run ids a batch answer leaves out are fetched one by one, so each such slot gets
-either its result or the API's own error for that run (usually ``NotFoundError``).
+Polling is ``iter_statuses`` (the one bulk scheduler, the client's one budget). Successes are
+queued per kind and fetched through the batch endpoints as soon as ``chunk_size`` of a kind
+have finished, while polling goes on; the remainder goes out when polling ends. So 1,000
+finished tasks cost 10 result requests, not 1,000, and most of them are already fetched when
+the last task finishes. Run ids a batch answer leaves out are fetched one by one, so each such
+slot gets either its result or the API's own error for that run (usually ``NotFoundError``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
 from ._errors import CambError, WaitTimeoutError
-from ._handle import run_id_of
+from ._handle import TaskHandle, run_id_of
 from ._models import StatusResult, TaskKind
-from ._polling import PollPolicy, _fatal, gather_statuses
+from ._polling import PollPolicy, _fatal, iter_statuses
 from ._resources import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
-    from ._handle import TaskHandle
 
 __all__ = ["gather_results"]
 
@@ -37,63 +39,87 @@ async def gather_results(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_update: Callable[[StatusResult], object] | None = None,
 ) -> list[Any]:
-    """Wait for many tasks, then return their typed results in input order.
+    """Wait for many tasks and return their typed results in input order.
 
     ``tasks``, ``kind``, ``policy`` and ``on_update`` are as for ``gather_statuses``;
     ``timeout`` bounds the polling. A task that ended ERROR/TIMEOUT/PAYMENT_REQUIRED yields
     ``TaskFailedError``; one still unfinished at the deadline yields ``WaitTimeoutError``
     (its ``last`` is the last observed status). With ``return_exceptions=True`` those errors
-    (and a task's own request errors) fill the task's slot; otherwise the first one in input
-    order is raised, and no results are fetched. ``AuthenticationError`` always raises.
+    (and a task's own request or result errors) fill the task's slot; otherwise the first one
+    observed stops everything and is raised, like ``gather_statuses``.
+    ``AuthenticationError`` always raises. Results are fetched ``chunk_size`` run ids a
+    request, per kind, while the other tasks are still being polled.
     """
     chunk_size = check_chunk_size(chunk_size)
-    statuses = await gather_statuses(
-        client, tasks, kind=kind, wait=True, timeout=timeout, policy=policy,
-        return_exceptions=return_exceptions, on_update=on_update,
-    )
-    slots: list[Any] = []
-    wanted: dict[TaskKind, dict[int, None]] = {}
-    for outcome in statuses:
-        if isinstance(outcome, BaseException):
-            slots.append(outcome)
-            continue
-        try:
-            run_id = _run_id(outcome)
-        except CambError as exc:
-            if not return_exceptions:
-                raise
-            slots.append(exc)
-            continue
-        slots.append((outcome.kind, run_id))
-        wanted.setdefault(outcome.kind, {})[run_id] = None
-
+    if isinstance(tasks, (str, bytes)):
+        raise TypeError("tasks must be an iterable of task ids or handles, not one string")
+    items = list(tasks)
+    default_kind = None if kind is None else client.resource(kind).kind
+    outcomes: dict[Hashable, Any] = {}  # (kind, task_id) -> error or (kind, run_id)
     fetched: dict[TaskKind, dict[int, Any]] = {}
-
-    async def fetch(kind: TaskKind, run_ids: list[int]) -> None:
-        fetched[kind] = await _fetch_kind(client, kind, run_ids, chunk_size, return_exceptions)
-
+    queued: dict[TaskKind, dict[int, None]] = {}
     failures: list[BaseException] = []
 
-    async def guarded(kind: TaskKind, run_ids: list[int], scope: anyio.CancelScope) -> None:
+    async def fetch(result_kind: TaskKind, run_ids: list[int], scope: anyio.CancelScope
+                    ) -> None:
         try:
-            await fetch(kind, run_ids)
+            got = await _fetch_kind(client, result_kind, run_ids, chunk_size,
+                                    return_exceptions)
         except CambError as exc:  # one error, not an ExceptionGroup, reaches the caller
             failures.append(exc)
             scope.cancel()
+            return
+        fetched.setdefault(result_kind, {}).update(got)
 
     async with anyio.create_task_group() as tg:
-        for result_kind, ids in wanted.items():
-            tg.start_soon(guarded, result_kind, list(ids), tg.cancel_scope)
+        statuses = cast("AsyncGenerator[Any, None]", iter_statuses(
+            client, items, kind=kind, wait=True, timeout=timeout, policy=policy,
+            return_exceptions=True, on_update=on_update))
+        try:
+            async with aclosing(statuses):
+                async for item in statuses:
+                    if isinstance(item, BaseException):
+                        if (not isinstance(item, CambError) or _fatal(item)
+                                or not return_exceptions):
+                            failures.append(item)
+                            break
+                        outcomes[(item.kind, item.task_id)] = item
+                        continue
+                    key = (item.kind, item.task_id)
+                    try:
+                        run_id = _run_id(item)
+                    except CambError as exc:
+                        if not return_exceptions:
+                            failures.append(exc)
+                            break
+                        outcomes[key] = exc
+                        continue
+                    outcomes[key] = (item.kind, run_id)
+                    batch = queued.setdefault(item.kind, {})
+                    batch[run_id] = None
+                    if len(batch) >= chunk_size:
+                        del queued[item.kind]
+                        tg.start_soon(fetch, item.kind, list(batch), tg.cancel_scope)
+        except Exception as exc:  # bad input, auth error: raised as itself after the group
+            failures.append(exc)
+        if failures:
+            tg.cancel_scope.cancel()
+        else:
+            for result_kind, batch in queued.items():
+                tg.start_soon(fetch, result_kind, list(batch), tg.cancel_scope)
     if failures:
         raise failures[0]
 
     out: list[Any] = []
-    for slot in slots:
+    for item in items:
+        if isinstance(item, TaskHandle):
+            key = (item.kind, item.task_id)
+        else:
+            assert default_kind is not None  # iter_statuses refused ids without a kind
+            key = (default_kind, item)
+        slot = outcomes[key]
         if isinstance(slot, tuple):
-            result_kind, run_id = slot
-            slot = fetched[result_kind][run_id]
-            if isinstance(slot, BaseException) and not return_exceptions:
-                raise slot
+            slot = fetched[slot[0]][slot[1]]
         out.append(slot)
     return out
 

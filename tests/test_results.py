@@ -314,15 +314,34 @@ async def test_gather_results_failed_slots(api: FakeCambAPI, client: AsyncCambCl
     assert results[2].last is not None and results[2].last.status is TaskStatus.PENDING
 
 
-async def test_gather_results_raises_first_failure_in_input_order(
+async def test_gather_results_fails_fast_on_the_first_failure(
         api: FakeCambAPI, client: AsyncCambClient) -> None:
     ids = [api.add_task("translate"),
            api.add_task("translate", status="PAYMENT_REQUIRED", after=9),
-           api.add_task("translate", status="ERROR", after=1)]
+           api.add_task("translate", status="ERROR", after=1),
+           api.add_task("translate", after=600)]
+    start = anyio.current_time()
     with pytest.raises(TaskFailedError) as info:
         await gather_results(client, ids, kind="translate", policy=FAST)
-    assert info.value.status.status is TaskStatus.PAYMENT_REQUIRED
-    assert not api.requests("POST")  # failures are known before any result is fetched
+    assert info.value.status.status is TaskStatus.ERROR and info.value.task_id == ids[2]
+    assert anyio.current_time() - start < 9  # raised when seen, polling stopped
+    assert not api.requests("POST")  # the one success was still queued for its batch
+    polls = len(api.log)
+    await anyio.sleep(60)
+    assert len(api.log) == polls  # nothing left running
+
+
+async def test_gather_results_fetches_full_batches_while_polling(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    early = [api.add_task("tts", after=1) for _ in range(200)]
+    late = [api.add_task("tts", after=300) for _ in range(50)]
+    start = anyio.current_time()
+    results = await gather_results(client, early + late, kind="tts", chunk_size=100,
+                                   policy=PollPolicy(initial=1.0, max_interval=60.0))
+    assert all(isinstance(r, TTSResult) for r in results)
+    fetched_at = [r.time - start for r in api.requests("POST", "/tts-results")]
+    assert len(fetched_at) == 3
+    assert sorted(fetched_at)[1] < 100 <= sorted(fetched_at)[2]  # 2 full batches early
 
 
 async def test_gather_results_fetches_singly_what_a_batch_left_out(
@@ -375,7 +394,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(answer=st.dictionaries(st.sampled_from(["1", "2", "x", "-1", "01", " 2"]), JSON,
                               max_size=4) | JSON)
 def test_parse_batch_fails_only_with_model_error(answer: Any) -> None:
