@@ -124,6 +124,15 @@ class FakeCambAPI:
     ``rate_limit``: server-side limit in requests per second (sliding 1 s window of accepted
     requests); excess requests get 429 with ``Retry-After: rate_limit_retry_after``.
     ``fault_rate``: probability that a request gets a random fault from ``faults``.
+
+    Routes: ``GET /{kind}/{task_id}`` (status); ``POST /dub``, ``/tts``, ``/translate`` (JSON)
+    and ``/transcribe`` (multipart only, parsed as it streams) create tasks, checked for the
+    required fields (422 otherwise) and scripted with ``script_create``; ``GET
+    /{dub,tts,translation,transcription}-result/{run_id}`` and ``POST /dubbing-results``,
+    ``/tts-results``, ``/translation-results``, ``/transcription-results`` serve a run's
+    result once its task has reached SUCCESS (``set_result`` or ``script_create(result=)``
+    script it; otherwise it is generated from the run id and the create request). TTS
+    results are JSON only with ``output_type=FILE_URL``, as the real default streams audio.
     """
 
     def __init__(
