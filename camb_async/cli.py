@@ -99,15 +99,20 @@ class RequestMeter:
         self.requests = 0
         self.throttles = 0
         self.retries = 0
+        self.failures = 0  # attempts with no answer or a 5xx/429 one
         self._recent: collections.deque[float] = collections.deque()
 
     def hooks(self) -> RequestHooks:
-        return RequestHooks(on_request_start=self._start, on_retry=self._retry,
-                            on_throttle=self._throttle)
+        return RequestHooks(on_request_start=self._start, on_request_end=self._end,
+                            on_retry=self._retry, on_throttle=self._throttle)
 
     def _start(self, method: str, path: str) -> None:
         self.requests += 1
         self._recent.append(time.monotonic())
+
+    def _end(self, method: str, path: str, duration: float, status: int | None) -> None:
+        if status is None or status == 429 or status >= 500:
+            self.failures += 1
 
     def _retry(self, method: str, path: str, attempt: int, delay: float,
                error: BaseException) -> None:
@@ -316,8 +321,9 @@ class Progress:
     def line(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))
         budget = "unlimited" if self.budget is None else f"{self.budget:g}"
+        failed = f" ({self.meter.failures} failed)" if self.meter.failures else ""
         return (f"[{self.elapsed():6.1f}s] {self.finished}/{self.total} done ({counts}) "
-                f"| {self.rate()} req/s of {budget} | {self.meter.requests} requests")
+                f"| {self.rate()} req/s of {budget} | {self.meter.requests} requests{failed}")
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -338,6 +344,7 @@ class Progress:
         stats = Text.assemble(
             (f"{rate} req/s", "bold cyan"), f" (budget {budget}, peak {self.peak_rate})   ",
             f"{self.meter.requests} requests",
+            (f" ({self.meter.failures} failed: see -v)" if self.meter.failures else "", "red"),
         )
         bar = ProgressBar(total=max(self.total, 1), completed=self.finished, width=50)
         return Group(Text(self.title, style="bold"), bar, done, stats, grid)
