@@ -187,6 +187,7 @@ def run_fleet(
                 time.sleep(max(0.0, api.log[0].time + at - time.monotonic()))
                 events[label] = time.monotonic()
                 action(api)
+                events[label + ":done"] = time.monotonic()
             thread = threading.Thread(target=act, daemon=True)
             thread.start()
             threads.append(thread)
