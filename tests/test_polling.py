@@ -6,6 +6,7 @@ import random
 from contextlib import aclosing
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -241,7 +242,7 @@ async def test_on_update_may_be_async_and_sees_every_status(
     seen = []
 
     async def record(result: StatusResult) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         seen.append(result.status)
 
     await gather_statuses(client, [task_id], kind="tts", policy=FAST, on_update=record)
