@@ -522,6 +522,11 @@ class RedisRateBudget:
                 await self._sleep(self._paused_until - now)
                 continue
             if self._down and now < self._next_try:
+                if self.on_redis_error == "raise":  # known down: don't wait for a timeout
+                    raise RedisBudgetUnavailableError(
+                        f"Redis for rate budget {self.name!r} is unavailable "
+                        f"(next try in {self._next_try - now:.2f}s)"
+                    )
                 if self._fallback is not None:  # "local": our share, until the next try
                     if now < self._local_from:
                         await self._sleep(self._local_from - now)

@@ -247,6 +247,8 @@ async def test_redis_down_raise(make_budget: Any) -> None:
         await budget.acquire()
     assert isinstance(info.value, CambError)
     assert budget.in_flight == 0  # the local slot was given back
+    with pytest.raises(RedisBudgetUnavailableError, match="next try"):
+        await budget.acquire()  # still known to be down: raises without waiting
 
 
 async def test_redis_down_local_share(make_budget: Any) -> None:
