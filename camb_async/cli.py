@@ -440,6 +440,7 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
             "results": [_result_json(item) for item in items],
             "counts": progress.counts(),
             "requests": meter.requests,
+            "retries": meter.retries,
             "elapsed": round(progress.elapsed(), 3),
             "exit_code": code,
         })

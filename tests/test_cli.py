@@ -79,10 +79,10 @@ def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSer
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
-    """Tasks that take minutes, behind a server that faults a third of the time."""
+    """Tasks that take minutes, behind a server that faults half of the time (seeded)."""
     server = FakeServer(tmp_path_factory.mktemp("slow"), "--tasks", "3", "--kinds", "dub",
                         "--min-duration", "300", "--max-duration", "600",
-                        "--fault-rate", "0.3")
+                        "--fault-rate", "0.5")
     yield server
     server.stop()
 
@@ -174,11 +174,15 @@ def test_watch_failed_tasks_exit_1(failing_server: FakeServer) -> None:
 
 def test_watch_timeout_exits_4_despite_faults(slow_server: FakeServer) -> None:
     proc = run("watch", "--from-file", str(slow_server.ids_file), "--timeout", "1", "--json",
-               "--base-url", slow_server.url)
+               "-v", "--base-url", slow_server.url)
     assert proc.returncode == 4, proc.stderr
     doc = json.loads(proc.stdout)
     assert [r["status"] for r in doc["results"]] == ["PENDING"] * len(slow_server.ids)
     assert doc["elapsed"] < 10
+    # -v: the camb_async logger reports the retries of the faulted requests, never the key.
+    retries = [line for line in proc.stderr.splitlines() if "retrying GET /dub/" in line]
+    assert len(retries) == doc["retries"] > 0
+    assert KEY not in proc.stderr
 
 
 def test_watch_unknown_task_exits_5(quick_server: FakeServer) -> None:
