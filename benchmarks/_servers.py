@@ -129,10 +129,11 @@ class FakeServer:
         wait_for_port(self.port, self._proc)
         return f"http://127.0.0.1:{self.port}"
 
-    def log(self) -> list[tuple[float, int]]:
-        """Every request served so far: (arrival on the server's clock, status)."""
+    def log(self) -> list[tuple[float, int, str]]:
+        """Every request served so far: (arrival on the server's monotonic clock, status,
+        path). ``time.monotonic`` is system-wide, so the client can compare its own."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_bench/log") as r:
-            return [(t, s) for t, s in json.loads(r.read())]
+            return [(t, s, p) for t, s, p in json.loads(r.read())]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._proc is not None:
@@ -158,7 +159,7 @@ def _serve(spec_path: str) -> None:  # the FakeServer subprocess
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/_bench/log":
-            body = json.dumps([(r.time, r.status) for r in api.log]).encode()
+            body = json.dumps([(r.time, r.status, r.path) for r in api.log]).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})
