@@ -101,13 +101,18 @@ def count_sockets(port: int) -> tuple[int, int]:
 
 
 class RetryCounter(logging.Handler):
+    """Counts the client's request retries (its INFO log), by the error that caused each."""
+
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.retries = 0
+        self.causes: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("retrying"):
             self.retries += 1
+            error = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+            self.causes[type(error).__name__] += 1
 
 
 def script(api: FakeCambAPI, rng: random.Random) -> dict[tuple[TaskKind, str], TaskStatus]:
@@ -210,6 +215,7 @@ async def test_soak_10k_tasks_with_faults(anyio_backend: str) -> None:
         f"\nsoak [{anyio_backend}]: tasks={len(truth)} requests={len(api.log)} "
         f"faults={sum(faults.values())} ({dict(sorted(faults.items()))}) "
         f"fault_share={sum(faults.values()) / len(api.log):.3f} retries={counter.retries} "
+        f"({dict(sorted(counter.causes.items()))}) "
         f"wall={wall:.1f}s sockets client/server before={before} "
         f"pooled_client={pooled_client_sockets} after_close={after_close} settled={settled}"
     )
