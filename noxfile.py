@@ -31,3 +31,25 @@ def soak(session: nox.Session) -> None:
     """10,000 tasks over loopback TCP with 20 % injected faults; prints its figures."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-s", "-q", "tests/soak/", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Every benchmark figure vs the official SDK and raw clients; rewrites benchmarks/README.md.
+
+    Starts its own servers (loopback nginx, FakeCambAPI on uvicorn). nginx comes from apt:
+    installed here when missing and running as root. `nox -s bench -- --quick` for a short run.
+    """
+    import os
+    import shutil
+
+    if shutil.which("nginx") is None and not any(
+        os.path.exists(p) for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+    ):
+        if os.geteuid() != 0:
+            session.error("nginx is missing: apt-get install nginx (needs root)")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", "nginx", external=True, env=env)
+    session.install("-e", ".[bench,test]")
+    session.run("python", "benchmarks/run_all.py", *session.posargs)
