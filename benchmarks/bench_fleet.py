@@ -20,8 +20,9 @@ Scenarios, each printed as a row of one Markdown table:
   static split one would use without Redis) and ``unshared`` (each worker its own 100 req/s,
   i.e. no fleet budget at all: what the server then sees).
 
-Wall time is measured from the moment every worker was ready (imports done) to the last one
-finishing. It includes the one-window hold of a budget's first use (see camb_async.redis).
+Wall time runs from the first worker beginning to poll (imports done, client open) to the
+last one finishing. It includes the one-window hold of a budget's first use (see
+camb_async.redis) and, in the restart rows, the 3-s outage.
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ class FleetRun:
 
     @property
     def began(self) -> float:
-        """When the last worker was ready (their imports may outlast the planned start)."""
-        return max(self.start, *(w["began"] for w in self.workers))
+        """When the first worker had its client open and began polling."""
+        return min(w["began"] for w in self.workers)
 
     @property
     def wall(self) -> float:
