@@ -406,7 +406,7 @@ class AdaptivePollPolicy(PollPolicy):
 
     ``max_delay``: no gap between two polls of a task is longer, so no completion goes
     unnoticed for longer (plus one request's time). ``request_cost``: seconds of mean
-    detection delay one request is worth (default ``max_delay / 20``); larger means fewer
+    detection delay one request is worth (default ``max_delay / 15``); larger means fewer
     requests and later detection. ``min_interval``: no gap is shorter. ``min_samples``:
     completions of a kind needed before its schedule is trusted; until then ``fallback`` (or
     the kind's default policy) is used, capped at ``max_delay``.
@@ -434,7 +434,7 @@ class AdaptivePollPolicy(PollPolicy):
     @property
     def kappa(self) -> float:
         """Target of ``gap * P(done within gap | pending)``: twice the cost of a request."""
-        cost = self.request_cost if self.request_cost is not None else self.max_delay / 20.0
+        cost = self.request_cost if self.request_cost is not None else self.max_delay / 15.0
         return 2.0 * cost
 
     def _bind(self, client: AsyncCambClient, kind: TaskKind) -> PollPolicy:

@@ -33,6 +33,7 @@ from ._errors import (
     RateLimitError,
 )
 from ._models import StatusResult, TaskKind, TaskStatus
+from ._resources import check_task_id
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
@@ -119,7 +120,8 @@ class PollPolicy:
         completion is likely; see ``camb_async._adaptive.AdaptivePollPolicy``.
 
         ``max_delay`` bounds every gap between polls (so any completion is seen within it);
-        ``request_cost`` (default ``max_delay / 20``) is the mean delay, in seconds, one
+        ``request_cost`` (default ``max_delay / 15``: about the requests of a fixed
+        ``max_delay`` sleep, for about half its mean delay) is the mean delay, in seconds, one
         request is worth. Until a kind has ``min_samples`` completions, ``fallback`` (default:
         the kind's default policy, capped at ``max_delay``) is used.
         """
@@ -212,7 +214,7 @@ class _CreatedTask(_Task):
     __slots__ = ()
 
 
-_CHUNK = 4096  # tasks prepared or reported between checkpoints, to keep the loop responsive
+_CHUNK = 1024  # tasks prepared or reported between checkpoints, to keep the loop responsive
 
 
 class _Poller:
@@ -281,7 +283,7 @@ class _Poller:
             key = (kind, task_id)
             task = by_key.get(key)
             if task is None:
-                client.resource(kind).status_path(task_id)  # validates the id; no request
+                check_task_id(task_id)  # validates the id before any request
                 policy = policies.get(kind)
                 if policy is None:
                     policy = policies[kind] = (self.policy or PollPolicy.for_kind(kind))._bind(
@@ -325,8 +327,15 @@ class _Poller:
             if not task.done and task.polls and task.error is None:
                 stats.abandoned(task.kind, task.first_seen, now - task.first_seen)
 
-    def outcomes(self) -> list[StatusResult | BaseException]:
-        return [task.outcome() for task in self.order]
+    async def outcomes(self) -> list[StatusResult | BaseException]:
+        """Every input slot's outcome, built in chunks so 100,000 don't stall the loop."""
+        order = self.order
+        out: list[StatusResult | BaseException] = []
+        for start in range(0, len(order), _CHUNK):
+            out.extend([task.outcome() for task in order[start:start + _CHUNK]])
+            if start + _CHUNK < len(order):
+                await anyio.lowlevel.checkpoint()
+        return out
 
     # -------------------------------------------------------------- worker side
 
@@ -438,14 +447,16 @@ class _Poller:
         if self.emit is not None:
             self.emit(task.outcome())
 
-    def emit_unfinished(self) -> None:
+    async def emit_unfinished(self) -> None:
         """After the deadline: report every task not done with its last observed status."""
         if self.emit is None:
             return
-        for task in self.unique:
+        for count, task in enumerate(self.unique, 1):
             if not task.done:
                 task.done = True
                 self.emit(task.outcome())
+            if count % _CHUNK == 0:
+                await anyio.lowlevel.checkpoint()
 
 
 async def _make_poller(
@@ -499,7 +510,7 @@ async def gather_statuses(
         await poller.run()
     if poller.fatal is not None:
         raise poller.fatal
-    return poller.outcomes()
+    return await poller.outcomes()
 
 
 async def iter_statuses(
@@ -533,7 +544,7 @@ async def iter_statuses(
             with anyio.move_on_after(math.inf if timeout is None else timeout):
                 await poller.run()
             if poller.fatal is None:
-                poller.emit_unfinished()
+                await poller.emit_unfinished()
         finally:
             send.close()
 
