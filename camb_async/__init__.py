@@ -4,6 +4,7 @@ Poll hundreds to hundreds of thousands of dubbing, text-to-speech, translation a
 transcription tasks under one rate budget. See README.md for the tour.
 """
 
+from ._adaptive import CompletionStats
 from ._budget import Budget, RateBudget
 from ._client import AsyncCambClient
 from ._errors import (
@@ -56,6 +57,7 @@ __all__ = [
     "DubResource",
     "DubbingResult",
     "ClientClosedError",
+    "CompletionStats",
     "InternalServerError",
     "Language",
     "NotFoundError",
