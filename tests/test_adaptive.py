@@ -314,3 +314,58 @@ async def test_poller_censors_tasks_still_pending_at_its_deadline(
     assert est.completions == 0
     rows = client.completion_stats.to_dict()["kinds"]["dub"]["bins"]
     assert sum(w for _, hi, w in rows if hi is None) == 20  # each: ran > ~120 s
+
+
+async def test_every_policy_feeds_per_kind_stats_and_snapshots_leave_no_pending(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    now = anyio.current_time()
+    handles = []
+    for i in range(40):
+        kind, after = (TaskKind.TTS, 8.0 + i % 5) if i % 2 else (TaskKind.DUB, 400.0 + i)
+        handles.append(TaskHandle(client, kind, api.add_task(kind, after=after, created_at=now),
+                                  created_at=now))
+    snapshot = await gather_statuses(client, handles, wait=False)
+    assert not any(r.is_terminal for r in snapshot)
+    stats = client.completion_stats
+    assert stats.for_kind(TaskKind.TTS).pending == 0  # a snapshot watches nothing
+    await gather_statuses(client, handles)  # the kinds' exponential defaults
+    tts, dub = stats.for_kind(TaskKind.TTS), stats.for_kind(TaskKind.DUB)
+    assert tts.completions == 20 and dub.completions == 20
+    assert tts.pending == dub.pending == 0
+    fit_tts, fit_dub = (stats.fit(k, anyio.current_time()) for k in (TaskKind.TTS, TaskKind.DUB))
+    assert fit_tts is not None and fit_dub is not None
+    assert 7.0 < fit_tts.median < 16.0
+    assert 380.0 < fit_dub.median < 480.0
+
+
+async def test_a_task_that_errors_is_forgotten_not_counted(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    now = anyio.current_time()
+    ok = api.add_task(TaskKind.TTS, after=30.0, created_at=now)
+    gone = api.add_task(TaskKind.TTS, after=1000.0, created_at=now)
+
+    async def vanish() -> None:
+        await anyio.sleep(10.0)
+        del api.tasks[(TaskKind.TTS, gone)]  # the next poll answers 404
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(vanish)
+        out = await gather_statuses(client, [TaskHandle(client, TaskKind.TTS, i, created_at=now)
+                                             for i in (ok, gone)], return_exceptions=True)
+    assert out[0].is_success and isinstance(out[1], Exception)
+    est = client.completion_stats.for_kind(TaskKind.TTS)
+    assert est.pending == 0
+    assert est.completions == 1
+    assert len(client.completion_stats.to_dict()["kinds"]["tts"]["bins"]) == 1
+
+
+def test_created_tasks_cost_no_extra_memory() -> None:
+    import sys
+
+    from camb_async._polling import _CreatedTask, _Task
+
+    policy = PollPolicy()
+    plain = _Task(TaskKind.TTS, "a", policy, 0.0)
+    created = _CreatedTask(TaskKind.TTS, "a", policy, 0.0)
+    assert sys.getsizeof(created) == sys.getsizeof(plain)
+    assert not hasattr(created, "__dict__")
