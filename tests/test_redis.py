@@ -318,8 +318,11 @@ def test_a_429_in_one_process_pauses_the_others(redis_server: RedisServer) -> No
         # Worker 0 polls its tasks in order: its 61st poll, ~2 s into the run,, gets the 429.
         api.inject(Fault(status=429, retry_after=str(retry_after)), path="/tts/w0-60")
 
+    # recovery=100: back to the full rate 0.5 s after the pause (the default takes 5 s; the
+    # cut itself is checked in-process above), to keep this test short.
     run = run_fleet(redis_server.url, workers=3, tasks=100, rate=100,
-                    name=f"fleet-{uuid.uuid4().hex[:6]}", budget_options=FLEET,
+                    name=f"fleet-{uuid.uuid4().hex[:6]}",
+                    budget_options={**FLEET, "recovery": 100.0},
                     during=[(0.0, "429", throttle)])
     assert [w["success"] for w in run.workers] == [100, 100, 100]
     (hit,) = [r for r in run.log if r.status == 429]
