@@ -271,3 +271,27 @@ def test_tls_is_verified_by_default(self_signed_cert: tuple[str, str]) -> None:
             # The same server with verification turned off: so the refusal above was TLS's.
             assert anyio.run(lambda: status(url, verify=False), backend=backend).is_success
             api.log.clear()
+
+
+async def test_default_transport_is_configured_to_verify_certificates() -> None:
+    """The constructed transport's TLS context requires a valid, matching certificate."""
+    import ssl
+
+    client = AsyncCambClient(SECRET)  # the real API's https URL; no request is made
+    try:
+        transport: Any = client._open()._transport
+        pool = getattr(transport, "_pool", None)  # httpx's own (httpcore) transport
+        context = pool._ssl_context if pool is not None else transport.ssl_context  # aiohttp
+        assert isinstance(context, ssl.SSLContext)
+        assert context.verify_mode is ssl.CERT_REQUIRED
+        assert context.check_hostname
+    finally:
+        await client.aclose()
+    insecure = AsyncCambClient(SECRET, verify=False)
+    try:
+        transport = insecure._open()._transport
+        pool = getattr(transport, "_pool", None)
+        context = pool._ssl_context if pool is not None else transport.ssl_context
+        assert context.verify_mode is ssl.CERT_NONE  # the opt-out is explicit and honoured
+    finally:
+        await insecure.aclose()
