@@ -113,6 +113,7 @@ class PollPolicy:
         min_interval: float = 0.5,
         min_samples: int = 20,
         fallback: PollPolicy | None = None,
+        tail: float = 0.01,
         jitter: float = 0.1,
         max_errors: int = 5,
     ) -> PollPolicy:
@@ -123,14 +124,16 @@ class PollPolicy:
         ``request_cost`` (default ``max_delay / 15``: about the requests of a fixed
         ``max_delay`` sleep, for about half its mean delay) is the mean delay, in seconds, one
         request is worth. Until a kind has ``min_samples`` completions, ``fallback`` (default:
-        the kind's default policy, capped at ``max_delay``) is used.
+        the kind's default policy, capped at ``max_delay``) is used. ``tail`` (0.01) lets
+        ``max_delay`` be exceeded with about that probability, so gaps may stretch where the
+        task is unlikely to finish (a long job's first minutes); ``tail=0`` makes it hard.
         """
         from ._adaptive import AdaptivePollPolicy
 
         return AdaptivePollPolicy(
             initial=min(1.0, max_delay), factor=2.0, max_interval=max_delay, jitter=jitter,
             max_errors=max_errors, max_delay=max_delay, request_cost=request_cost,
-            min_interval=min_interval, min_samples=min_samples, fallback=fallback,
+            min_interval=min_interval, min_samples=min_samples, fallback=fallback, tail=tail,
         )
 
     # Hooks for policies that learn (``AdaptivePollPolicy``); plain policies learn nothing.

@@ -32,7 +32,7 @@ def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
 
 
 def _policy(**kw: float) -> AdaptivePollPolicy:
-    options: dict[str, float] = {"jitter": 0.0}
+    options: dict[str, float] = {"jitter": 0.0, "tail": 0.0}
     options.update(kw)
     policy = PollPolicy.adaptive(**options)  # type: ignore[arg-type]
     assert isinstance(policy, AdaptivePollPolicy)
@@ -169,6 +169,21 @@ def test_adaptive_policy_validates_its_options() -> None:
         PollPolicy.adaptive(request_cost=-1.0)
     with pytest.raises(TypeError):
         PollPolicy.adaptive(fallback=PollPolicy.adaptive())
+    with pytest.raises(ValueError):
+        PollPolicy.adaptive(tail=0.5)
+
+
+def test_tail_stretches_gaps_only_where_completion_is_unlikely() -> None:
+    fit = DurationFit(math.log(480.0), 0.7, 100.0)
+    hard, soft = _policy(max_delay=30.0), _policy(max_delay=30.0, tail=0.01)
+    # At creation: stretch to the fit's 1 % quantile (+ max_delay), so 1 % finish in the
+    # overrun; capped at 5 x max_delay.
+    first = soft.gap_at(fit, 0.0)
+    assert hard.gap_at(fit, 0.0) == 30.0
+    assert first == pytest.approx(min(30.0 + fit.quantile(0.01), 150.0), rel=1e-6)
+    assert fit.quantile(0.01) > 60.0
+    # Where durations bunch up nothing changes.
+    assert soft.gap_at(fit, 480.0) == hard.gap_at(fit, 480.0) <= 30.0
 
 
 async def test_falls_back_to_the_kind_default_until_enough_samples(
