@@ -119,6 +119,8 @@ local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZREM', leases, ARGV[i]); i = i + 1 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZADD', leases, 'XX', f(now + lease_ttl), ARGV[i]); i = i + 1 end
+-- The key outlives its longest lease (renewed ones included), never the other way round.
+if n > 0 then redis.call('PEXPIRE', leases, math.ceil(lease_ttl * 1000) + 1000) end
 
 local fresh = 0
 local paused_until, rate_at_cut, cut_at
@@ -557,6 +559,8 @@ class RedisRateBudget:
                 self._record(member, now)
                 if self.fleet_concurrency is not None:
                     self._held.append(member)
+                    if len(self._held) == 1 and self._courier_wake is not None:
+                        self._courier_wake.set()  # it idles while no lease is held: renew
                 else:
                     self._unleased += 1
                 self.grants += 1
