@@ -76,6 +76,19 @@ def test_pending_tasks_are_right_censored_not_ignored() -> None:
     assert biased.median < 0.7 * 120.0  # what ignoring censoring would have produced
 
 
+def test_refits_are_rationed_not_one_per_poll() -> None:
+    est = DurationEstimator()
+    for i in range(64):
+        est.observe(9.0 + i % 3, 10.0 + i % 3)
+    fit = est.fit(0.0)
+    for start in range(100):  # a stream of new pending tasks
+        est.track(float(start))
+        assert est.fit(0.1) is fit
+    est.observe(10.0, 11.0)  # one new completion among 64: not yet worth a refit
+    assert est.fit(0.1) is fit
+    assert est.fit(0.1 + 0.05 * fit.median) is not fit  # pending tasks aged: refit
+
+
 def test_tasks_of_unknown_age_only_say_they_ran_longer() -> None:
     stats = CompletionStats()
     # Seen pending for 30 s after first sight, then done: ran > 30 s, no upper bound known.
