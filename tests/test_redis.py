@@ -62,7 +62,7 @@ async def make_budget(redis_server: RedisServer, name: str) -> AsyncIterator[Any
         await budget.aclose()
 
 
-async def blocked(budget: RedisRateBudget, seconds: float = 1.0) -> bool:
+async def blocked(budget: RedisRateBudget, seconds: float = 0.5) -> bool:
     """True if ``acquire`` does not return within ``seconds`` (then nothing is held)."""
     with anyio.move_on_after(seconds) as scope:
         await budget.acquire()
