@@ -212,3 +212,51 @@ async def test_hang_up_before_answering_a_create_is_not_resent() -> None:
     assert not isinstance(info.value, APITimeoutError)
     assert not isinstance(raw.value, (httpx.TimeoutException, httpx.ConnectError))
     assert server.requests == 2  # one per call above: no resend
+
+
+# ------------------------------------------------------------------ the direct send path
+
+
+def echo_transport(seen: list[httpx.Request]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "PENDING", "run_id": None})
+
+    return httpx.MockTransport(handler)
+
+
+async def test_own_client_sends_our_headers_and_logs_like_httpx(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The owned client skips AsyncClient.request; what goes out and what is logged must not
+    change: key, user agent, JSON accept, keep-alive, and httpx's own INFO line."""
+    caplog.set_level(logging.INFO, logger="httpx")
+    seen: list[httpx.Request] = []
+    async with AsyncCambClient(API_KEY, base_url="http://localhost/apis", rate_limit=None,
+                               timeout=7, transport=echo_transport(seen)) as client:
+        await client.dub.status("a b")
+    (request,) = seen
+    assert str(request.url) == "http://localhost/apis/dub/a%20b"
+    assert request.headers["x-api-key"] == API_KEY
+    assert request.headers["user-agent"].startswith("camb-async/")
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["host"] == "localhost"
+    assert request.extensions["timeout"]["read"] == 7
+    assert 'HTTP Request: GET http://localhost/apis/dub/a%20b "HTTP/1.1 200 OK"' in caplog.text
+
+
+async def test_callers_http_client_keeps_its_hooks_and_headers() -> None:
+    seen: list[httpx.Request] = []
+    hooked: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        hooked.append(request.url.path)
+
+    async with httpx.AsyncClient(transport=echo_transport(seen), headers={"x-trace": "1"},
+                                 event_hooks={"request": [hook]}) as own, AsyncCambClient(
+        API_KEY, base_url="http://localhost", http_client=own, rate_limit=None
+    ) as client:
+        await client.tts.status("t")
+    assert hooked == ["/tts/t"]
+    assert seen[0].headers["x-trace"] == "1"
+    assert seen[0].headers["x-api-key"] == API_KEY
