@@ -15,8 +15,10 @@ How (and why)
   clock for everyone. Local clocks only measure how long to sleep.
 * ``margin`` (default 10 %) widens the window: a request admitted by Redis still has to travel
   to the API, and processes (and the server) on a busy host may be descheduled for tens of
-  milliseconds between admission and counting. Without it that jitter makes the server count
-  ``rate + 1`` or more; on a 2-core machine at load 9, 5 % was not enough for 1 run in 3.
+  milliseconds between admission and counting; that jitter makes the server count more than
+  ``rate``. Measured on a 2-core machine at load 5-9 (3 workers, 100 req/s): with 5 % the
+  server's busiest second held 102 in about one run in three, with 10 % 105 once in about
+  ten runs. Raise it for overloaded hosts or long, jittery paths to the API.
 * ``smooth`` (default 0.1) spreads the starts: at most ``rate * smooth`` (at least one) in
   any ``smooth`` of a window. The server counts *arrivals*: a burst of ``rate`` starts queues
   at a busy server and is counted spread over the next second, where it adds to the next
