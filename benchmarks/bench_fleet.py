@@ -10,6 +10,8 @@ Scenarios, each printed as a row of one Markdown table:
 
 * ``shared``: 3 workers x 300 tasks, one RedisRateBudget of 100 req/s. Acceptance: the
   server's busiest 1-s window <= 101; wall time within 1.6x of the ideal 900 / 100 = 9 s.
+* ``shared, worker 1 on trio``: the same with the middle worker on trio (the budget's own
+  anyio Redis connection) beside two on asyncio (redis-py).
 * ``restart/wait`` and ``restart/local``: the same, with Redis stopped 1.5 s into the run and
   started again (empty: no persistence) 3 s later; ``on_redis_error="wait"`` and ``"local"``
   (fleet_size=3). Acceptance: every task finishes, no window after the restart exceeds 101.
@@ -78,6 +80,9 @@ def main() -> None:
     with RedisServer() as server:
         run = run_fleet(server.url, tasks=n, rate=RATE, name=name())
         rows.append(summarize("shared", run, ideal))
+        run = run_fleet(server.url, tasks=n, rate=RATE, name=name(),
+                        backends=["asyncio", "trio"])
+        rows.append(summarize("shared, worker 1 on trio", run, ideal))
 
         for mode in ("wait", "local"):
             options: dict[str, Any] = {"on_redis_error": mode, "retry_interval": 0.25}

@@ -61,13 +61,16 @@ the script finds no state and holds the fleet for ``reset_hold`` seconds (defaul
 before admitting anyone, because starts made just before the loss are no longer in the log.
 Redis cannot tell a loss from first use, so the first use of a budget name waits that long too.
 
-asyncio only: redis-py's asyncio client runs on asyncio's loop, so ``acquire`` raises
-``RuntimeError`` on trio (rather than failing somewhere inside redis-py). Use a ``RateBudget``
-per process with a share of the rate there, or run the fleet on asyncio.
+asyncio and trio: on asyncio the budget uses redis-py's asyncio client. redis-py cannot run
+on trio, so there a budget made by ``from_url`` talks to Redis itself (``_AnyioRedis``: the
+two commands it needs, EVALSHA and EVAL, in RESP2 over one anyio connection; ``redis://``,
+``rediss://`` and ``unix://`` URLs, with password, user and db). A budget built around a
+redis-py client object raises ``RuntimeError`` on trio.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -87,7 +90,7 @@ from ._errors import CambError
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["RedisBudgetUnavailableError", "RedisRateBudget"]
+__all__ = ["RedisBudgetUnavailableError", "RedisRateBudget", "RedisReplyError"]
 
 logger = logging.getLogger("camb_async")
 
@@ -208,14 +211,163 @@ return {1, '0', 'ok', fresh}
 """
 
 
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+
 _ASYNCIO_ONLY = (
-    "RedisRateBudget runs on asyncio only: redis-py's asyncio client needs asyncio's event "
-    "loop. On trio, give each process a RateBudget with its share of the rate."
+    "this RedisRateBudget wraps a redis-py client, which needs asyncio's event loop; on trio "
+    "build it with RedisRateBudget.from_url(...), which then speaks to Redis over anyio"
 )
 
 
 class RedisBudgetUnavailableError(CambError):
     """Redis could not be reached and ``on_redis_error="raise"`` was chosen."""
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error (a bug or a misconfiguration, not an outage)."""
+
+
+class _AnyioRedis:
+    """The few Redis commands the budget needs, over anyio streams: for trio.
+
+    redis-py's asyncio client needs asyncio's loop; this speaks RESP2 itself over one
+    connection (calls are serialized: each is one short script run). Connection problems are
+    raised as ``ConnectionError`` / ``TimeoutError``, which the budget reads as "Redis is
+    unavailable"; the next call reconnects.
+    """
+
+    def __init__(self, url: str, *, socket_timeout: float = 2.0,
+                 socket_connect_timeout: float = 1.0) -> None:
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
+        self._tls = parts.scheme == "rediss"
+        self._unix = parts.path if parts.scheme == "unix" else None
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or 6379
+        self._username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        query = parse_qs(parts.query)
+        db = query.get("db", [""])[0]
+        if not db and parts.scheme != "unix":
+            db = parts.path.lstrip("/")
+        self._db = int(db) if db else 0
+        self._timeout = socket_timeout
+        self._connect_timeout = socket_connect_timeout
+        self._stream: anyio.abc.ByteStream | None = None
+        self._buffer = bytearray()
+        self._lock = anyio.Lock()
+
+    async def run_script(self, script: str, sha: str, keys: tuple[str, ...],
+                         args: list[str | float | int]) -> Any:
+        async with self._lock:
+            try:
+                return await self._command("EVALSHA", sha, len(keys), *keys, *args)
+            except RedisReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+            return await self._command("EVAL", script, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        stream: anyio.abc.ByteStream
+        with anyio.fail_after(self._connect_timeout):
+            if self._unix is not None:
+                stream = await anyio.connect_unix(self._unix)
+            elif self._tls:
+                import ssl
+
+                stream = await anyio.connect_tcp(self._host, self._port,
+                                                 ssl_context=ssl.create_default_context(),
+                                                 tls_standard_compatible=False)
+            else:
+                stream = await anyio.connect_tcp(self._host, self._port)
+        self._stream = stream
+        self._buffer.clear()
+        try:
+            if self._password is not None:
+                auth = ([self._username] if self._username else []) + [self._password]
+                await self._exchange("AUTH", *auth)
+            if self._db:
+                await self._exchange("SELECT", self._db)
+        except BaseException:
+            await self.aclose()
+            raise
+        return stream
+
+    async def _command(self, *parts: str | float | int) -> Any:
+        try:
+            if self._stream is None:
+                with anyio.fail_after(self._connect_timeout + self._timeout):
+                    await self._connect()
+            return await self._exchange(*parts)
+        except RedisReplyError:
+            raise
+        except TimeoutError:
+            await self.aclose()
+            raise
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                anyio.EndOfStream, ValueError) as exc:
+            await self.aclose()
+            raise ConnectionError(f"Redis connection failed: {exc!r}") from exc
+        except BaseException:  # cancelled mid-reply: the connection's state is unknown
+            await self.aclose()
+            raise
+
+    async def _exchange(self, *parts: str | float | int) -> Any:
+        stream = self._stream
+        assert stream is not None
+        out = bytearray(b"*%d\r\n" % len(parts))
+        for part in parts:
+            data = part.encode() if isinstance(part, str) else repr(part).encode()
+            out += b"$%d\r\n%s\r\n" % (len(data), data)
+        with anyio.fail_after(self._timeout):
+            await stream.send(bytes(out))
+            return await self._reply()
+
+    async def _line(self) -> bytes:
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\r\n")
+            if end >= 0:
+                line = bytes(buffer[:end])
+                del buffer[:end + 2]
+                return line
+            assert self._stream is not None
+            buffer += await self._stream.receive()
+
+    async def _exactly(self, n: int) -> bytes:
+        buffer = self._buffer
+        while len(buffer) < n + 2:
+            assert self._stream is not None
+            buffer += await self._stream.receive()
+        data = bytes(buffer[:n])
+        del buffer[:n + 2]
+        return data
+
+    async def _reply(self) -> Any:
+        line = await self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RedisReplyError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else await self._exactly(size)
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [await self._reply() for _ in range(size)]
+        raise ValueError(f"not a RESP2 reply: {line[:40]!r}")
 
 
 def _redis_down_errors() -> tuple[type[BaseException], ...]:
@@ -293,6 +445,10 @@ class RedisRateBudget:
                              "margin >= 0")
         self._redis = redis
         self._script = redis.register_script(_SCRIPT)
+        # Set by from_url: on trio the budget speaks to Redis itself (see _AnyioRedis).
+        self._url: str | None = None
+        self._anyio_options: dict[str, float] = {}
+        self._anyio_redis: _AnyioRedis | None = None
         self.name = name
         tag = f"{key_prefix}:{{{name}}}"  # one hash tag: all keys on one Redis Cluster slot
         self._keys = (f"{tag}:log", f"{tag}:state", f"{tag}:leases")
@@ -388,7 +544,12 @@ class RedisRateBudget:
         }
         kwargs.update(redis_options or {})
         client = redis.asyncio.from_url(url, **kwargs)
-        return cls(client, rate=rate, name=name, max_concurrency=max_concurrency, **options)
+        budget = cls(client, rate=rate, name=name, max_concurrency=max_concurrency, **options)
+        budget._url = url
+        budget._anyio_options = {k: float(kwargs[k])
+                                 for k in ("socket_timeout", "socket_connect_timeout")
+                                 if kwargs.get(k) is not None}
+        return budget
 
     def __repr__(self) -> str:
         return (f"RedisRateBudget(name={self.name!r}, rate={self._rate}, "
@@ -413,8 +574,7 @@ class RedisRateBudget:
     # ------------------------------------------------------------------ the Budget protocol
 
     async def acquire(self) -> None:
-        if sniffio.current_async_library() != "asyncio":
-            raise RuntimeError(_ASYNCIO_ONLY)
+        self._check_backend()
         await self._sem.acquire()
         try:
             await self._take()
@@ -463,12 +623,14 @@ class RedisRateBudget:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self.poll_interval + 1.0):
                 await self.flush()
-            await self._redis.aclose()
+            if self._anyio_redis is not None:
+                await self._anyio_redis.aclose()
+            if sniffio.current_async_library() == "asyncio":
+                await self._redis.aclose()
 
     async def __aenter__(self) -> RedisRateBudget:
         """Start the courier (see ``_courier``) for the duration of the block."""
-        if sniffio.current_async_library() != "asyncio":
-            raise RuntimeError(_ASYNCIO_ONLY)
+        self._check_backend()
         if self._group is not None:
             raise RuntimeError("this RedisRateBudget is already in use by an `async with`")
         group = anyio.create_task_group()
@@ -487,6 +649,26 @@ class RedisRateBudget:
             await self.aclose()
 
     # ------------------------------------------------------------------ internals
+
+    def _check_backend(self) -> None:
+        if self._url is None and sniffio.current_async_library() != "asyncio":
+            raise RuntimeError(_ASYNCIO_ONLY)
+
+    async def _run_script(self, args: list[str | float | int]) -> Any:
+        if sniffio.current_async_library() == "asyncio":
+            from redis.exceptions import AuthenticationError, AuthorizationError
+
+            try:
+                return await self._script(keys=self._keys, args=args)
+            except (AuthenticationError, AuthorizationError) as exc:
+                # redis-py files these under ConnectionError; they are configuration errors,
+                # not an outage to wait out.
+                raise RedisReplyError(str(exc)) from exc
+        client = self._anyio_redis
+        if client is None:
+            assert self._url is not None
+            client = self._anyio_redis = _AnyioRedis(self._url, **self._anyio_options)
+        return await client.run_script(_SCRIPT, _SCRIPT_SHA, self._keys, args)
 
     def _has_outbox(self) -> bool:
         return bool(self._released) or self._pending_pause_until is not None
@@ -639,7 +821,7 @@ class RedisRateBudget:
         ]
         self.redis_calls += 1
         try:
-            reply = await self._script(keys=self._keys, args=args)
+            reply = await self._run_script(args)
         except BaseException:
             self._released[:0] = released
             if pending is not None and (self._pending_pause_until is None

@@ -42,7 +42,7 @@ def free_port() -> int:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, data in a temp dir, nothing persisted."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -50,6 +50,7 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="camb-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -59,7 +60,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--protected-mode", "yes", "--loglevel", "warning"],
+             "--protected-mode", "yes", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -72,7 +74,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                answer = sock.recv(64)
+                return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
         except OSError:
             return False
 
@@ -139,6 +142,7 @@ def run_fleet(
     name: str = "fleet",
     budget_options: dict[str, Any] | None = None,
     local_rate: float | None = None,
+    backends: Sequence[str] = ("asyncio",),
     during: Sequence[tuple[float, str, Callable[[FakeCambAPI], object]]] = (),
     timeout: float = 120.0,
 ) -> FleetRun:
@@ -146,6 +150,7 @@ def run_fleet(
 
     ``local_rate``: the peer setup instead - no Redis, each worker its own
     ``RateBudget(local_rate)`` (a static split of the rate when ``local_rate = rate / workers``).
+    ``backends``: the event loop of each worker, in turn (``"asyncio"``, ``"trio"``).
     ``during``: ``(seconds after the server's first request, label, action(api))`` run by the
     harness mid-run (restart Redis, inject a 429); when each started is in ``FleetRun.events``.
     """
@@ -161,7 +166,7 @@ def run_fleet(
             config = {
                 "redis_url": redis_url, "api_url": base_url, "name": name, "rate": rate,
                 "prefix": f"w{w}", "tasks": counts[w], "options": budget_options or {},
-                "local_rate": local_rate,
+                "local_rate": local_rate, "backend": backends[w % len(backends)],
             }
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tests.redis_server", "worker", json.dumps(config)],
@@ -236,6 +241,7 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         finished = time.monotonic()
     return {
         "prefix": config["prefix"],
+        "backend": config["backend"],
         "began": began,
         "finished": finished,
         "results": len(results),
@@ -248,8 +254,9 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    import asyncio
     import logging
+
+    import anyio
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if argv[:1] != ["worker"] or len(argv) != 2:
@@ -258,7 +265,8 @@ def main(argv: list[str]) -> None:
 
     print("ready", flush=True)
     sys.stdin.readline()
-    report = asyncio.run(_worker(json.loads(argv[1])))
+    config = json.loads(argv[1])
+    report = anyio.run(_worker, config, backend=config["backend"])
     print(json.dumps(report), flush=True)
 
 
