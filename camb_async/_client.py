@@ -51,7 +51,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._handle import TaskHandle
-    from ._polling import PollPolicy
+    from ._polling import PolicyArg
 
 __all__ = ["AsyncCambClient", "DEFAULT_BASE_URL"]
 
@@ -402,7 +402,7 @@ class AsyncCambClient:
         kind: TaskKind | str | None = None,
         wait: bool = True,
         timeout: float | None = None,
-        policy: PollPolicy | None = None,
+        policy: PolicyArg = None,
         return_exceptions: bool = False,
         on_update: Callable[[StatusResult], object] | None = None,
     ) -> list[Any]:

@@ -15,7 +15,7 @@ import inspect
 import itertools
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -165,6 +165,10 @@ DEFAULT_POLICIES: dict[TaskKind, PollPolicy] = {
 }
 
 
+#: What ``policy=`` accepts in the bulk calls: one policy, or one per kind.
+PolicyArg = PollPolicy | Mapping[TaskKind | str, PollPolicy] | None
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors worth another poll later: throttling, 5xx, no answer, or a garbled 2xx answer."""
     if isinstance(exc, (RateLimitError, InternalServerError, APIConnectionError)):
@@ -228,7 +232,7 @@ class _Poller:
         *,
         kind: TaskKind | str | None,
         wait: bool,
-        policy: PollPolicy | None,
+        policy: PolicyArg,
         return_exceptions: bool,
         on_update: Callable[[StatusResult], object] | None,
     ) -> None:
@@ -236,8 +240,16 @@ class _Poller:
 
         if isinstance(tasks, (str, bytes)):
             raise TypeError("tasks must be an iterable of task ids or handles, not one string")
-        if policy is not None and not isinstance(policy, PollPolicy):
-            raise TypeError("policy must be a PollPolicy")
+        kind_policies: dict[TaskKind, PollPolicy] = {}
+        if isinstance(policy, Mapping):
+            for key, value in policy.items():
+                if not isinstance(value, PollPolicy):
+                    raise TypeError("policy mapping values must be PollPolicy objects")
+                kind_policies[client.resource(key).kind] = value
+            policy = None
+        elif policy is not None and not isinstance(policy, PollPolicy):
+            raise TypeError("policy must be a PollPolicy or a mapping of kind -> PollPolicy")
+        self.kind_policies = kind_policies
         self.client = client
         self.wait = wait
         self.return_exceptions = return_exceptions
@@ -289,8 +301,9 @@ class _Poller:
                 check_task_id(task_id)  # validates the id before any request
                 policy = policies.get(kind)
                 if policy is None:
-                    policy = policies[kind] = (self.policy or PollPolicy.for_kind(kind))._bind(
-                        client, kind)
+                    chosen = (self.kind_policies.get(kind) or self.policy
+                              or PollPolicy.for_kind(kind))
+                    policy = policies[kind] = chosen._bind(client, kind)
                 if created is None:
                     task = by_key[key] = _Task(kind, task_id, policy, first_seen)
                     due = now
@@ -468,7 +481,7 @@ async def _make_poller(
     *,
     kind: TaskKind | str | None,
     wait: bool,
-    policy: PollPolicy | None,
+    policy: PolicyArg,
     return_exceptions: bool,
     on_update: Callable[[StatusResult], object] | None,
     timeout: float | None,
@@ -492,16 +505,18 @@ async def gather_statuses(
     kind: TaskKind | str | None = None,
     wait: bool = True,
     timeout: float | None = None,
-    policy: PollPolicy | None = None,
+    policy: PolicyArg = None,
     return_exceptions: bool = False,
     on_update: Callable[[StatusResult], object] | None = None,
 ) -> list[Any]:
     """Poll many tasks under the client's budget; return their statuses in input order.
 
     ``tasks`` are task ids (``kind`` required) or ``TaskHandle``s (kinds may mix). A repeated
-    task fills every one of its slots but is polled once. ``wait=False`` takes one snapshot
-    each. ``timeout`` is an overall deadline: tasks still pending then come back with their
-    last observed status (``PENDING`` if they were never reached), not as an error.
+    task fills every one of its slots but is polled once. ``policy`` is one ``PollPolicy``
+    for every task, or a mapping ``{kind: PollPolicy}`` (kinds left out keep their defaults).
+    ``wait=False`` takes one snapshot each. ``timeout`` is an overall deadline: tasks still
+    pending then come back with their last observed status (``PENDING`` if they were never
+    reached), not as an error.
     ``return_exceptions=True`` puts a task's own error (404, 422, retries exhausted) in its
     slot; otherwise the first one cancels the rest and is raised. ``AuthenticationError``
     always raises at once. ``on_update`` sees every observed status (it may be async).
@@ -523,7 +538,7 @@ async def iter_statuses(
     kind: TaskKind | str | None = None,
     wait: bool = True,
     timeout: float | None = None,
-    policy: PollPolicy | None = None,
+    policy: PolicyArg = None,
     return_exceptions: bool = False,
     on_update: Callable[[StatusResult], object] | None = None,
 ) -> AsyncIterator[Any]:

@@ -19,7 +19,7 @@ import anyio
 from ._errors import CambError, WaitTimeoutError
 from ._handle import TaskHandle, run_id_of
 from ._models import StatusResult, TaskKind
-from ._polling import PollPolicy, _fatal, iter_statuses
+from ._polling import PolicyArg, _fatal, iter_statuses
 from ._resources import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ async def gather_results(
     *,
     kind: TaskKind | str | None = None,
     timeout: float | None = None,
-    policy: PollPolicy | None = None,
+    policy: PolicyArg = None,
     return_exceptions: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_update: Callable[[StatusResult], object] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from contextlib import aclosing
 
@@ -264,3 +265,21 @@ async def test_budget_is_shared_with_other_calls(api: FakeCambAPI) -> None:
             for _ in range(10):
                 await client.dub.status(single)
         assert api.peak_per_window(1.0) <= 5
+
+
+async def test_policy_per_kind_mapping(api: FakeCambAPI, client: AsyncCambClient) -> None:
+    fast = PollPolicy(initial=1, factor=1, max_interval=1, jitter=0)
+    slow = PollPolicy(initial=7, factor=1, max_interval=7, jitter=0)
+    tts = api.add_task("tts", "a", polls=2)
+    dub = api.add_task("dub", "b", polls=2)
+    out = await gather_statuses(client, [client.tts.task(tts), client.dub.task(dub)],
+                                policy={"tts": fast, TaskKind.DUB: slow})
+    assert [r.is_success for r in out] == [True, True]
+    for path, gap in (("/tts/a", 1), ("/dub/b", 7)):
+        times = [r.time for r in api.log if r.path == path]
+        assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(
+            [gap, gap], abs=1e-6)
+    with pytest.raises(TypeError):
+        await gather_statuses(client, [tts], kind="tts", policy={"tts": 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError):
+        await gather_statuses(client, [tts], kind="tts", policy={"sing": fast})
