@@ -166,7 +166,7 @@ DEFAULT_POLICIES: dict[TaskKind, PollPolicy] = {
 
 
 #: What ``policy=`` accepts in the bulk calls: one policy, or one per kind.
-PolicyArg = PollPolicy | Mapping[TaskKind | str, PollPolicy] | None
+PolicyArg = PollPolicy | Mapping[TaskKind, PollPolicy] | Mapping[str, PollPolicy] | None
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -568,29 +568,24 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
             progress = Progress(len(scripted), args.rate_limit, meter,
                                 f"camb-async demo: {len(scripted)} tasks against FakeCambAPI "
                                 f"on {url}")
-            by_kind: dict[TaskKind, list[str]] = collections.defaultdict(list)
-            for kind, task_id, _ in scripted:
-                by_kind[kind].append(task_id)
             final: dict[tuple[TaskKind, str], StatusResult | BaseException] = {}
+            # One poller for every kind (each with its own time-scaled schedule), so first
+            # polls of one kind are never starved by re-polls of another.
+            handles = [client.task(kind, task_id) for kind, task_id, _ in scripted]
+            policies = {kind: scaled_policy(kind, scale) for kind in {k for k, _, _ in scripted}}
 
-            async def poll_kind(kind: TaskKind, ids: list[str]) -> None:
-                def on_update(result: StatusResult) -> None:
-                    progress.update(result)
-                    if result.is_terminal:
-                        progress.finish(result)
+            def on_update(result: StatusResult) -> None:
+                progress.update(result)
+                if result.is_terminal:
+                    progress.finish(result)
 
-                results = await gather_statuses(client, ids, kind=kind,
-                                                policy=scaled_policy(kind, scale),
+            async def body() -> None:
+                results = await gather_statuses(client, handles, policy=policies,
                                                 return_exceptions=True, on_update=on_update)
-                for task_id, item in zip(ids, results, strict=True):
+                for (kind, task_id, _), item in zip(scripted, results, strict=True):
                     final[(kind, task_id)] = item
                     if not isinstance(item, StatusResult):
                         progress.finish(item)
-
-            async def body() -> None:
-                async with anyio.create_task_group() as tg:
-                    for kind, ids in by_kind.items():
-                        tg.start_soon(poll_kind, kind, ids)
 
             started = time.monotonic()
             await _run_with_display(progress, body, live=live,
