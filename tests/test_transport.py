@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sniffio
@@ -81,13 +82,13 @@ def transport_of(client: AsyncCambClient) -> Any:
     return client._open()._transport
 
 
-async def test_default_transport_is_aiohttp_on_asyncio_and_httpx_on_trio(url: str) -> None:
+async def test_default_transport_is_aiohttp_on_asyncio_and_sharded_httpx_on_trio(url: str) -> None:
     async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None) as client:
         name = type(transport_of(client)).__name__
         if sniffio.current_async_library() == "asyncio":
             assert name == "CambAiohttpTransport"
         else:
-            assert name == "AsyncHTTPTransport"
+            assert name == "_ShardedTransport"
 
 
 async def test_a_callers_transport_or_http_client_wins(api: FakeCambAPI) -> None:
@@ -260,3 +261,37 @@ async def test_callers_http_client_keeps_its_hooks_and_headers() -> None:
     assert hooked == ["/tts/t"]
     assert seen[0].headers["x-trace"] == "1"
     assert seen[0].headers["x-api-key"] == API_KEY
+
+
+async def test_many_in_flight_then_cancelled_leave_no_shard_busy(
+    api: FakeCambAPI, url: str
+) -> None:
+    """Concurrent checks spread over the pools and every one is given back, also when the
+    caller cancels mid-request (on asyncio the aiohttp transport has no shards: the
+    requests must still all succeed)."""
+    ids = [api.add_task("tts", f"t{i}", after=1e9) for i in range(40)]
+    api.inject(status=None, delay=5.0, count=10)  # ten slow answers, cancelled below
+    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None,
+                               max_concurrency=40) as client:
+        transport = transport_of(client)
+        loads = getattr(transport, "_load", None)
+        with anyio.move_on_after(1.0):
+            async with anyio.create_task_group() as tg:
+                for task_id in ids:
+                    tg.start_soon(client.tts.status, task_id)
+        if loads is not None:
+            assert len(loads) == 8  # 40 connections / 5 per shard
+            assert loads == [0] * len(loads)
+        results = []
+
+        async def check(task_id: str) -> None:
+            results.append(await client.tts.status(task_id))
+
+        async with anyio.create_task_group() as tg:
+            for task_id in ids:
+                tg.start_soon(check, task_id)
+        assert [r.raw_status for r in results] == ["PENDING"] * 40
+        if loads is not None:
+            assert loads == [0] * len(loads)
+            # Spread: more than one pool opened connections.
+            assert sum(1 for pool in transport._pools if pool._pool.connections) > 1
