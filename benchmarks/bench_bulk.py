@@ -3,10 +3,10 @@
   A. 2,000 tasks of the four kinds finishing at random times within 6 s, polled over real
      loopback TCP (FakeCambAPI on uvicorn) with rate_limit=150, max_concurrency=32.
   B. Server allows 120 req/s, client asks for 200, 20 % injected transient faults.
-  C. 100,000 PENDING ids through an in-process transport: traced memory per task, event-loop
-     lag (10 ms ticker), and timeout=4 wall time.
+The third acceptance figure (100,000 PENDING ids: memory per task, loop lag, timeout=4) is
+``bench_memory.py``'s, beside the coroutine-per-task pattern.
 
-Run: .venv/bin/python benchmarks/bench_bulk.py [--backend asyncio|trio] [--only A,B,C]
+Run: .venv/bin/python benchmarks/bench_bulk.py [--backend asyncio|trio] [--only A,B]
 Exit status 0 when every acceptance line holds.
 """
 
@@ -18,14 +18,12 @@ import platform
 import random
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 
-from camb_async import AsyncCambClient, TaskKind, TaskStatus, gather_statuses
+from camb_async import AsyncCambClient, TaskKind, gather_statuses
 from camb_async.testing import TRANSIENT_FAULTS, FakeCambAPI, LoggedRequest
 
 KEY = "bench-key"
@@ -166,81 +164,16 @@ def scenario_b(backend: str) -> dict[str, Any]:
     }
 
 
-def scenario_c(backend: str, n: int = 100_000) -> dict[str, Any]:
-    """Two passes over the same workload: one plain, for wall time and loop lag (tracing
-    allocations slows Python ~2x and would distort both), one under tracemalloc for memory."""
-    body = b'{"status":"PENDING","run_id":null}'
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=body)
-
-    ids = [f"task-{i:06d}" for i in range(n)]
-
-    async def run(traced: bool) -> dict[str, Any]:
-        lags: list[float] = []
-        peak = 0
-        async with AsyncCambClient(KEY, base_url="http://localhost", rate_limit=None,
-                                   max_concurrency=16,
-                                   transport=httpx.MockTransport(handler)) as client:
-            await client.tts.status("warm-up")
-            stop = anyio.Event()
-
-            async def ticker() -> None:
-                nonlocal peak
-                while not stop.is_set():
-                    before = anyio.current_time()
-                    await anyio.sleep(0.01)
-                    lags.append(anyio.current_time() - before - 0.01)
-                    if traced:
-                        peak = max(peak, tracemalloc.get_traced_memory()[0])
-
-            if traced:
-                tracemalloc.start()
-            base = tracemalloc.get_traced_memory()[0] if traced else 0
-            start = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(ticker)
-                out = await gather_statuses(client, ids, kind="tts", timeout=4)
-                wall = time.monotonic() - start
-                stop.set()
-            if traced:
-                peak = max(peak, tracemalloc.get_traced_memory()[0]) - base
-                tracemalloc.stop()
-            return {
-                "wall_s": round(wall, 2),
-                "all_pending": len(out) == n and all(r.status is TaskStatus.PENDING
-                                                     for r in out),
-                "peak_traced_bytes_per_task": round(peak / n, 1),
-                "max_loop_lag_ms": round(max(lags) * 1000, 1),
-                "p99_loop_lag_ms": round(sorted(lags)[int(len(lags) * 0.99)] * 1000, 1),
-            }
-
-    plain = anyio.run(run, False, backend=backend)
-    traced = anyio.run(run, True, backend=backend)
-    result: dict[str, Any] = {
-        "tasks": n,
-        "wall_s": plain["wall_s"],
-        "all_pending": plain["all_pending"] and traced["all_pending"],
-        "max_loop_lag_ms": plain["max_loop_lag_ms"],
-        "p99_loop_lag_ms": plain["p99_loop_lag_ms"],
-        "peak_traced_bytes_per_task": traced["peak_traced_bytes_per_task"],
-        "max_loop_lag_ms_under_tracemalloc": traced["max_loop_lag_ms"],
-    }
-    result["pass"] = (result["all_pending"] and result["peak_traced_bytes_per_task"] < 1536
-                      and result["max_loop_lag_ms"] < 100 and result["wall_s"] < 8)
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
-    parser.add_argument("--only", default="A,B,C")
+    parser.add_argument("--only", default="A,B")
     args = parser.parse_args()
     report: dict[str, Any] = {
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "backend": args.backend},
     }
-    runners = {"A": scenario_a, "B": scenario_b, "C": scenario_c}
+    runners = {"A": scenario_a, "B": scenario_b}
     names = args.only.split(",")
     for name in names:
         result = runners[name](args.backend)
