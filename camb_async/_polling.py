@@ -15,7 +15,8 @@ import inspect
 import itertools
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ._client import AsyncCambClient
     from ._handle import TaskHandle
 
-__all__ = ["PollPolicy", "gather_statuses", "iter_statuses", "is_transient"]
+__all__ = ["PollPolicy", "StatusIterator", "gather_statuses", "is_transient", "iter_statuses"]
 
 _rng = random.Random()
 
@@ -266,6 +267,7 @@ class _Poller:
         self.seq = itertools.count()
         self.in_flight = 0
         self.fatal: BaseException | None = None
+        self.stopping = False
         self._wake: anyio.Event | None = None
         self._lock = anyio.Lock()
 
@@ -317,8 +319,11 @@ class _Poller:
                 await anyio.lowlevel.checkpoint()
         heapq.heapify(self.heap)  # first polls may be deferred (learned policies)
 
-    async def run(self) -> None:
-        """Poll until every task is done (or the caller's deadline); never raises from workers."""
+    async def run(self, *, final: bool = True) -> None:
+        """Poll until every task is done, ``stopping`` is set (``iter_statuses`` between
+        items: in-flight polls finish, no new one starts) or the caller's deadline; never
+        raises from workers. ``final=False``: more runs follow, so don't report unfinished
+        tasks to the completion statistics yet."""
         n_workers = max(1, min(getattr(self.client.budget, "max_concurrency", 16),
                                len(self.unique)))
         scopes = self.client._scopes  # aclose() cancels these: workers between polls too
@@ -329,7 +334,8 @@ class _Poller:
                     tg.start_soon(self._worker, tg.cancel_scope)
         finally:
             scopes.discard(tg.cancel_scope)
-            self._censor_unfinished()
+            if final:
+                self._censor_unfinished()
         if self.client.closed and self.fatal is None and not all(t.done for t in self.unique):
             self.fatal = ClientClosedError("the AsyncCambClient was closed while polling")
 
@@ -367,6 +373,11 @@ class _Poller:
                                                                       preacquired=True)
                 except CambError as exc:
                     self._failed(task, exc)
+                except anyio.get_cancelled_exc_class():
+                    # Cancelled mid-poll (deadline, caller, a fatal error elsewhere): put the
+                    # task back, due now, so a later run polls it and nothing is lost.
+                    heapq.heappush(self.heap, (anyio.current_time(), next(self.seq), task))
+                    raise
                 else:
                     await self._observed(task, result)
                 finally:
@@ -384,6 +395,8 @@ class _Poller:
         async with self._lock:
             heap = self.heap
             while True:
+                if self.stopping:
+                    return None
                 if not heap:
                     if self.in_flight == 0:
                         return None
@@ -394,6 +407,9 @@ class _Poller:
                     await self._sleep_until_woken(delay)
                     continue
                 await self.client.budget.acquire()
+                if self.stopping:
+                    self.client.budget.release()
+                    return None
                 # Anything pushed while we waited for the budget is due no earlier: take the top.
                 task = heapq.heappop(heap)[2]
                 self.in_flight += 1
@@ -417,10 +433,8 @@ class _Poller:
         task.polls += 1
         task.errors = 0
         task.last = result
-        if self.on_update is not None:
-            ret = self.on_update(result)
-            if inspect.isawaitable(ret):
-                await ret
+        # The task's fate first, the callback second: a callback that awaits is a cancellation
+        # point, and a task popped from the heap must never be left neither done nor scheduled.
         if result.is_terminal:
             if self.wait:
                 self._learn(task)
@@ -432,6 +446,10 @@ class _Poller:
             if task.polls == 1:
                 self.stats.started(task.kind, task.first_seen)
             self._schedule(task, task.policy.next_interval(task.polls, age))
+        if self.on_update is not None:
+            ret = self.on_update(result)
+            if inspect.isawaitable(ret):
+                await ret
 
     def _learn(self, task: _Task) -> None:
         """Report a completion: it happened after the previous poll and by this one."""
@@ -531,7 +549,7 @@ async def gather_statuses(
     return await poller.outcomes()
 
 
-async def iter_statuses(
+def iter_statuses(
     client: AsyncCambClient,
     tasks: Iterable[str | TaskHandle],
     *,
@@ -541,43 +559,92 @@ async def iter_statuses(
     policy: PolicyArg = None,
     return_exceptions: bool = False,
     on_update: Callable[[StatusResult], object] | None = None,
-) -> AsyncIterator[Any]:
+) -> StatusIterator:
     """Like ``gather_statuses``, but yield each task's final status the moment it is known.
 
     With ``wait=False`` every snapshot is yielded as it arrives. A repeated task is yielded
     once. With ``return_exceptions=True`` a failed task's error is yielded in its place (its
-    ``task_id`` and ``kind`` attributes say which task). Leaving the loop early stops all
-    polling; wrap in ``contextlib.aclosing`` to make that prompt on asyncio.
+    ``task_id`` and ``kind`` attributes say which task). Inputs are checked on the first
+    ``__anext__``. Leaving the loop early (``break``, an exception) is always safe and needs
+    no ``aclosing``: nothing runs between items (see ``StatusIterator``).
     """
-    poller = await _make_poller(client, tasks, kind=kind, wait=wait, policy=policy,
-                                return_exceptions=return_exceptions, on_update=on_update,
-                                timeout=timeout)
-    send, receive = anyio.create_memory_object_stream[Any](math.inf)
-    poller.emit = send.send_nowait
+    return StatusIterator(client, tasks, kind=kind, wait=wait, timeout=timeout, policy=policy,
+                          return_exceptions=return_exceptions, on_update=on_update)
 
-    async def drive() -> None:
-        # Runs every worker; never raises (a fatal error is stored and re-raised below), so
-        # nothing can cancel the consumer's task from inside this generator's task group.
-        try:
-            with anyio.move_on_after(math.inf if timeout is None else timeout):
-                await poller.run()
-            if poller.fatal is None:
+
+class StatusIterator:
+    """The async iterator ``iter_statuses`` returns.
+
+    Why a class and not an async generator: a generator would have to hold the workers' task
+    group open across ``yield``, and an early ``break`` then leaves a cancel scope open in the
+    caller's task (on asyncio, closed later from another task). Instead each ``__anext__``
+    runs the workers until at least one result is ready, lets the polls already in flight
+    finish (their results are buffered, not lost), and returns with nothing left running.
+    Polling pauses while the caller handles an item; the per-task schedule and the deadline
+    are absolute, so nothing drifts.
+    """
+
+    __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout")
+
+    def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle], *,
+                 timeout: float | None, **kwargs: Any) -> None:
+        self._client = client
+        self._args = (tasks, kwargs)
+        self._timeout = timeout
+        self._poller: _Poller | None = None
+        self._buffer: deque[Any] = deque()
+        self._deadline = math.inf
+        self._done = False
+
+    def __aiter__(self) -> StatusIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        buffer = self._buffer
+        while not buffer:
+            if self._done:
+                raise StopAsyncIteration
+            poller = self._poller
+            if poller is None:
+                tasks, kwargs = self._args
+                poller = self._poller = await _make_poller(
+                    self._client, tasks, timeout=self._timeout, **kwargs)
+                poller.emit = self._emit
+                if self._timeout is not None:
+                    self._deadline = anyio.current_time() + self._timeout
+            poller.stopping = False
+            with anyio.move_on_after(self._deadline - anyio.current_time()) as scope:
+                await poller.run(final=False)
+            if poller.fatal is not None:
+                self._finish()
+                raise poller.fatal
+            if scope.cancelled_caught:  # the overall deadline: report everyone left
                 await poller.emit_unfinished()
-        finally:
-            send.close()
+                self._finish()
+            elif not poller.stopping:  # ran to the end: every task reported
+                self._finish()
+        return buffer.popleft()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(drive)
-        try:
-            with receive:
-                async for item in receive:
-                    try:
-                        yield item
-                    except GeneratorExit:
-                        # aclose() / break: stop the workers and finish quietly; letting
-                        # GeneratorExit cross the task group would wrap it in a group.
-                        return
-        finally:
-            tg.cancel_scope.cancel()
-    if poller.fatal is not None:
-        raise poller.fatal  # outside the task group, so it is not wrapped in a group
+    def _emit(self, item: Any) -> None:
+        self._buffer.append(item)
+        poller = self._poller
+        if poller is not None and not poller.stopping:
+            poller.stopping = True  # hand this item over once the in-flight polls land
+            poller._notify()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            if self._poller is not None:
+                self._poller._censor_unfinished()
+
+    async def aclose(self) -> None:
+        """Stop: no further polls (nothing is running between items anyway)."""
+        self._buffer.clear()
+        self._finish()
+
+    async def __aenter__(self) -> StatusIterator:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

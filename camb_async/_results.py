@@ -10,9 +10,9 @@ slot gets either its result or the API's own error for that run (usually ``NotFo
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -72,9 +72,9 @@ async def gather_results(
         fetched.setdefault(result_kind, {}).update(got)
 
     async with anyio.create_task_group() as tg:
-        statuses = cast("AsyncGenerator[Any, None]", iter_statuses(
+        statuses = iter_statuses(
             client, items, kind=kind, wait=True, timeout=timeout, policy=policy,
-            return_exceptions=True, on_update=on_update))
+            return_exceptions=True, on_update=on_update)
         try:
             async with aclosing(statuses):
                 async for item in statuses:

@@ -283,3 +283,42 @@ async def test_policy_per_kind_mapping(api: FakeCambAPI, client: AsyncCambClient
         await gather_statuses(client, [tts], kind="tts", policy={"tts": 3})  # type: ignore[dict-item]
     with pytest.raises(ValueError):
         await gather_statuses(client, [tts], kind="tts", policy={"sing": fast})
+
+
+async def test_iter_statuses_break_without_aclosing_is_safe(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    ids = [api.add_task("tts", after=float(i)) for i in range(30)]
+    got = []
+    async for result in iter_statuses(client, ids, kind="tts", policy=FAST):
+        got.append(result)
+        if len(got) == 2:
+            break
+    before = len(api.log)
+    await anyio.sleep(60)  # no stray cancellation reaches us, nothing polls on
+    assert len(api.log) == before
+    assert isinstance(client.budget, RateBudget) and client.budget.in_flight == 0
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async for _ in iter_statuses(client, ids, kind="tts", policy=FAST):
+            raise Boom
+    await anyio.sleep(60)
+    assert (await client.tts.status(ids[-1])).is_success
+
+
+async def test_iter_statuses_cancelled_mid_item_loses_nothing(
+        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    client = make_client(max_concurrency=4)
+    ids = [api.add_task("dub", after=float(i % 7)) for i in range(40)]
+    stream = iter_statuses(client, ids, kind="dub", policy=FAST)
+    seen: list[str] = []
+    rng = random.Random(3)
+    while True:
+        with anyio.move_on_after(rng.uniform(0, 0.7)):
+            try:
+                seen.append((await stream.__anext__()).task_id)
+            except StopAsyncIteration:
+                break
+    assert sorted(seen) == sorted(ids)  # every task exactly once, despite the cancellations
