@@ -580,20 +580,20 @@ class AsyncCambClient:
         ``preacquired=True`` means the caller already holds one budget acquisition for the
         first attempt (the bulk poller acquires in due order, then hands the slot over).
         """
-        http = self._http or self._open()
         url = self.base_url + path
         budget = self.budget
         retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
         waits: Any = None
         headers = self._request_headers
-        direct = self._direct
         hooks = self._hooks
         while True:
             if self._closed:
                 if preacquired:
                     budget.release()
                 raise ClientClosedError("this AsyncCambClient is closed")
+            http = self._http or self._open()
+            direct = self._direct
             if preacquired:
                 preacquired = False
             else:
@@ -623,14 +623,19 @@ class AsyncCambClient:
                             data=data,
                             files=files,
                             headers=headers,
+                            # The x-api-key header must never follow a redirect to another
+                            # host, whatever the caller's own client is configured to do.
+                            follow_redirects=False,
                         )
-            except httpx.TimeoutException as exc:
+            except httpx.RequestError as exc:
+                # Transport failures and timeouts, but also an undecodable body
+                # (DecodingError) or TooManyRedirects: all "no usable answer".
                 failure = exc
-            except httpx.TransportError as exc:
-                failure = exc
-            except RuntimeError:  # httpx: "Cannot send a request, as the client has been closed."
+            except RuntimeError as exc:  # httpx: "Cannot send a request, ... has been closed."
                 if not self._closed:
-                    raise
+                    raise APIConnectionError(
+                        f"{method} {path}: the HTTP client is closed ({snippet(str(exc), 80)})"
+                    ) from exc
             finally:
                 self._scopes.discard(scope)
                 budget.release()
@@ -685,7 +690,7 @@ class AsyncCambClient:
                 hooks._retry(method, path, attempt, delay, error)
             if reopen_body is not None:
                 files = await reopen_body()
-            await anyio.sleep(delay)
+            await self._sleep(delay)  # aclose() cuts a back-off short, too
 
     def _throttled(self, hooks: RequestHooks | None, method: str, path: str,
                    retry_after: float | None) -> None:

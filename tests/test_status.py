@@ -319,3 +319,75 @@ async def test_bad_constructor_arguments() -> None:
         AsyncCambClient(API_KEY, max_retries=-1)
     with pytest.raises(TypeError):
         AsyncCambClient(API_KEY, budget=object())  # type: ignore[arg-type]
+
+
+async def test_undecodable_body_is_a_camb_error_and_retried() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(200, content=b"not gzip at all",
+                                  headers={"content-encoding": "gzip"})
+        return httpx.Response(200, json={"status": "SUCCESS", "run_id": 3})
+
+    async with AsyncCambClient(API_KEY, base_url="http://localhost",
+                               transport=httpx.MockTransport(handler)) as c:
+        assert (await c.dub.status("a")).run_id == 3
+    assert len(calls) == 2
+
+    def always(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"\x00garbage", headers={"content-encoding": "gzip"})
+
+    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=0,
+                               transport=httpx.MockTransport(always)) as c:
+        with pytest.raises(APIConnectionError):
+            await c.dub.status("a")
+
+
+async def test_callers_closed_http_client_is_a_camb_error(api: FakeCambAPI) -> None:
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=api))
+    await http.aclose()
+    async with AsyncCambClient(API_KEY, base_url="http://localhost", http_client=http) as c:
+        with pytest.raises(APIConnectionError, match="closed"):
+            await c.dub.status("x")
+
+
+async def test_callers_http_client_never_follows_a_redirect_with_the_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(302, headers={"location": "https://elsewhere.example/steal"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), follow_redirects=True)
+    async with http, AsyncCambClient(API_KEY, base_url="https://api.example/apis",
+                                     http_client=http) as c:
+        with pytest.raises(APIError) as info:
+            await c.dub.status("x")
+    assert info.value.status_code == 302
+    assert [r.url.host for r in seen] == ["api.example"]
+
+
+async def test_aclose_cuts_a_retry_backoff_short(api: FakeCambAPI,
+                                                 make_client: ClientFactory) -> None:
+    from camb_async import ClientClosedError
+
+    client = make_client()
+    task_id = api.add_task("tts")
+    api.inject(status=503, retry_after="50")
+    start = anyio.current_time()
+    errors: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await client.tts.status(task_id)
+        except ClientClosedError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await anyio.sleep(1)
+        await client.aclose()
+    assert len(errors) == 1
+    assert anyio.current_time() - start < 2
