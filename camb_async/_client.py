@@ -382,7 +382,11 @@ class AsyncCambClient:
         parsed = httpx.URL(base)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"base_url must be an http(s) URL with a host, got {base!r}")
-        if parsed.scheme == "http" and not allow_insecure and not _is_loopback(parsed.host):
+        # In-process transports (httpx's ASGI app and mock handler) send nothing over a
+        # network, so a test's "http://testserver" exposes no key.
+        in_process = isinstance(transport, (httpx.ASGITransport, httpx.MockTransport))
+        if (parsed.scheme == "http" and not allow_insecure and not in_process
+                and not _is_loopback(parsed.host)):
             raise ValueError(
                 f"refusing to send the API key over plain http to {parsed.host!r}; "
                 "use https, a loopback host, or pass allow_insecure=True"

@@ -217,6 +217,18 @@ async def test_loopback_http_and_https_are_allowed(base_url: str) -> None:
     await client.aclose()
 
 
+async def test_in_process_transports_need_no_opt_in_for_a_test_host() -> None:
+    # Nothing leaves the process, so httpx's usual "http://testserver" is fine...
+    for transport in (httpx.MockTransport(lambda r: httpx.Response(200, json={})),
+                      httpx.ASGITransport(app=FakeCambAPI())):
+        client = AsyncCambClient(SECRET, base_url="http://testserver", transport=transport)
+        await client.aclose()
+    # ...but a real transport to a remote host still is refused.
+    with pytest.raises(ValueError, match="plain http"):
+        AsyncCambClient(SECRET, base_url="http://testserver",
+                        transport=httpx.AsyncHTTPTransport())
+
+
 async def test_key_is_not_sent_to_a_redirect_target() -> None:
     seen: list[httpx.URL] = []
 
