@@ -220,13 +220,27 @@ def parse_status(kind: TaskKind, task_id: str, data: Any) -> StatusResult:
 
 
 def parse_validation_details(data: Any) -> list[ValidationDetail]:
-    """The ``detail`` list of a 422 answer; an unparseable one yields no entries."""
-    if not isinstance(data, Mapping) or not isinstance(data.get("detail"), list):
+    """The ``detail`` entries of a 422 answer.
+
+    Entry by entry, so one malformed entry does not hide the others; a plain-text
+    ``detail`` (as some servers send) becomes one entry with an empty ``loc``, so the
+    server's reason is never lost.
+    """
+    if not isinstance(data, Mapping):
         return []
+    detail = data.get("detail")
+    if isinstance(detail, str):
+        return [ValidationDetail(loc=[], msg=detail[:500], type="")]
+    if not isinstance(detail, list):
+        return []
+    return [d for d in map(_detail_or_none, detail[:100]) if d is not None]
+
+
+def _detail_or_none(entry: Any) -> ValidationDetail | None:
     try:
-        return structure(data["detail"], list[ValidationDetail])
+        return structure(entry, ValidationDetail)
     except ModelError:
-        return []
+        return None
 
 
 Parser = Callable[[Any], T]

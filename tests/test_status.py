@@ -391,3 +391,19 @@ async def test_aclose_cuts_a_retry_backoff_short(api: FakeCambAPI,
         await client.aclose()
     assert len(errors) == 1
     assert anyio.current_time() - start < 2
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [(b'{"detail": [{"loc": ["body", 0], "msg": "bad", "type": "x"}, {"oops": 1}]}',
+      [(["body", 0], "bad", "x")]),
+     (b'{"detail": "texts must not be empty"}', [([], "texts must not be empty", "")]),
+     (b'not json', [])],
+)
+async def test_422_details_survive_partial_garbage(body: bytes,
+                                                   expected: list[tuple[object, ...]]) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(422, content=body))
+    async with AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport) as c:
+        with pytest.raises(UnprocessableEntityError) as info:
+            await c.tts.status("x")
+    assert [(d.loc, d.msg, d.type) for d in info.value.detail] == expected
