@@ -65,16 +65,21 @@ def checked_out(client: AsyncCambClient) -> int:
     if http is None:
         return 0
     transport: Any = http._transport
-    pool = getattr(transport, "_pool", None)
-    if pool is not None:  # httpx's own (httpcore) pool
-        busy = [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
-        return len(busy) + len(pool._requests)
+    shards = getattr(transport, "_pools", None)  # trio default: several small httpcore pools
+    pools = [shard._pool for shard in shards] if shards is not None else (
+        [transport._pool] if hasattr(transport, "_pool") else [])
+    if pools:  # httpx's own (httpcore) pools
+        busy = [c for pool in pools for c in pool.connections
+                if not (c.is_idle() or c.is_closed())]
+        return len(busy) + sum(len(pool._requests) for pool in pools)
     if hasattr(transport, "get_client"):  # httpx-aiohttp: an aiohttp session
         session = transport.client
         if session is None or session.connector is None:
             return 0
         return len(session.connector._acquired)
-    return 0  # in-process transports (ASGITransport) lend no connections
+    if isinstance(transport, (httpx.ASGITransport, httpx.MockTransport)):
+        return 0  # in-process transports lend no connections
+    raise AssertionError(f"don't know how to inspect {type(transport).__name__}'s pool")
 
 
 Operation = Callable[[AsyncCambClient, list[str]], Awaitable[Any]]
