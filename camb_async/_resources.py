@@ -284,9 +284,7 @@ class DubResource(TaskResource):
                                                      allow_auto=False)
         else:
             body["target_languages"] = _language_list(target_languages, "target_languages")
-        _put(body, "project_name", _opt_str(project_name, "project_name"))
-        _put(body, "project_description", _opt_str(project_description, "project_description"))
-        _put(body, "folder_id", _opt_int(folder_id, "folder_id"))
+        body.update(_project_fields(project_name, project_description, folder_id))
         _put(body, "selected_audio_tracks",
              _opt_int_list(selected_audio_tracks, "selected_audio_tracks"))
         _put(body, "add_output_as_an_audio_track",
@@ -358,9 +356,7 @@ class TTSResource(TaskResource):
         }
         _put(body, "gender", _opt_int(gender, "gender"))
         _put(body, "age", _opt_int(age, "age"))
-        _put(body, "project_name", _opt_str(project_name, "project_name"))
-        _put(body, "project_description", _opt_str(project_description, "project_description"))
-        _put(body, "folder_id", _opt_int(folder_id, "folder_id"))
+        body.update(_project_fields(project_name, project_description, folder_id))
         _check_flag(retry_unsafe)
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
                                   retry_unsafe=retry_unsafe)
@@ -415,9 +411,7 @@ class TranslationResource(TaskResource):
         _put(body, "gender", _opt_int(gender, "gender"))
         _put(body, "chosen_dictionaries",
              _opt_int_list(chosen_dictionaries, "chosen_dictionaries"))
-        _put(body, "project_name", _opt_str(project_name, "project_name"))
-        _put(body, "project_description", _opt_str(project_description, "project_description"))
-        _put(body, "folder_id", _opt_int(folder_id, "folder_id"))
+        body.update(_project_fields(project_name, project_description, folder_id))
         _check_flag(retry_unsafe)
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
                                   retry_unsafe=retry_unsafe)
@@ -471,9 +465,7 @@ class TranscriptionResource(TaskResource):
         if media_url is not None:
             fields.append(("media_url", _required_str(media_url, "media_url")))
         for name, value in (
-            ("project_name", _opt_str(project_name, "project_name")),
-            ("project_description", _opt_str(project_description, "project_description")),
-            ("folder_id", _opt_int(folder_id, "folder_id")),
+            *_project_fields(project_name, project_description, folder_id).items(),
             ("transcription_mode", _opt_mode(transcription_mode)),
             ("run_audio_cleaning", _opt_bool(run_audio_cleaning, "run_audio_cleaning")),
             ("include_music_in_fg", _opt_bool(include_music_in_fg, "include_music_in_fg")),
@@ -664,6 +656,15 @@ def _form_text(value: str | int | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _project_fields(project_name: object, project_description: object, folder_id: object
+                    ) -> dict[str, str | int]:
+    """The optional project fields every create takes, checked; absent ones left out."""
+    fields = {"project_name": _opt_str(project_name, "project_name"),
+              "project_description": _opt_str(project_description, "project_description"),
+              "folder_id": _opt_int(folder_id, "folder_id")}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _put(body: dict[str, Any], name: str, value: object) -> None:
