@@ -35,7 +35,7 @@ from ._models import (
     TTSResult,
     ValidationDetail,
 )
-from ._polling import PollPolicy, gather_statuses, iter_statuses
+from ._polling import PollPolicy, StatusIterator, gather_statuses, iter_statuses
 from ._resources import (
     DubResource,
     TaskResource,
@@ -65,6 +65,7 @@ __all__ = [
     "RateBudget",
     "RateLimitError",
     "RequestHooks",
+    "StatusIterator",
     "StatusResult",
     "TTSResource",
     "TTSResult",
