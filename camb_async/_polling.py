@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import attrs
 import backoff
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import (
     APIConnectionError,
@@ -565,26 +567,33 @@ def iter_statuses(
     With ``wait=False`` every snapshot is yielded as it arrives. A repeated task is yielded
     once. With ``return_exceptions=True`` a failed task's error is yielded in its place (its
     ``task_id`` and ``kind`` attributes say which task). Inputs are checked on the first
-    ``__anext__``. Leaving the loop early (``break``, an exception) is always safe and needs
-    no ``aclosing``: nothing runs between items (see ``StatusIterator``).
+    ``__anext__``. Prefer ``async with iter_statuses(...) as stream: async for r in stream``:
+    polling goes on while you handle each item. A bare ``async for`` works too and leaving it
+    early is always safe (no ``aclosing`` needed); see ``StatusIterator``.
     """
     return StatusIterator(client, tasks, kind=kind, wait=wait, timeout=timeout, policy=policy,
                           return_exceptions=return_exceptions, on_update=on_update)
 
 
 class StatusIterator:
-    """The async iterator ``iter_statuses`` returns.
+    """The async iterator ``iter_statuses`` returns. Two ways to use it:
 
-    Why a class and not an async generator: a generator would have to hold the workers' task
-    group open across ``yield``, and an early ``break`` then leaves a cancel scope open in the
-    caller's task (on asyncio, closed later from another task). Instead each ``__anext__``
-    runs the workers until at least one result is ready, lets the polls already in flight
-    finish (their results are buffered, not lost), and returns with nothing left running.
-    Polling pauses while the caller handles an item; the per-task schedule and the deadline
-    are absolute, so nothing drifts.
+    ``async with iter_statuses(...) as stream: async for r in stream: ...`` — the fast way:
+    the workers run in a task group owned by the ``async with`` block, polling on while the
+    caller handles each item; leaving the block (normally, by ``break`` or by an exception)
+    stops them.
+
+    ``async for r in iter_statuses(...)`` alone — always safe, a little slower: each
+    ``__anext__`` runs the workers until at least one result is ready, lets the polls already
+    in flight land (their results are buffered, none lost), and returns with nothing left
+    running. Why not an async generator: it would hold the task group open across ``yield``,
+    and an early ``break`` then leaves a cancel scope open in the caller's task (on asyncio,
+    closed later from another task). Polling pauses while the caller handles an item; the
+    per-task schedule and the deadline are absolute, so nothing drifts.
     """
 
-    __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout")
+    __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout",
+                 "_group", "_receive", "_raised")
 
     def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle], *,
                  timeout: float | None, **kwargs: Any) -> None:
@@ -595,23 +604,32 @@ class StatusIterator:
         self._buffer: deque[Any] = deque()
         self._deadline = math.inf
         self._done = False
+        self._group: anyio.abc.TaskGroup | None = None
+        self._receive: MemoryObjectReceiveStream[Any] | None = None
+        self._raised = False
 
     def __aiter__(self) -> StatusIterator:
         return self
 
+    async def _start(self) -> _Poller:
+        tasks, kwargs = self._args
+        poller = self._poller = await _make_poller(self._client, tasks, timeout=self._timeout,
+                                                   **kwargs)
+        if self._timeout is not None:
+            self._deadline = anyio.current_time() + self._timeout
+        return poller
+
     async def __anext__(self) -> Any:
+        if self._receive is not None:
+            return await self._next_streamed(self._receive)
         buffer = self._buffer
         while not buffer:
             if self._done:
                 raise StopAsyncIteration
             poller = self._poller
             if poller is None:
-                tasks, kwargs = self._args
-                poller = self._poller = await _make_poller(
-                    self._client, tasks, timeout=self._timeout, **kwargs)
+                poller = await self._start()
                 poller.emit = self._emit
-                if self._timeout is not None:
-                    self._deadline = anyio.current_time() + self._timeout
             poller.stopping = False
             with anyio.move_on_after(self._deadline - anyio.current_time()) as scope:
                 await poller.run(final=False)
@@ -624,6 +642,17 @@ class StatusIterator:
             elif not poller.stopping:  # ran to the end: every task reported
                 self._finish()
         return buffer.popleft()
+
+    async def _next_streamed(self, receive: MemoryObjectReceiveStream[Any]) -> Any:
+        try:
+            return await receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._done = True
+            poller = self._poller
+            if poller is not None and poller.fatal is not None and not self._raised:
+                self._raised = True
+                raise poller.fatal from None
+            raise StopAsyncIteration from None
 
     def _emit(self, item: Any) -> None:
         self._buffer.append(item)
@@ -639,12 +668,37 @@ class StatusIterator:
                 self._poller._censor_unfinished()
 
     async def aclose(self) -> None:
-        """Stop: no further polls (nothing is running between items anyway)."""
+        """Stop: no further polls (between items nothing runs anyway without ``async with``)."""
         self._buffer.clear()
         self._finish()
 
     async def __aenter__(self) -> StatusIterator:
+        if self._poller is not None or self._group is not None:
+            raise RuntimeError("enter iter_statuses(...) with `async with` before iterating it")
+        poller = await self._start()
+        send, receive = anyio.create_memory_object_stream[Any](math.inf)
+        poller.emit = send.send_nowait
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group, self._receive = group, receive
+        group.start_soon(self._drive, poller, send)
         return self
 
+    async def _drive(self, poller: _Poller,
+                     send: MemoryObjectSendStream[Any]) -> None:
+        # Never raises (a fatal error is stored and raised by __anext__), so nothing from
+        # here can cancel the caller's code inside the ``async with`` block.
+        with send:
+            with anyio.move_on_after(self._deadline - anyio.current_time()):
+                await poller.run()
+            if poller.fatal is None:
+                await poller.emit_unfinished()
+
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        group, self._group = self._group, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
+        if self._receive is not None:
+            self._receive.close()
+        self._done = True

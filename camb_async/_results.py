@@ -11,7 +11,6 @@ slot gets either its result or the API's own error for that run (usually ``NotFo
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -76,7 +75,7 @@ async def gather_results(
             client, items, kind=kind, wait=True, timeout=timeout, policy=policy,
             return_exceptions=True, on_update=on_update)
         try:
-            async with aclosing(statuses):
+            async with statuses:
                 async for item in statuses:
                     if isinstance(item, BaseException):
                         if (not isinstance(item, CambError) or _fatal(item)

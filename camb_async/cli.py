@@ -415,14 +415,15 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
                             f"camb-async watch: {len(set(targets))} tasks")
 
         async def body() -> None:
-            async for item in iter_statuses(client, handles, timeout=args.timeout,
-                                            return_exceptions=True,
-                                            on_update=progress.update):
-                final[(item.kind, item.task_id)] = item  # errors carry kind and task_id too
-                progress.finish(item)
-                if plain:
-                    sys.stdout.write(_plain_line(item) + "\n")
-                    sys.stdout.flush()
+            async with iter_statuses(client, handles, timeout=args.timeout,
+                                     return_exceptions=True,
+                                     on_update=progress.update) as stream:
+                async for item in stream:
+                    final[(item.kind, item.task_id)] = item  # errors carry kind and task_id
+                    progress.finish(item)
+                    if plain:
+                        sys.stdout.write(_plain_line(item) + "\n")
+                        sys.stdout.flush()
 
         try:
             await _run_with_display(progress, body, live=live,

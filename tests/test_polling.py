@@ -322,3 +322,42 @@ async def test_iter_statuses_cancelled_mid_item_loses_nothing(
             except StopAsyncIteration:
                 break
     assert sorted(seen) == sorted(ids)  # every task exactly once, despite the cancellations
+
+
+async def test_iter_statuses_as_a_context_keeps_polling_while_items_are_handled(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    ids = [api.add_task("tts", f"s{i}", after=float(i)) for i in range(20)]
+    got = []
+    async with iter_statuses(client, ids, kind="tts", policy=FAST) as stream:
+        async for result in stream:
+            got.append(result.task_id)
+            await anyio.sleep(5)  # slow consumer: polling goes on in the background
+    assert sorted(got) == sorted(ids)
+    # ...so the last task was seen soon after it finished, not 20 x 5 s later.
+    last_poll = max(r.time for r in api.log)
+    assert last_poll - api.log[0].time < 25
+
+
+async def test_iter_statuses_context_break_error_and_fatal(
+        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    ids = [api.add_task("dub", after=float(i)) for i in range(30)]
+    async with iter_statuses(client, ids, kind="dub", policy=FAST) as stream:
+        async for _ in stream:
+            break
+    before = len(api.log)
+    await anyio.sleep(60)
+    assert len(api.log) == before  # leaving the block stopped every worker
+    with pytest.raises(NotFoundError):
+        async with iter_statuses(client, [*ids, "ghost"], kind="dub", policy=FAST) as stream:
+            async for _ in stream:
+                pass
+    with pytest.raises(RuntimeError, match="before iterating"):
+        stream = iter_statuses(client, ids, kind="dub", policy=FAST)
+        await stream.__anext__()
+        async with stream:
+            pass
+    got = []
+    async with iter_statuses(client, ids[:3] + [api.add_task("dub", after=1e6)], kind="dub",
+                             timeout=30, policy=FAST) as stream:
+        got = [r async for r in stream]
+    assert len(got) == 4 and sum(r.is_success for r in got) == 3

@@ -161,8 +161,9 @@ async def test_soak_10k_tasks_with_faults(anyio_backend: str) -> None:
                         handles, policy=policy, return_exceptions=True))
 
                 async def stream(kind: TaskKind, ids: list[str]) -> None:
-                    streamed.extend([item async for item in iter_statuses(
-                        client, ids, kind=kind, policy=policy, return_exceptions=True)])
+                    async with iter_statuses(client, ids, kind=kind, policy=policy,
+                                             return_exceptions=True) as items:
+                        streamed.extend([item async for item in items])
 
                 try:
                     async with anyio.create_task_group() as tg:
