@@ -356,8 +356,8 @@ async def test_iter_statuses_context_break_error_and_fatal(
         await stream.__anext__()
         async with stream:
             pass
-    got = []
-    async with iter_statuses(client, ids[:3] + [api.add_task("dub", after=1e6)], kind="dub",
-                             timeout=30, policy=FAST) as stream:
+    slow = api.add_task("dub", after=1e6)
+    async with iter_statuses(client, [*ids[:3], slow], kind="dub", timeout=30,
+                             policy=FAST) as stream:
         got = [r async for r in stream]
     assert len(got) == 4 and sum(r.is_success for r in got) == 3
