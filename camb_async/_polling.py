@@ -270,6 +270,7 @@ class _Poller:
         self.in_flight = 0
         self.fatal: BaseException | None = None
         self.stopping = False
+        self._acquiring: anyio.CancelScope | None = None
         self._wake: anyio.Event | None = None
         self._lock = anyio.Lock()
 
@@ -341,12 +342,12 @@ class _Poller:
         if self.client.closed and self.fatal is None and not all(t.done for t in self.unique):
             self.fatal = ClientClosedError("the AsyncCambClient was closed while polling")
 
-    def _censor_unfinished(self) -> None:
+    def _censor_unfinished(self, now: float | None = None) -> None:
         """Tasks still pending when watching stops ran at least this long: tell the stats."""
         if not self.wait:
             return
         stats = self.stats
-        now = anyio.current_time()
+        now = anyio.current_time() if now is None else now
         for task in self.unique:
             if not task.done and task.polls and task.error is None:
                 stats.abandoned(task.kind, task.first_seen, now - task.first_seen)
@@ -408,7 +409,14 @@ class _Poller:
                 if delay > 1e-9:  # slack for timers firing a hair early / float rounding
                     await self._sleep_until_woken(delay)
                     continue
-                await self.client.budget.acquire()
+                # Interruptible: iter_statuses stops the run when a result is ready, and a
+                # wait for the budget (pacing, a 429 pause) must not hold that result back.
+                acquiring = self._acquiring = anyio.CancelScope()
+                with acquiring:
+                    await self.client.budget.acquire()
+                self._acquiring = None
+                if acquiring.cancelled_caught:
+                    return None
                 if self.stopping:
                     self.client.budget.release()
                     return None
@@ -421,6 +429,13 @@ class _Poller:
         event = self._wake = anyio.Event()
         with anyio.move_on_after(delay):
             await event.wait()
+
+    def stop(self) -> None:
+        """Start no further polls; the ones in flight land (``iter_statuses`` between items)."""
+        self.stopping = True
+        self._notify()
+        if self._acquiring is not None:
+            self._acquiring.cancel()
 
     def _notify(self) -> None:
         event = self._wake
@@ -593,7 +608,7 @@ class StatusIterator:
     """
 
     __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout",
-                 "_group", "_receive", "_raised")
+                 "_group", "_receive", "_raised", "_last_time")
 
     def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle], *,
                  timeout: float | None, **kwargs: Any) -> None:
@@ -607,6 +622,7 @@ class StatusIterator:
         self._group: anyio.abc.TaskGroup | None = None
         self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._raised = False
+        self._last_time = 0.0
 
     def __aiter__(self) -> StatusIterator:
         return self
@@ -621,6 +637,8 @@ class StatusIterator:
 
     async def __anext__(self) -> Any:
         if self._receive is not None:
+            if self._done:
+                raise StopAsyncIteration
             return await self._next_streamed(self._receive)
         buffer = self._buffer
         while not buffer:
@@ -633,12 +651,13 @@ class StatusIterator:
             poller.stopping = False
             with anyio.move_on_after(self._deadline - anyio.current_time()) as scope:
                 await poller.run(final=False)
+            self._last_time = anyio.current_time()
             if poller.fatal is not None:
                 self._finish()
                 raise poller.fatal
             if scope.cancelled_caught:  # the overall deadline: report everyone left
+                self._finish()  # censor first: emit_unfinished marks them done
                 await poller.emit_unfinished()
-                self._finish()
             elif not poller.stopping:  # ran to the end: every task reported
                 self._finish()
         return buffer.popleft()
@@ -658,19 +677,31 @@ class StatusIterator:
         self._buffer.append(item)
         poller = self._poller
         if poller is not None and not poller.stopping:
-            poller.stopping = True  # hand this item over once the in-flight polls land
-            poller._notify()
+            poller.stop()  # hand this item over once the in-flight polls land
 
-    def _finish(self) -> None:
+    def _finish(self, now: float | None = None) -> None:
         if not self._done:
             self._done = True
             if self._poller is not None:
-                self._poller._censor_unfinished()
+                self._poller._censor_unfinished(now)
 
     async def aclose(self) -> None:
-        """Stop: no further polls (between items nothing runs anyway without ``async with``)."""
+        """Stop: no further polls, no further items."""
         self._buffer.clear()
-        self._finish()
+        if self._group is not None:  # `async with` mode: the run's own end reports the rest
+            self._done = True
+            self._group.cancel_scope.cancel()
+            if self._receive is not None:
+                self._receive.close()
+        else:
+            self._finish()
+
+    def __del__(self) -> None:
+        # A bare `async for` left by `break`: nothing runs, but tasks still pending must be
+        # reported to the completion statistics as "ran at least this long" (as of the last
+        # item), or the estimator would count them as running forever.
+        if not self._done and self._poller is not None and self._group is None:
+            self._finish(self._last_time)
 
     async def __aenter__(self) -> StatusIterator:
         if self._poller is not None or self._group is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from contextlib import aclosing
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -361,3 +362,52 @@ async def test_iter_statuses_context_break_error_and_fatal(
                              policy=FAST) as stream:
         got = [r async for r in stream]
     assert len(got) == 4 and sum(r.is_success for r in got) == 3
+
+
+async def test_bare_iteration_is_not_held_back_by_budget_waits(
+        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    from camb_async.testing import Fault
+
+    client = make_client(rate_limit=1.0, max_concurrency=4)
+    ids = [api.add_task("tts", after=0) for _ in range(4)]
+    api.inject(Fault(status=None, delay=0.1), count=4)
+    start = anyio.current_time()
+    times = [anyio.current_time() - start
+             async for _ in iter_statuses(client, ids, kind="tts", policy=FAST)]
+    # One request a second is the budget; an item must not also wait out the next slot.
+    assert times[-1] < 3.5
+
+
+@pytest.mark.parametrize("mode", ["bare-deadline", "bare-break", "context-aclose"])
+async def test_unfinished_tasks_are_reported_to_the_stats_exactly_once(
+        api: FakeCambAPI, client: AsyncCambClient, monkeypatch: pytest.MonkeyPatch,
+        mode: str) -> None:
+    import gc
+
+    from camb_async import CompletionStats
+
+    calls: list[str] = []
+    original = CompletionStats.abandoned
+
+    def spy(self: CompletionStats, *args: Any, **kwargs: Any) -> None:
+        calls.append("abandoned")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompletionStats, "abandoned", spy)
+    ids = [api.add_task("dub", after=1000) for _ in range(3)] + [api.add_task("dub", after=0)]
+    if mode == "bare-deadline":
+        got = [r async for r in iter_statuses(client, ids, kind="dub", timeout=10, policy=FAST)]
+        assert len(got) == 4
+    elif mode == "bare-break":
+        await anyio.lowlevel.checkpoint()
+        async for _ in iter_statuses(client, ids, kind="dub", policy=FAST):
+            break
+        gc.collect()
+    else:
+        async with iter_statuses(client, ids, kind="dub", policy=FAST) as stream:
+            async for _ in stream:
+                await anyio.sleep(5)  # the others have been polled by now
+                await stream.aclose()
+                break
+            assert [r async for r in stream] == []  # closed: no further items
+    assert calls == ["abandoned"] * 3
