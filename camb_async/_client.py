@@ -429,8 +429,6 @@ class AsyncCambClient:
             "user-agent": f"camb-async/{__version__}",
             "accept": "application/json",
         }
-        # Per-request headers only when the caller's own client carries no defaults of ours.
-        self._request_headers: dict[str, str] | None = None if self._owns_http else self._headers
         #: Set by ``_open()`` when this client owns its HTTP client: requests then go straight
         #: to the transport (see ``_DirectSender``).
         self._direct: _DirectSender | None = None
@@ -548,8 +546,9 @@ class AsyncCambClient:
                          or _default_transport(verify=self._verify, limits=limits)
                          or httpx.AsyncHTTPTransport(verify=self._verify, limits=limits,
                                                      trust_env=False))
+            # Our headers (the key among them) live only in the direct sender, which sends
+            # every request of an owned client; this AsyncClient just owns the transport.
             self._http = httpx.AsyncClient(
-                headers=self._headers,
                 timeout=self.timeout,
                 transport=transport,
                 limits=limits,
@@ -557,8 +556,7 @@ class AsyncCambClient:
                 follow_redirects=False,  # the x-api-key header must not follow a redirect
                 trust_env=False,
             )
-            if self._owns_http:
-                self._direct = _DirectSender(self._http, transport, self._headers, self.timeout)
+            self._direct = _DirectSender(self._http, transport, self._headers, self.timeout)
         return self._http
 
     async def _request(
@@ -589,7 +587,6 @@ class AsyncCambClient:
         retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
         waits: Any = None
-        headers = self._request_headers
         hooks = self._hooks
         while True:
             if self._closed:
@@ -626,7 +623,7 @@ class AsyncCambClient:
                             params=params,
                             data=data,
                             files=files,
-                            headers=headers,
+                            headers=self._headers,  # a caller's client has none of ours
                             # The x-api-key header must never follow a redirect to another
                             # host, whatever the caller's own client is configured to do.
                             follow_redirects=False,
