@@ -35,6 +35,8 @@ sys.path.insert(0, str(HERE))
 
 from _servers import FakeServer  # noqa: E402
 
+from camb_async.testing import peak_per_window  # noqa: E402
+
 RESULTS = HERE / "results"
 KEY = "bench-key"
 
@@ -43,16 +45,6 @@ def workload(n: int, seed: int, lo: float, hi: float) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     return [{"kind": "tts", "task_id": f"tts-{i}", "after": rng.uniform(lo, hi)}
             for i in range(n)]
-
-
-def peak_per_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best = lo = 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def run_camb(url: str, ids: list[str], rate: float) -> dict[str, float]:

@@ -17,7 +17,7 @@ import itertools
 import json
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
@@ -26,7 +26,8 @@ import attrs
 
 from ._models import TaskKind, TaskStatus
 
-__all__ = ["Fault", "FakeCambAPI", "FakeTask", "LoggedRequest", "TRANSIENT_FAULTS"]
+__all__ = ["Fault", "FakeCambAPI", "FakeTask", "LoggedRequest", "TRANSIENT_FAULTS",
+           "peak_per_window", "serve_in_thread"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -112,6 +113,17 @@ class LoggedRequest:
     path: str
     status: int
     fault: str | None = None
+
+
+def peak_per_window(times: Iterable[float], window: float = 1.0) -> int:
+    """Most of ``times`` inside any half-open ``window``-second interval (sliding window)."""
+    ordered = sorted(times)
+    best = lo = 0
+    for hi, t in enumerate(ordered):
+        while t - ordered[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
 
 
 class _ResetConnection(Exception):
@@ -209,14 +221,8 @@ class FakeCambAPI:
 
     def peak_per_window(self, window: float = 1.0, *, accepted_only: bool = False) -> int:
         """Most requests that arrived in any ``window``-second interval."""
-        times = sorted(r.time for r in self.log if not accepted_only or r.status != 429)
-        best = 0
-        lo = 0
-        for hi, t in enumerate(times):
-            while t - times[lo] >= window:
-                lo += 1
-            best = max(best, hi - lo + 1)
-        return best
+        return peak_per_window(
+            [r.time for r in self.log if not accepted_only or r.status != 429], window)
 
     # ----------------------------------------------------------------- ASGI
 

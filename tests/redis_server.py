@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from camb_async import TaskKind
-from camb_async.testing import FakeCambAPI, LoggedRequest, serve_in_thread
+from camb_async.testing import FakeCambAPI, LoggedRequest, peak_per_window, serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-fleet-0123456789abcdef"
@@ -124,13 +124,7 @@ class FleetRun:
         return max(w["finished"] for w in self.workers) - self.began
 
     def peak(self, window: float = 1.0, since: float = -1e18) -> int:
-        times = sorted(r.time for r in self.log if r.time >= since)
-        best = lo = 0
-        for hi, t in enumerate(times):
-            while t - times[lo] >= window:
-                lo += 1
-            best = max(best, hi - lo + 1)
-        return best
+        return peak_per_window([r.time for r in self.log if r.time >= since], window)
 
 
 def run_fleet(
