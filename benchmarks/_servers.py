@@ -111,14 +111,16 @@ class FakeServer:
     """``with FakeServer(tasks=[...], rate_limit=None) as url:`` — FakeCambAPI on uvicorn.
 
     ``tasks``: dicts of ``FakeCambAPI.add_task`` keyword arguments (``kind`` and ``task_id``
-    included); ``after`` counts from the first request the server answers.
+    included); ``after`` counts from the first request the server answers. ``fault_rate``:
+    share of requests answered with one of ``testing.TRANSIENT_FAULTS`` (seeded).
     """
 
     def __init__(self, tasks: list[dict[str, Any]], *, api_key: str = "bench-key",
-                 rate_limit: float | None = None) -> None:
+                 rate_limit: float | None = None, fault_rate: float = 0.0,
+                 seed: int = 0) -> None:
         self.port = free_port()
         self.spec = {"tasks": tasks, "api_key": api_key, "rate_limit": rate_limit,
-                     "port": self.port}
+                     "fault_rate": fault_rate, "seed": seed, "port": self.port}
         self._proc: subprocess.Popen[bytes] | None = None
         fd, self._spec_path = tempfile.mkstemp(suffix=".json", prefix="camb-bench-")
         with os.fdopen(fd, "w") as f:
@@ -129,11 +131,12 @@ class FakeServer:
         wait_for_port(self.port, self._proc)
         return f"http://127.0.0.1:{self.port}"
 
-    def log(self) -> list[tuple[float, int, str]]:
+    def log(self) -> list[tuple[float, int, str, str | None]]:
         """Every request served so far: (arrival on the server's monotonic clock, status,
-        path). ``time.monotonic`` is system-wide, so the client can compare its own."""
+        path, fault label or None). ``time.monotonic`` is system-wide, so the client can
+        compare its own."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_bench/log") as r:
-            return [(t, s, p) for t, s, p in json.loads(r.read())]
+            return [(t, s, p, f) for t, s, p, f in json.loads(r.read())]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._proc is not None:
@@ -153,13 +156,13 @@ def _serve(spec_path: str) -> None:  # the FakeServer subprocess
 
     spec = json.loads(Path(spec_path).read_text())
     api = FakeCambAPI(api_key=spec["api_key"], rate_limit=spec["rate_limit"],
-                      clock=time.monotonic)
+                      fault_rate=spec["fault_rate"], seed=spec["seed"], clock=time.monotonic)
     for task in spec["tasks"]:
         api.add_task(**task)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/_bench/log":
-            body = json.dumps([(r.time, r.status, r.path) for r in api.log]).encode()
+            body = json.dumps([(r.time, r.status, r.path, r.fault) for r in api.log]).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})

@@ -92,7 +92,7 @@ def measure(label: str, tasks: list[dict[str, Any]], rate: float) -> dict[str, A
     with server as url:
         done_at = asyncio.run(RUNNERS[label](url, ids, rate))
         log = server.log()
-    times = sorted(t for t, _, _ in log)
+    times = sorted(t for t, _, _, _ in log)
     t0, t_end = times[0], max(done_at.values())
     finish = sorted(done_at.values())
     # Whole-second windows from the first request; "saturated" = the unfinished tasks alone
@@ -121,7 +121,7 @@ def measure(label: str, tasks: list[dict[str, Any]], rate: float) -> dict[str, A
         "saturated_seconds": len(saturated),
         "utilisation_overall": round(len(in_run) / (rate * (t_end - t0)), 3),
         "run_s": round(t_end - t0, 2),
-        "answers_429": sum(1 for _, s, _ in log if s == 429),
+        "answers_429": sum(1 for _, s, _, _ in log if s == 429),
         "windows": windows,
     }
 
