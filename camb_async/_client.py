@@ -322,7 +322,7 @@ class _DirectSender:
 
     async def send(self, method: str, url: str, json_body: Any,
                    params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
-                   files: Any) -> httpx.Response:
+                   files: Any, stream: bool = False) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         request = httpx.Request(method, httpx.URL(url), params=params, headers=self._headers,
@@ -330,10 +330,11 @@ class _DirectSender:
                                 extensions={"timeout": self._timeout})
         response = await self._transport.handle_async_request(request)
         response.request = request
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
+        if not stream:  # a streamed body is read (and closed) by its ``BodyStream``
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
             _httpx_logger.info('HTTP Request: %s %s "%s %d %s"', method, request.url,
                                response.http_version, response.status_code,
@@ -573,8 +574,14 @@ class AsyncCambClient:
         preacquired: bool = False,
         max_retries: int | None = None,
         reopen_body: Callable[[], Awaitable[Any]] | None = None,
+        stream: bool = False,
     ) -> T:
         """Send one logical request (with retries) and return ``parse(decoded JSON)``.
+
+        ``stream=True`` (raw audio): a 2xx answer is not read whole; ``parse`` gets a
+        ``BodyStream`` whose first chunk has arrived. Retries, the budget, the attempt's
+        deadline and error mapping cover everything up to that first chunk; a failure after
+        it is raised by the ``BodyStream`` (``APIConnectionError``), never retried.
 
         ``idempotent=False`` (task creation) retries only failures that prove the server never
         saw the request (connection not established, 429); anything after the request may have
@@ -606,13 +613,17 @@ class AsyncCambClient:
                 deadline=anyio.current_time() + self.timeout if files is None else math.inf)
             self._scopes.add(scope)
             response: httpx.Response | None = None
+            body: BodyStream | None = None  # streaming mode: a 2xx answer's body
             failure: Exception | None = None
             if hooks is not None:
                 hooks._start(method, path)
                 started = anyio.current_time()
             try:
                 with scope:
-                    if direct is not None:
+                    if stream:
+                        response, body = await self._send_streaming(http, direct, method,
+                                                                    url, path, params)
+                    elif direct is not None:
                         response = await direct.send(method, url, json_body, params, data,
                                                      files)
                     else:
@@ -644,6 +655,9 @@ class AsyncCambClient:
                     hooks._end(method, path, anyio.current_time() - started,
                                None if response is None else response.status_code)
             if self._closed:
+                if body is not None:
+                    with anyio.CancelScope(shield=True):
+                        await body.aclose()
                 raise ClientClosedError("the AsyncCambClient was closed during the request")
             if response is None and failure is None:  # the attempt's deadline expired
                 failure = httpx.ReadTimeout(f"no complete answer within {self.timeout}s")
@@ -659,6 +673,8 @@ class AsyncCambClient:
                 assert response is not None
                 status = response.status_code
                 if status < 300:
+                    if body is not None:
+                        return parse(body)
                     return self._decode(response, method, path, parse)
                 if status == 429:
                     retry_after = parse_retry_after(response.headers)
@@ -692,6 +708,31 @@ class AsyncCambClient:
             if reopen_body is not None:
                 files = await reopen_body()
             await self._sleep(delay)  # aclose() cuts a back-off short, too
+
+    async def _send_streaming(self, http: httpx.AsyncClient, direct: _DirectSender | None,
+                              method: str, url: str, path: str,
+                              params: Mapping[str, str | int] | None
+                              ) -> tuple[httpx.Response, BodyStream | None]:
+        """One attempt of a streamed request: the answer and, for a 2xx answer, its body with
+        the first chunk read. An error answer is read whole (it is small and mapped like any
+        other); a failure before the first chunk closes the answer."""
+        if direct is not None:
+            response = await direct.send(method, url, None, params, None, None, stream=True)
+        else:
+            request = http.build_request(method, url, params=params, headers=self._headers)
+            response = await http.send(request, stream=True, follow_redirects=False)
+        try:
+            if response.status_code >= 300:
+                await response.aread()
+                await response.aclose()
+                return response, None
+            chunks = aiter(response.aiter_bytes())
+            first = await anext(chunks, None)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            raise
+        return response, BodyStream(self, response, chunks, first, method, path)
 
     def _throttled(self, hooks: RequestHooks | None, method: str, path: str,
                    retry_after: float | None) -> None:
@@ -777,3 +818,86 @@ class AsyncCambClient:
         if status >= 500:
             return InternalServerError(message, **common)
         return APIError(message, **common)
+
+
+class BodyStream:
+    """A 2xx answer's body, read chunk by chunk (``async for``), never held whole.
+
+    Made by the request path in streaming mode once the first chunk has arrived; nothing
+    after that is retried. Each later chunk must arrive within the client's ``timeout``
+    (``APITimeoutError``); a connection lost mid-body is ``APIConnectionError``; the client's
+    ``aclose()`` ends a read in progress with ``ClientClosedError``. ``aclose()`` (also done
+    when the body is exhausted or iteration fails) returns the connection.
+    """
+
+    __slots__ = ("_client", "_response", "_chunks", "_first", "_method", "_path")
+
+    def __init__(self, client: AsyncCambClient, response: httpx.Response,
+                 chunks: AsyncIterator[bytes], first: bytes | None, method: str,
+                 path: str) -> None:
+        self._client = client
+        self._response = response
+        self._chunks: AsyncIterator[bytes] | None = chunks if first is not None else None
+        self._first = first
+        self._method = method
+        self._path = path
+
+    @property
+    def content_type(self) -> str | None:
+        value: str | None = self._response.headers.get("content-type")
+        return value
+
+    @property
+    def content_length(self) -> int | None:
+        """The size the server announced, if it did (and it is a plain number)."""
+        value = self._response.headers.get("content-length", "")
+        return int(value) if value.isdigit() and value.isascii() else None
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first, self._first = self._first, None
+        if first:
+            return first
+        try:
+            chunk = await self._next()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+        if chunk is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def _next(self) -> bytes | None:
+        chunks = self._chunks
+        if chunks is None:
+            return None
+        client = self._client
+        scope = anyio.CancelScope(deadline=anyio.current_time() + client.timeout)
+        client._scopes.add(scope)
+        failure: Exception | None = None
+        chunk: bytes | None = None
+        try:
+            with scope:
+                chunk = await anext(chunks, None)
+        except (httpx.RequestError, httpx.StreamError) as exc:
+            failure = exc
+        finally:
+            client._scopes.discard(scope)
+        if client._closed:
+            raise ClientClosedError("the AsyncCambClient was closed while a body was read")
+        if failure is None and scope.cancelled_caught:
+            failure = httpx.ReadTimeout(f"no data for {client.timeout}s")
+        if failure is not None:
+            self._chunks = None
+            raise client._transport_error(failure, self._method, self._path) from failure
+        if chunk is None:
+            self._chunks = None
+        return chunk
+
+    async def aclose(self) -> None:
+        self._chunks = None
+        await self._response.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, Generator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,16 @@ class TaskHandle:
         """
         final = await self.wait(timeout, policy=policy)
         return await self._client.resource(self.kind)._result(run_id_of(final))
+
+    async def save_audio(self, path: str | os.PathLike[str], timeout: float | None = None, *,
+                         policy: PollPolicy | None = None) -> int:
+        """TTS tasks: wait until terminal, then stream the FLAC audio to ``path`` (see
+        ``client.tts.save_audio``); returns the bytes written. ``TaskFailedError`` and
+        ``WaitTimeoutError`` as for ``result()``."""
+        if self.kind is not TaskKind.TTS:
+            raise TypeError(f"save_audio() is for text-to-speech tasks, not {self.kind.value}")
+        final = await self.wait(timeout, policy=policy)
+        return await self._client.tts.save_audio(run_id_of(final), path)
 
 
 def run_id_of(final: StatusResult) -> int:

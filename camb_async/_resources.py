@@ -13,12 +13,13 @@ import math
 import mimetypes
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import anyio
 
+from ._download import save_atomically
 from ._errors import CambError
 from ._models import (
     DubbingOutcome,
@@ -38,7 +39,7 @@ from ._models import (
 )
 
 if TYPE_CHECKING:
-    from ._client import AsyncCambClient
+    from ._client import AsyncCambClient, BodyStream
     from ._handle import TaskHandle
 
 __all__ = [
@@ -314,17 +315,53 @@ class DubResource(TaskResource):
 class TTSResource(TaskResource):
     """``client.tts``: the legacy polled text-to-speech flow.
 
-    Results are fetched in FILE_URL mode (``output_type=FILE_URL``): the answer is JSON with a
-    pre-signed URL of the audio, not the audio bytes the API streams by default, so results
-    are small, typed and batchable like every other kind's. Download the URL yourself. (The
-    API's documents name the mode but not its wire spelling; ``FILE_URL`` is the name used.)
+    CAMB.AI's reference marks create-then-poll TTS as deprecated in favour of streaming TTS
+    (``POST /tts-stream``); status checks and results of TTS tasks stay fully supported.
+
+    ``result()`` asks for ``output_type=file_url`` (the API's enum is ``raw_bytes`` |
+    ``file_url``, lower case, validated case-sensitively): the answer is JSON with a
+    pre-signed URL of the audio, small, typed and batchable like every other kind's.
+    ``audio()`` and ``save_audio()`` fetch the audio itself, the API's default ``raw_bytes``
+    mode (FLAC), streamed and never held whole in memory.
     """
 
     __slots__ = ()
 
     async def result(self, run_id: int) -> TTSResult:
-        """``GET /tts-result/{run_id}?output_type=FILE_URL`` -> ``TTSResult(output_url)``."""
+        """``GET /tts-result/{run_id}?output_type=file_url`` -> ``TTSResult(output_url)``."""
         return cast(TTSResult, await self._result(run_id))
+
+    async def audio(self, run_id: int) -> AsyncIterator[bytes]:
+        """The FLAC audio of run ``run_id`` as it arrives: ``async for chunk in ...``.
+
+        ``GET /tts-result/{run_id}?output_type=raw_bytes``. Retried (budget, back-off) only
+        until the first byte arrives; a connection lost after that raises
+        ``APIConnectionError``. Close the iterator (``contextlib.aclosing``) if you stop
+        early, so the connection is returned at once.
+        """
+        body = await self._audio_body(run_id)
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await body.aclose()
+
+    async def save_audio(self, run_id: int, path: str | os.PathLike[str]) -> int:
+        """Stream the FLAC audio of run ``run_id`` to ``path``; returns the bytes written.
+
+        Written to a temporary file beside ``path`` and renamed over it only when complete:
+        a dropped connection, an error or cancellation leaves no partial file at ``path``
+        (and whatever was there before untouched). Never holds the audio in memory.
+        """
+        run_id = check_run_id(run_id)
+        return await save_atomically(path, lambda: self._audio_body(run_id))
+
+    async def _audio_body(self, run_id: int) -> BodyStream:
+        path = _ROUTES[self.kind].result_prefix + str(check_run_id(run_id))
+        body: BodyStream = await self._client._request(
+            "GET", path, _as_body, params=_RAW_AUDIO, stream=True)
+        return body
 
     async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE
                       ) -> dict[int, TTSResult]:
@@ -515,13 +552,22 @@ class _Route:
 
 _ROUTES: dict[TaskKind, _Route] = {
     TaskKind.DUB: _Route("/dub", "/dub-result/", "/dubbing-results", parse_dubbing_result),
+    # The API's OutputType enum is lower case (raw_bytes | file_url) and FastAPI checks it
+    # case-sensitively: FILE_URL is answered 422.
     TaskKind.TTS: _Route("/tts", "/tts-result/", "/tts-results", parse_tts_result,
-                         {"output_type": "FILE_URL"}),
+                         {"output_type": "file_url"}),
     TaskKind.TRANSLATION: _Route("/translate", "/translation-result/", "/translation-results",
                                  parse_translation_result),
     TaskKind.TRANSCRIPTION: _Route("/transcribe", "/transcription-result/",
                                    "/transcription-results", parse_transcription_result),
 }
+
+
+_RAW_AUDIO: Mapping[str, str] = {"output_type": "raw_bytes"}
+
+
+def _as_body(body: Any) -> BodyStream:
+    return cast("BodyStream", body)
 
 
 def _parse_task_id(data: Any) -> str:

@@ -16,10 +16,11 @@ import hashlib
 import itertools
 import json
 import random
+import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qsl, unquote
 
 import anyio
 import attrs
@@ -144,7 +145,14 @@ class FakeCambAPI:
     ``/tts-results``, ``/translation-results``, ``/transcription-results`` serve a run's
     result once its task has reached SUCCESS (``set_result`` or ``script_create(result=)``
     script it; otherwise it is generated from the run id and the create request). TTS
-    results are JSON only with ``output_type=FILE_URL``, as the real default streams audio.
+    results are JSON only with ``output_type=file_url``; the default (``raw_bytes``) streams
+    the run's FLAC audio (``set_audio`` scripts its size and a mid-body reset).
+
+    Requests are validated like the real service (FastAPI) from the published API
+    definition: unknown paths 404, other methods 405, then the key (401), then path, query
+    and body (enums case-sensitive, ``run_id`` a strict integer, required fields present and
+    typed), refused with 422 and FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` body.
+    Malformed input of any kind is answered 4xx, never an exception inside the app.
     """
 
     def __init__(
@@ -178,6 +186,7 @@ class FakeCambAPI:
         self._create_scripts: deque[tuple[TaskKind | None, dict[str, Any]]] = deque()
         self._runs: dict[tuple[TaskKind, int], FakeTask] = {}
         self._runs_indexed = 0
+        self._audio: dict[int, tuple[int, int | None]] = {}
 
     # ----------------------------------------------------------------- scripting
 
@@ -261,9 +270,9 @@ class FakeCambAPI:
             if fault.retry_after is not None:
                 extra.append(("retry-after", fault.retry_after))
             self.log.append(LoggedRequest(now, method, path, fault.status, "fault"))
-            payload = fault.body if fault.body is not None else json.dumps(
+            faulty = fault.body if fault.body is not None else json.dumps(
                 {"detail": f"injected fault {fault.status}"}).encode()
-            await self._respond(send, fault.status, payload, extra, reset=fault.reset)
+            await self._respond(send, fault.status, faulty, extra, reset=fault.reset)
             return
 
         if self.rate_limit is not None and not self._admit(now):
@@ -313,8 +322,11 @@ class FakeCambAPI:
                 return b"".join(chunks)
 
     @staticmethod
-    async def _respond(send: Send, status: int, payload: bytes,
+    async def _respond(send: Send, status: int, payload: bytes | _Audio,
                        headers: list[tuple[str, str]], *, reset: bool = False) -> None:
+        if isinstance(payload, _Audio):
+            await payload.send(send, headers, reset=reset)
+            return
         raw_headers = [(b"content-type", b"application/json"),
                        (b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
@@ -327,24 +339,40 @@ class FakeCambAPI:
 
     def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes,
                 now: float, *, query: str = "", form: dict[str, Any] | None = None
-                ) -> tuple[int, bytes]:
-        if headers.get("x-api-key") != self.api_key:
-            return 401, b'{"detail":"invalid or missing API key"}'
+                ) -> tuple[int, bytes | _Audio]:
+        """Route and validate like the real service (FastAPI): unknown path 404, known path
+        with another method 405, then the key (401), then parameters and body (422 with
+        FastAPI's ``{"detail": [{"loc", "msg", "type"}]}``). Never raises on bad input."""
         if self.prefix:
             if not path.startswith(self.prefix + "/"):
-                return 404, b'{"detail":"Not Found"}'
+                return 404, _NOT_FOUND
             path = path[len(self.prefix):]
-        segments = [unquote(s) for s in path.split("/")[1:]]
-        if method == "GET" and len(segments) == 2 and segments[0] in _KINDS:
-            return self._status(_KINDS[segments[0]], segments[1], now)
-        if len(segments) == 1 and method == "POST":
-            if segments[0] in _KINDS:
-                return self._create(_KINDS[segments[0]], body, form, now)
-            if segments[0] in _BATCH_ROUTES:
-                return self._batch_results(_BATCH_ROUTES[segments[0]], body, now)
-        if method == "GET" and len(segments) == 2 and segments[0] in _RESULT_ROUTES:
-            return self._single_result(_RESULT_ROUTES[segments[0]], segments[1], query, now)
-        return 404, b'{"detail":"Not Found"}'
+        # Starlette routes on the percent-decoded path: an encoded "/" splits segments too.
+        segments = unquote(path, errors="replace").split("/")[1:]
+        route = _match(segments)
+        if route is None:
+            return 404, _NOT_FOUND
+        allowed, handler_name = route
+        if method != allowed:
+            return 405, b'{"detail":"Method Not Allowed"}'
+        if headers.get("x-api-key") != self.api_key:
+            return 401, b'{"detail":"invalid or missing API key"}'
+        params = _query_params(query)
+        head, arg = segments[0], segments[1] if len(segments) > 1 else ""
+        if handler_name == "status":
+            problems = _check_query(params, {"run_id": _optional(_v_int)})
+            if problems:
+                return _unprocessable_all(problems)
+            return self._status(_KINDS[head], arg, now)
+        if handler_name == "create":
+            problems = [] if head == "transcribe" else _check_query(
+                params, {"run_id": _optional(_v_int)})
+            return self._create(_KINDS[head], body, form, now, headers=headers,
+                                query_problems=problems)
+        if handler_name == "batch":
+            return self._batch_results(_BATCH_ROUTES[head], body, now, headers=headers,
+                                       params=params)
+        return self._single_result(_RESULT_ROUTES[head], arg, query, now)
 
     def _status(self, kind: TaskKind, task_id: str, now: float) -> tuple[int, bytes]:
         task = self.tasks.get((kind, task_id))
@@ -403,22 +431,26 @@ class FakeCambAPI:
         return None
 
     def _create(self, kind: TaskKind, body: bytes, form: dict[str, Any] | None,
-                now: float) -> tuple[int, bytes]:
+                now: float, *, headers: dict[str, str] | None = None,
+                query_problems: list[dict[str, Any]] | None = None) -> tuple[int, bytes]:
+        problems = list(query_problems or ())
         if kind is TaskKind.TRANSCRIPTION:
             if form is None:
-                return _unprocessable(["body"], "expected multipart/form-data",
-                                      "value_error.content_type")
+                # Starlette reads any other content type as an empty form.
+                form = {}
+            if "__invalid__" in form:
+                return 400, b'{"detail":"There was an error parsing the body"}'
             request: Any = form
+            problems += _validate_model(form, _TRANSCRIBE_FORM, ("body",))
         else:
-            try:
-                request = json.loads(body) if body else None
-            except ValueError:
-                return _unprocessable(["body"], "invalid JSON", "value_error.jsondecode")
-            if not isinstance(request, dict):
-                return _unprocessable(["body"], "expected a JSON object", "type_error.dict")
-        problems = _CREATE_CHECKS[kind](request)
+            request, body_problems = _json_body(body, form, headers or {})
+            problems += body_problems
+            if not body_problems:
+                problems += _validate_model(request, _CREATE_MODELS[kind], ("body",))
+        if not problems:
+            problems = _CREATE_CHECKS[kind](request)
         if problems:
-            return 422, json.dumps({"detail": problems}).encode()
+            return _unprocessable_all(problems)
         script = self._next_script(kind) or {}
         status = script.get("status", TaskStatus.SUCCESS.value)
         task_id = f"{kind.value}-{next(self._ids)}"
@@ -453,34 +485,59 @@ class FakeCambAPI:
         return task
 
     def _single_result(self, kind: TaskKind, raw_run_id: str, query: str, now: float
-                       ) -> tuple[int, bytes]:
-        if not raw_run_id.isdigit() or len(raw_run_id) > 18:
-            return _unprocessable(["path", "run_id"], "value is not a valid integer",
-                                  "type_error.integer")
-        task = self._finished_run(kind, int(raw_run_id), now)
+                       ) -> tuple[int, bytes | _Audio]:
+        errors: list[dict[str, Any]] = []
+        run_id = _v_int(raw_run_id, ("path", "run_id"), errors)
+        params = _query_params(query)
+        errors += _check_query(params, _RESULT_QUERIES[kind])
+        if errors:
+            return _unprocessable_all(errors)
+        task = self._finished_run(kind, run_id, now)
         if task is None:
-            return 404, json.dumps({"detail": f"run {raw_run_id} not found"}).encode()
-        if kind is TaskKind.TTS and parse_qs(query).get("output_type") != ["FILE_URL"]:
-            # The real default (RAW_BYTES) streams the audio itself, which is not JSON.
-            return 200, b"fLaC\x00\x00\x00\x22" + raw_run_id.encode()
+            return 404, json.dumps({"detail": f"run {run_id} not found"}).encode()
+        if kind is TaskKind.TTS and params.get("output_type", "raw_bytes") == "raw_bytes":
+            # The API's default: the audio itself, streamed as FLAC bytes (not JSON).
+            size, reset_after = self._audio.get(run_id, (DEFAULT_AUDIO_SIZE, None))
+            return 200, _Audio(run_id, size, reset_after)
         return 200, json.dumps(_result_json(task)).encode()
 
-    def _batch_results(self, kind: TaskKind, body: bytes, now: float) -> tuple[int, bytes]:
-        try:
-            request = json.loads(body) if body else None
-        except ValueError:
-            return _unprocessable(["body"], "invalid JSON", "value_error.jsondecode")
-        run_ids = request.get("run_ids") if isinstance(request, dict) else None
-        if not isinstance(run_ids, list) or not all(
-                isinstance(r, int) and not isinstance(r, bool) for r in run_ids):
-            return _unprocessable(["body", "run_ids"], "value is not a valid list of integers",
-                                  "type_error.list")
+    def _batch_results(self, kind: TaskKind, body: bytes, now: float, *,
+                       headers: dict[str, str] | None = None,
+                       params: dict[str, str] | None = None) -> tuple[int, bytes]:
+        problems = [] if kind is TaskKind.TRANSCRIPTION else _check_query(
+            params or {}, {"run_id": _optional(_v_int)})
+        request, body_problems = _json_body(body, None, headers or {})
+        problems += body_problems
+        run_ids: Any = None
+        if not body_problems:
+            checked = _validate_model(request, _BATCH_MODEL, ("body",))
+            problems += checked
+            if not checked:
+                run_ids = [_v_int(r, (), []) for r in request["run_ids"]]
+        if problems:
+            return _unprocessable_all(problems)
         out: dict[str, Any] = {}
         for run_id in run_ids:
             task = self._finished_run(kind, run_id, now)
             if task is not None:
                 out[str(run_id)] = _result_json(task)
         return 200, json.dumps(out).encode()
+
+    # ----------------------------------------------------------------- raw TTS audio
+
+    def set_audio(self, run_id: int, size: int, *, reset_after: int | None = None) -> None:
+        """Script the FLAC body served for TTS run ``run_id`` in ``raw_bytes`` mode: ``size``
+        bytes, generated as they are sent (never held), and with ``reset_after`` the
+        connection drops after that many bytes (over real sockets; in-process the app
+        raises). Default for any run: ``DEFAULT_AUDIO_SIZE`` bytes."""
+        if size < 0 or (reset_after is not None and not 0 <= reset_after < size):
+            raise ValueError("size must be >= 0 and reset_after within the body")
+        self._audio[run_id] = (size, reset_after)
+
+    def audio_bytes(self, run_id: int) -> bytes:
+        """The whole audio body of run ``run_id``, as served (for tests: keep it small)."""
+        size, _ = self._audio.get(run_id, (DEFAULT_AUDIO_SIZE, None))
+        return b"".join(_Audio(run_id, size, None).chunks())
 
 
 # ------------------------------------------------------------- create/result helpers (issue 4)
@@ -500,84 +557,326 @@ _BATCH_ROUTES = {
 _FORM_TEXT_LIMIT = 1 << 20  # longest non-file form field kept
 
 
+_NOT_FOUND = b'{"detail":"Not Found"}'
+#: Default size of a TTS run's raw FLAC answer (a few seconds of speech).
+DEFAULT_AUDIO_SIZE = 48 * 1024
+_AUDIO_CHUNK = 64 * 1024
+
+
 def _unprocessable(loc: list[str | int], msg: str, kind: str) -> tuple[int, bytes]:
-    return 422, json.dumps({"detail": [{"loc": loc, "msg": msg, "type": kind}]}).encode()
+    return _unprocessable_all([{"loc": loc, "msg": msg, "type": kind}])
+
+
+def _unprocessable_all(problems: list[dict[str, Any]]) -> tuple[int, bytes]:
+    return 422, json.dumps({"detail": problems}).encode()
+
+
+def _match(segments: list[str]) -> tuple[str, str] | None:
+    """``(method, handler)`` of the route ``segments`` name, or None (404)."""
+    if not segments or any(not part for part in segments):
+        return None
+    head = segments[0]
+    if len(segments) == 1:
+        if head in _KINDS:
+            return "POST", "create"
+        if head in _BATCH_ROUTES:
+            return "POST", "batch"
+    elif len(segments) == 2:
+        if head in _KINDS:
+            return "GET", "status"
+        if head in _RESULT_ROUTES:
+            return "GET", "result"
+    return None
+
+
+def _query_params(query: str) -> dict[str, str]:
+    """Query parameters as Starlette reads a scalar one: the last value of a name wins."""
+    return dict(parse_qsl(query, keep_blank_values=True, errors="replace"))
+
+
+# ---------------------------------------------------------------- FastAPI-like validation
+#
+# The published API definition (the OpenAPI document camb-sdk is generated from) validated
+# the way FastAPI with pydantic 2 does in its default (lax) mode: strings stay strings, an
+# integer may come as a JSON integer, an integral float, a bool or a decimal string, enums
+# and literals are case-sensitive. Errors carry pydantic's ``type`` and ``msg`` and a ``loc``
+# starting with "path", "query" or "body". Validators append errors and return the value
+# (converted) or ``_BAD``; none recurses into unknown structure, so no input can crash them.
+
+_BAD: Any = object()
+Loc = tuple[str | int, ...]
+Validator = Callable[[Any, Loc, list[dict[str, Any]]], Any]
+_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+(?:_[0-9]+)*(?:\.0*)?\s*", re.ASCII)
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _error(errors: list[dict[str, Any]], loc: Loc, kind: str, msg: str) -> Any:
+    errors.append({"loc": list(loc), "msg": msg, "type": kind})
+    return _BAD
+
+
+def _v_int(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+    if isinstance(value, int):  # bools included: pydantic's lax mode takes true as 1
+        return int(value)
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        return _error(errors, loc, "int_from_float",
+                      "Input should be a valid integer, got a number with a fractional part")
+    if isinstance(value, str):
+        if len(value) <= 4000 and _INT_TEXT.fullmatch(value):
+            return int(value.strip().replace("_", "").split(".", 1)[0])
+        return _error(errors, loc, "int_parsing",
+                      "Input should be a valid integer, unable to parse string as an integer")
+    return _error(errors, loc, "int_type", "Input should be a valid integer")
+
+
+def _v_str(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+    if isinstance(value, str):
+        return value
+    return _error(errors, loc, "string_type", "Input should be a valid string")
+
+
+def _v_float(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return _error(errors, loc, "float_parsing",
+                          "Input should be a valid number, unable to parse string as a number")
+    return _error(errors, loc, "float_type", "Input should be a valid number")
+
+
+def _v_bool(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+    if isinstance(value, (int, float, str)):
+        return _error(errors, loc, "bool_parsing",
+                      "Input should be a valid boolean, unable to interpret input")
+    return _error(errors, loc, "bool_type", "Input should be a valid boolean")
+
+
+def _v_language(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+    """``LanguageInput = int | str`` (a smart union: an exact type match wins)."""
+    if isinstance(value, (str, int)):
+        return int(value) if isinstance(value, bool) else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    mine: list[dict[str, Any]] = []
+    _v_int(value, (*loc, "int"), mine)
+    _v_str(value, (*loc, "str"), mine)
+    errors.extend(mine)
+    return _BAD
+
+
+def _literal(*allowed: str, kind: str = "literal_error") -> Validator:
+    expected = " or ".join(", ".join(repr(a) for a in allowed).rsplit(", ", 1))
+
+    def check(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+        if isinstance(value, str) and value in allowed:
+            return value
+        return _error(errors, loc, kind, f"Input should be {expected}")
+    return check
+
+
+def _optional(inner: Validator) -> Validator:
+    def check(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+        return None if value is None else inner(value, loc, errors)
+    return check
+
+
+def _list_of(inner: Validator) -> Validator:
+    def check(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return _error(errors, loc, "list_type", "Input should be a valid list")
+        out = [inner(item, (*loc, i), errors) for i, item in enumerate(value)]
+        return _BAD if any(item is _BAD for item in out) else out
+    return check
+
+
+Fields = dict[str, tuple[bool, Validator]]  # name -> (required, validator)
+
+
+def _model(fields: Fields, name: str) -> Validator:
+    def check(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+        if not isinstance(value, dict):
+            return _error(errors, loc, "model_type",
+                          f"Input should be a valid dictionary or instance of {name}")
+        before = len(errors)
+        _validate_fields(value, fields, loc, errors)
+        return value if len(errors) == before else _BAD
+    return check
+
+
+def _validate_fields(value: dict[str, Any], fields: Fields, loc: Loc,
+                     errors: list[dict[str, Any]]) -> None:
+    for field, (required, validator) in fields.items():
+        if field not in value:
+            if required:
+                _error(errors, (*loc, field), "missing", "Field required")
+            continue
+        validator(value[field], (*loc, field), errors)
+
+
+def _validate_model(value: Any, fields: Fields, loc: Loc) -> list[dict[str, Any]]:
+    """Errors of a request body against a model (FastAPI's single-model body)."""
+    errors: list[dict[str, Any]] = []
+    if value is None:
+        return [{"loc": list(loc), "msg": "Field required", "type": "missing"}]
+    if not isinstance(value, dict):
+        return [{"loc": list(loc), "type": "model_attributes_type",
+                 "msg": "Input should be a valid dictionary or object to extract fields from"}]
+    _validate_fields(value, fields, loc, errors)
+    return errors
+
+
+def _check_query(params: dict[str, str], fields: dict[str, Validator]
+                 ) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    for name, validator in fields.items():
+        if name in params:
+            validator(params[name], ("query", name), errors)
+    return errors
+
+
+def _json_body(body: bytes, form: dict[str, Any] | None, headers: dict[str, str]
+               ) -> tuple[Any, list[dict[str, Any]]]:
+    """A JSON route's body as FastAPI reads it: decoded when the content type is JSON (or
+    absent), else the raw bytes, which then fail model validation."""
+    if form is not None:
+        return b"<form>", []
+    if not body:
+        return None, []
+    content_type = headers.get("content-type")
+    if content_type:
+        main = content_type.split(";", 1)[0].strip().lower()
+        if not (main == "application/json" or (main.startswith("application/")
+                                                and main.endswith("+json"))):
+            return body, []
+    try:
+        return json.loads(body), []
+    except json.JSONDecodeError as exc:
+        return None, [{"loc": ["body", exc.pos], "msg": "JSON decode error",
+                       "type": "json_invalid"}]
+    except (ValueError, RecursionError):
+        # Nesting deeper than the parser's stack (FastAPI itself would answer 500 here).
+        return None, [{"loc": ["body", 0], "msg": "JSON decode error", "type": "json_invalid"}]
+
+
+_MODE = _optional(_literal("fast", "slow"))
+_PROJECT: Fields = {
+    "project_name": (False, _optional(_v_str)),
+    "project_description": (False, _optional(_v_str)),
+    "folder_id": (False, _optional(_v_int)),
+}
+_SRT: Fields = {"content": (True, _v_str), "format": (False, _literal("srt"))}
+_CREATE_MODELS: dict[TaskKind, Fields] = {
+    TaskKind.DUB: {
+        **_PROJECT,
+        "video_url": (True, _v_str),
+        "source_language": (True, _v_language),
+        "target_language": (False, _optional(_v_language)),
+        "target_languages": (False, _optional(_list_of(_v_language))),
+        "selected_audio_tracks": (False, _optional(_list_of(_v_int))),
+        "add_output_as_an_audio_track": (False, _optional(_v_bool)),
+        "chosen_dictionaries": (False, _optional(_list_of(_v_int))),
+        "ai_optimization": (False, _optional(_v_bool)),
+        "transcription_mode": (False, _MODE),
+        "source_transcript": (False, _optional(_model(_SRT, "DubSRTInput"))),
+        "target_transcripts": (False, _optional(_list_of(_model(
+            {**_SRT, "language": (True, _v_language)}, "DubTargetSRTInput")))),
+    },
+    TaskKind.TTS: {
+        **_PROJECT,
+        "text": (True, _v_str),
+        "voice_id": (True, _v_int),
+        "language": (True, _v_int),
+        "gender": (False, _optional(_v_int)),
+        "age": (False, _optional(_v_int)),
+    },
+    TaskKind.TRANSLATION: {
+        **_PROJECT,
+        "texts": (True, _list_of(_v_str)),
+        "source_language": (True, _v_language),
+        "target_language": (True, _v_language),
+        "age": (False, _optional(_v_int)),
+        "formality": (False, _optional(_v_int)),
+        "gender": (False, _optional(_v_int)),
+        "chosen_dictionaries": (False, _optional(_list_of(_v_int))),
+    },
+}
+_BATCH_MODEL: Fields = {"run_ids": (True, _list_of(_v_int))}
+
+
+def _v_upload(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+    if isinstance(value, dict):  # a file part (summarised by _read_form)
+        return value
+    return _error(errors, loc, "value_error",
+                  f"Value error, Expected UploadFile, received: {type(value)}")
+
+
+def _v_form_str(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
+    if isinstance(value, str):
+        return value
+    return _error(errors, loc, "string_type", "Input should be a valid string")
+
+
+_TRANSCRIBE_FORM: Fields = {
+    **_PROJECT,
+    "language": (True, _v_language),
+    "media_file": (False, _v_upload),
+    "file": (False, _v_upload),
+    "media_url": (False, _v_form_str),
+    "audio_url": (False, _v_form_str),
+    "transcription_mode": (False, _MODE),
+    "run_audio_cleaning": (False, _v_bool),
+    "include_music_in_fg": (False, _v_bool),
+    "formatting_options": (False, _v_form_str),
+}
+_RESULT_QUERIES: dict[TaskKind, dict[str, Validator]] = {
+    TaskKind.DUB: {},
+    TaskKind.TTS: {"output_type": _literal("raw_bytes", "file_url", kind="enum")},
+    TaskKind.TRANSLATION: {},
+    TaskKind.TRANSCRIPTION: {"format_type": _literal("srt", "vtt", "txt", kind="enum"),
+                             "data_type": _literal("raw_data", "file", kind="enum")},
+}
 
 
 def _missing(field: str) -> dict[str, Any]:
-    return {"loc": ["body", field], "msg": "field required", "type": "value_error.missing"}
-
-
-def _wrong(field: str, msg: str) -> dict[str, Any]:
-    return {"loc": ["body", field], "msg": msg, "type": "type_error"}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_language(value: Any) -> bool:
-    return _is_int(value) or (isinstance(value, str) and bool(value))
-
-
-def _check_fields(request: dict[str, Any], rules: dict[str, Callable[[Any], bool]]
-                  ) -> list[dict[str, Any]]:
-    problems = []
-    for field, ok in rules.items():
-        if field not in request:
-            problems.append(_missing(field))
-        elif not ok(request[field]):
-            problems.append(_wrong(field, f"invalid value for {field}"))
-    return problems
+    return {"loc": ["body", field], "msg": "Field required", "type": "missing"}
 
 
 def _check_dub(request: dict[str, Any]) -> list[dict[str, Any]]:
-    problems = _check_fields(request, {
-        "video_url": lambda v: isinstance(v, str) and bool(v),
-        "source_language": _is_language,
-    })
-    targets = request.get("target_languages")
-    if "target_language" in request:
-        if not _is_language(request["target_language"]):
-            problems.append(_wrong("target_language", "invalid language"))
-    elif targets is None:
-        problems.append(_missing("target_language"))
-    if targets is not None and not (isinstance(targets, list) and targets
-                                    and all(_is_language(t) for t in targets)):
-        problems.append(_wrong("target_languages", "expected a list of languages"))
-    return problems
+    # Past the schema (both target fields are optional there): a dub needs a target.
+    if request.get("target_language") is None and not request.get("target_languages"):
+        return [_missing("target_language")]
+    return []
 
 
-def _check_tts(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return _check_fields(request, {
-        "text": lambda v: isinstance(v, str) and bool(v),
-        "voice_id": _is_int,
-        "language": _is_int,
-    })
-
-
-def _check_translation(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return _check_fields(request, {
-        "texts": lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str)
-                                                                    for t in v),
-        "source_language": _is_language,
-        "target_language": lambda v: _is_language(v) and v != "auto",
-    })
+def _check_none(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return []
 
 
 def _check_transcription(form: dict[str, Any]) -> list[dict[str, Any]]:
-    if "__invalid__" in form:
-        return [_wrong("body", f"malformed multipart body: {form['__invalid__']}")]
-    problems = [] if form.get("language") else [_missing("language")]
-    if not any(k in form for k in ("media_file", "media_url", "file", "audio_url")):
-        problems.append(_missing("media_file"))
-    return problems
+    # Past the schema (every source field is optional there): one source is needed.
+    if not any(form.get(k) for k in ("media_file", "media_url", "file", "audio_url")):
+        return [_missing("media_file")]
+    return []
 
 
 _CREATE_CHECKS: dict[TaskKind, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     TaskKind.DUB: _check_dub,
-    TaskKind.TTS: _check_tts,
-    TaskKind.TRANSLATION: _check_translation,
+    TaskKind.TTS: _check_none,
+    TaskKind.TRANSLATION: _check_none,
     TaskKind.TRANSCRIPTION: _check_transcription,
 }
 
@@ -698,6 +997,42 @@ async def _read_form(receive: Receive, content_type: str) -> dict[str, Any]:
         except Exception as exc:
             form["__invalid__"] = str(exc)[:200]
     return form
+
+
+class _Audio:
+    """A TTS run's raw FLAC answer, generated chunk by chunk as it is sent."""
+
+    __slots__ = ("run_id", "size", "reset_after")
+
+    def __init__(self, run_id: int, size: int, reset_after: int | None) -> None:
+        self.run_id = run_id
+        self.size = size
+        self.reset_after = reset_after
+
+    def chunks(self, limit: int | None = None) -> Iterator[bytes]:
+        end = self.size if limit is None else min(limit, self.size)
+        seed = hashlib.sha256(f"fake tts audio {self.run_id}".encode()).digest()
+        block = (seed * (_AUDIO_CHUNK // len(seed) + 1))[:_AUDIO_CHUNK]
+        sent = 0
+        while sent < end:
+            chunk = block[: min(_AUDIO_CHUNK, end - sent)]
+            if sent == 0:
+                chunk = b"fLaC"[: len(chunk)] + chunk[4:]
+            sent += len(chunk)
+            yield chunk
+
+    async def send(self, send: Send, headers: list[tuple[str, str]], *,
+                   reset: bool = False) -> None:
+        raw_headers = [(b"content-type", b"audio/flac"),
+                       (b"content-length", str(self.size).encode())]
+        raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        cut = self.size // 2 if reset else self.reset_after
+        for chunk in self.chunks(cut):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if cut is not None:
+            raise _ResetConnection("injected connection reset")
+        await send({"type": "http.response.body", "body": b""})
 
 
 class serve_in_thread:  # lower case: used like a function, `with serve_in_thread(app) as url:`
