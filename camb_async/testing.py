@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 import re
 from collections import deque
@@ -261,6 +262,9 @@ class FakeCambAPI:
             body = b""
         else:
             body = await self._read_body(receive)
+            if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+                form = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+                body = b""
 
         fault = self._pick_fault(path)
         if fault is not None and fault.delay:
@@ -444,6 +448,8 @@ class FakeCambAPI:
             problems += _validate_model(form, _TRANSCRIBE_FORM, ("body",))
         else:
             request, body_problems = _json_body(body, form, headers or {})
+            if body_problems is _UNPARSABLE:
+                return _PARSE_ERROR
             problems += body_problems
             if not body_problems:
                 problems += _validate_model(request, _CREATE_MODELS[kind], ("body",))
@@ -507,6 +513,8 @@ class FakeCambAPI:
         problems = [] if kind is TaskKind.TRANSCRIPTION else _check_query(
             params or {}, {"run_id": _optional(_v_int)})
         request, body_problems = _json_body(body, None, headers or {})
+        if body_problems is _UNPARSABLE:
+            return _PARSE_ERROR
         problems += body_problems
         run_ids: Any = None
         if not body_problems:
@@ -622,11 +630,18 @@ def _v_int(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
     if isinstance(value, float):
         if value.is_integer():
             return int(value)
+        if not math.isfinite(value):
+            return _error(errors, loc, "finite_number", "Input should be a finite number")
         return _error(errors, loc, "int_from_float",
                       "Input should be a valid integer, got a number with a fractional part")
     if isinstance(value, str):
-        if len(value) <= 4000 and _INT_TEXT.fullmatch(value):
-            return int(value.strip().replace("_", "").split(".", 1)[0])
+        if _INT_TEXT.fullmatch(value):
+            digits = value.strip().replace("_", "").split(".", 1)[0]
+            if len(digits.lstrip("+-")) > 4300:  # pydantic's (and CPython's) digit limit
+                return _error(errors, loc, "int_parsing_size",
+                              "Unable to parse input string as an integer, exceeded maximum "
+                              "size")
+            return int(digits)
         return _error(errors, loc, "int_parsing",
                       "Input should be a valid integer, unable to parse string as an integer")
     return _error(errors, loc, "int_type", "Input should be a valid integer")
@@ -706,11 +721,11 @@ def _list_of(inner: Validator) -> Validator:
 Fields = dict[str, tuple[bool, Validator]]  # name -> (required, validator)
 
 
-def _model(fields: Fields, name: str) -> Validator:
+def _model(fields: Fields) -> Validator:
     def check(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
         if not isinstance(value, dict):
-            return _error(errors, loc, "model_type",
-                          f"Input should be a valid dictionary or instance of {name}")
+            return _error(errors, loc, "model_attributes_type", "Input should be a valid "
+                          "dictionary or object to extract fields from")
         before = len(errors)
         _validate_fields(value, fields, loc, errors)
         return value if len(errors) == before else _BAD
@@ -768,10 +783,13 @@ def _json_body(body: bytes, form: dict[str, Any] | None, headers: dict[str, str]
         return None, [{"loc": ["body", exc.pos], "msg": "JSON decode error",
                        "type": "json_invalid"}]
     except (ValueError, RecursionError):
-        # Nesting deeper than the parser's stack (FastAPI itself would answer 500 here).
-        return None, [{"loc": ["body", 0], "msg": "JSON decode error", "type": "json_invalid"}]
+        # Nesting deeper than the parser's stack, bytes that are no text: FastAPI answers
+        # 400 "There was an error parsing the body".
+        return None, _UNPARSABLE
 
 
+_UNPARSABLE: list[dict[str, Any]] = [{"loc": ["body"], "msg": "unparsable", "type": "400"}]
+_PARSE_ERROR = (400, b'{"detail":"There was an error parsing the body"}')
 _MODE = _optional(_literal("fast", "slow"))
 _PROJECT: Fields = {
     "project_name": (False, _optional(_v_str)),
@@ -791,9 +809,9 @@ _CREATE_MODELS: dict[TaskKind, Fields] = {
         "chosen_dictionaries": (False, _optional(_list_of(_v_int))),
         "ai_optimization": (False, _optional(_v_bool)),
         "transcription_mode": (False, _MODE),
-        "source_transcript": (False, _optional(_model(_SRT, "DubSRTInput"))),
+        "source_transcript": (False, _optional(_model(_SRT))),
         "target_transcripts": (False, _optional(_list_of(_model(
-            {**_SRT, "language": (True, _v_language)}, "DubTargetSRTInput")))),
+            {**_SRT, "language": (True, _v_language)})))),
     },
     TaskKind.TTS: {
         **_PROJECT,
