@@ -374,11 +374,10 @@ def parse_dubbing_result(data: Any) -> DubbingOutcome:
     """A ``DubbingResult`` or, when the answer is keyed per target language, a map of them.
 
     The two shapes are told apart by ``audio_url``: a single result must carry it, and a
-    language key is never spelled like a result field.
+    language key is never spelled like a result field. ``{}`` is the map with no languages
+    (the API's schema allows it, and the official SDK reads it so), not an error.
     """
     if isinstance(data, Mapping) and "audio_url" not in data:
-        if not data:
-            raise ModelError("dubbing result: empty object")
         return {str(k): structure(v, DubbingResult) for k, v in data.items()}
     return structure(data, DubbingResult)
 

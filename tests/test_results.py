@@ -88,9 +88,11 @@ async def test_single_result_of_each_kind_is_typed(api: FakeCambAPI,
 
 async def test_tts_result_is_fetched_in_file_url_mode(api: FakeCambAPI,
                                                       client: AsyncCambClient) -> None:
-    # The fake streams raw audio (not JSON) unless output_type=FILE_URL is sent, like the API.
+    # The fake streams raw audio (not JSON) unless output_type=file_url is sent, like the API
+    # (which also refuses the upper-case FILE_URL: tests/test_fake_strict.py).
     run_id = run_of(api, TaskKind.TTS, api.add_task("tts"))
     assert (await client.tts.result(run_id)).output_url.startswith("https://")
+    assert api.log[-1].path == f"/tts-result/{run_id}" and api.log[-1].status == 200
 
 
 async def test_dub_result_per_language_map(api: FakeCambAPI, client: AsyncCambClient) -> None:
