@@ -112,15 +112,17 @@ class FakeServer:
 
     ``tasks``: dicts of ``FakeCambAPI.add_task`` keyword arguments (``kind`` and ``task_id``
     included); ``after`` counts from the first request the server answers. ``fault_rate``:
-    share of requests answered with one of ``testing.TRANSIENT_FAULTS`` (seeded).
+    share of requests answered with one of ``testing.TRANSIENT_FAULTS`` (seeded). ``audio``:
+    dicts of ``FakeCambAPI.set_audio`` keyword arguments (raw TTS bodies).
     """
 
     def __init__(self, tasks: list[dict[str, Any]], *, api_key: str = "bench-key",
                  rate_limit: float | None = None, fault_rate: float = 0.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, audio: list[dict[str, Any]] | None = None) -> None:
         self.port = free_port()
         self.spec = {"tasks": tasks, "api_key": api_key, "rate_limit": rate_limit,
-                     "fault_rate": fault_rate, "seed": seed, "port": self.port}
+                     "fault_rate": fault_rate, "seed": seed, "port": self.port,
+                     "audio": audio or []}
         self._proc: subprocess.Popen[bytes] | None = None
         fd, self._spec_path = tempfile.mkstemp(suffix=".json", prefix="camb-bench-")
         with os.fdopen(fd, "w") as f:
@@ -159,6 +161,8 @@ def _serve(spec_path: str) -> None:  # the FakeServer subprocess
                       fault_rate=spec["fault_rate"], seed=spec["seed"], clock=time.monotonic)
     for task in spec["tasks"]:
         api.add_task(**task)
+    for audio in spec.get("audio", []):  # FakeCambAPI.set_audio keyword arguments
+        api.set_audio(**audio)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/_bench/log":
