@@ -580,8 +580,10 @@ class AsyncCambClient:
 
         ``stream=True`` (raw audio): a 2xx answer is not read whole; ``parse`` gets a
         ``BodyStream`` whose first chunk has arrived. Retries, the budget, the attempt's
-        deadline and error mapping cover everything up to that first chunk; a failure after
-        it is raised by the ``BodyStream`` (``APIConnectionError``), never retried.
+        deadline and error mapping cover everything up to that first chunk (the budget's
+        concurrency slot is given back then, so a caller who stops reading cannot hold it);
+        a failure after it is raised by the ``BodyStream`` (``APIConnectionError``), never
+        retried.
 
         ``idempotent=False`` (task creation) retries only failures that prove the server never
         saw the request (connection not established, 429); anything after the request may have

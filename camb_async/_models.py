@@ -319,7 +319,8 @@ class DubbingResult:
 
 @attrs.frozen(slots=True)
 class TTSResult:
-    """A finished text-to-speech run: a pre-signed URL of the audio (FILE_URL mode)."""
+    """A finished text-to-speech run: a pre-signed URL of the audio (``output_type=file_url``;
+    the audio itself comes from ``client.tts.audio()`` / ``save_audio()``)."""
 
     output_url: str
 
