@@ -24,17 +24,6 @@ class OutputType(str, enum.Enum):
     file_url = "file_url"
 
 
-class TranscriptFileFormat(str, enum.Enum):
-    srt = "srt"
-    vtt = "vtt"
-    txt = "txt"
-
-
-class TranscriptDataType(str, enum.Enum):
-    raw_data = "raw_data"
-    file = "file"
-
-
 class DubSRTInput(BaseModel):
     content: str
     format: Literal["srt"] = "srt"
@@ -146,8 +135,10 @@ async def tts_result(run_id: int,
 
 
 @app.get("/transcription-result/{run_id}")
-async def transcription_result(run_id: int, format_type: TranscriptFileFormat | None = None,
-                               data_type: TranscriptDataType | None = None) -> dict[str, Any]:
+async def transcription_result(run_id: int, format_type: str | None = None,
+                               data_type: str | None = None) -> dict[str, Any]:
+    # Open strings: camb-sdk types them Literal[...] | Any, and the sources disagree on the
+    # data_type values (camb-sdk: raw_data | file; the reference's prose: json | file).
     return OK
 
 
