@@ -832,13 +832,14 @@ class BodyStream:
     when the body is exhausted or iteration fails) returns the connection.
     """
 
-    __slots__ = ("_client", "_response", "_chunks", "_first", "_method", "_path")
+    __slots__ = ("_client", "_response", "_source", "_chunks", "_first", "_method", "_path")
 
     def __init__(self, client: AsyncCambClient, response: httpx.Response,
                  chunks: AsyncIterator[bytes], first: bytes | None, method: str,
                  path: str) -> None:
         self._client = client
         self._response = response
+        self._source: AsyncIterator[bytes] | None = chunks  # closed by aclose()
         self._chunks: AsyncIterator[bytes] | None = chunks if first is not None else None
         self._first = first
         self._method = method
@@ -902,4 +903,10 @@ class BodyStream:
 
     async def aclose(self) -> None:
         self._chunks = None
-        await self._response.aclose()
+        source, self._source = self._source, None
+        try:
+            close = getattr(source, "aclose", None)
+            if close is not None:  # httpx's chunk generator, finished here, not by the GC
+                await close()
+        finally:
+            await self._response.aclose()
