@@ -36,11 +36,13 @@ from camb.types import (
     DubbingResult,
     ExceptionReasons,
     GetTtsResultOutFileUrl,
+    HttpValidationError,
     OrchestratorPipelineCallResult,
     OrchestratorPipelineResult,
     Transcript,
     TranscriptionResult,
     TranslationResult,
+    ValidationError,
 )
 
 import camb_async
@@ -552,3 +554,19 @@ def test_tts_batch_value_union_matches_sdk() -> None:
         sdk = parse_obj_as(GetTtsResultsTtsResultsPostResponseValue, answer)
         ours = camb_async._models.parse_tts_result(answer)
         assert ours.output_url == (sdk if isinstance(sdk, str) else sdk.output_url)
+
+
+async def test_validation_error_answer() -> None:
+    # A 422 built from camb-sdk's HttpValidationError: every field, plus unknown ones
+    # (FastAPI with pydantic 2 adds "input", "ctx" and sometimes "url" to each entry).
+    entries = [{**full(ValidationError, loc=["body", "texts", 0], msg="Field required",
+                       type="missing"), "input": None, "ctx": {"x": 1}},
+               full(ValidationError, loc=["query", "output_type"], msg="bad", type="enum")]
+    answer = httpx.Response(422, json={**full(HttpValidationError, detail=entries)})
+    _, sdk_error = await via_sdk(
+        lambda s: s.translation.get_translation_result(RUN_ID), answer)
+    with pytest.raises(camb_async.UnprocessableEntityError) as info:
+        await via_ours(lambda c: c.translation.result(RUN_ID), answer)
+    assert isinstance(sdk_error, ApiError) and sdk_error.status_code == 422
+    assert [(d.loc, d.msg, d.type) for d in info.value.detail] == [
+        (e.loc, e.msg, e.type) for e in sdk_error.body.detail]
