@@ -161,3 +161,13 @@ def test_the_cli_page_matches_the_parser() -> None:
     codes = {getattr(cli, name) for name in cli.__all__ if name.startswith("EXIT_")}
     assert documented == codes
 
+
+
+def test_readme_links_point_at_files() -> None:
+    """The README's links into docs/ (and to LICENSE, CHANGELOG.md) name files that exist."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if "://" not in t]
+    assert local
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing
