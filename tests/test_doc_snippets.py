@@ -171,3 +171,22 @@ def test_readme_links_point_at_files() -> None:
     assert local
     missing = [t for t in local if not (ROOT / t).exists()]
     assert not missing
+
+
+def test_the_api_reference_covers_the_public_names() -> None:
+    """Every public class and function has a ``:::`` entry in docs/reference/."""
+    import camb_async
+    import camb_async.testing
+    from camb_async import CambError
+
+    reference = "\n".join(p.read_text(encoding="utf-8")
+                          for p in sorted((ROOT / "docs" / "reference").glob("*.md")))
+    documented = set(re.findall(r"^::: ([\w.]+)$", reference, flags=re.M))
+    wanted = {f"camb_async.{name}" for name in camb_async.__all__ if name != "__version__"}
+    wanted |= {f"camb_async.testing.{name}" for name in camb_async.testing.__all__}
+    wanted |= {"camb_async.redis.RedisRateBudget", "camb_async.redis.RedisBudgetUnavailableError"}
+    assert wanted - documented == set()
+    errors = {f"camb_async.{name}" for name in camb_async.__all__
+              if isinstance(getattr(camb_async, name), type)
+              and issubclass(getattr(camb_async, name), CambError)}
+    assert errors <= documented and len(errors) >= 12
