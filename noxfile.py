@@ -21,7 +21,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "camb_async", "tests", "benchmarks", "examples")
+    session.run("ruff", "check", "camb_async", "tests", "benchmarks", "examples", "docs")
 
 
 @nox.session

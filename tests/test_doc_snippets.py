@@ -83,13 +83,20 @@ SNIPPETS = [s for path in DOC_FILES for s in collect(path)]
 class DocsAPI(FakeCambAPI):
     """``FakeCambAPI`` where every task id a snippet asks about exists (see the module doc)."""
 
-    def _status(self, kind: TaskKind, task_id: str, now: float) -> tuple[int, bytes]:
-        if (kind, task_id) not in self.tasks:
-            failed = "fail" in task_id
-            self.add_task(kind, task_id, status="ERROR" if failed else "SUCCESS",
-                          message="the media could not be processed" if failed else None,
-                          exception_reason="BadMedia" if failed else None)
-        return super()._status(kind, task_id, now)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            parts = scope["path"].split("/")
+            if len(parts) == 3 and parts[1] in _KINDS and parts[2]:
+                kind, task_id = TaskKind(parts[1]), parts[2]
+                if (kind, task_id) not in self.tasks:
+                    failed = "fail" in task_id
+                    self.add_task(kind, task_id, status="ERROR" if failed else "SUCCESS",
+                                  message="the media could not be processed" if failed else None,
+                                  exception_reason="BadMedia" if failed else None)
+        await super().__call__(scope, receive, send)
+
+
+_KINDS = {kind.value for kind in TaskKind}
 
 
 @pytest.fixture(scope="module")
