@@ -1,4 +1,8 @@
-"""Developer sessions: `nox -s tests lint typecheck`, `nox -s soak`, `nox -s bench`."""
+"""Developer sessions: `nox -s tests lint typecheck`, `nox -s docs`, `nox -s soak`, `nox -s bench`.
+
+Sessions run on the Python that runs nox (no version is pinned, so none is missing on a
+user's machine); `nox --force-python 3.13 -s tests` picks another installed one.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +12,43 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 
-@nox.session(python="3.11")
+@nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "camb_async", "tests", "benchmarks", "examples")
+    session.run("ruff", "check", "camb_async", "tests", "benchmarks", "examples", "docs")
 
 
-@nox.session(python="3.11")
+@nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[test,dev]")
     session.run("mypy", "camb_async")
 
 
-@nox.session(python="3.11")
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ (`-- serve` for a live preview instead)."""
+    session.install("-e", ".[docs]")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
 def soak(session: nox.Session) -> None:
     """10,000 tasks over loopback TCP with 20 % injected faults; prints its figures."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-s", "-q", "tests/soak/", *session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark figure vs the official SDK and raw clients; rewrites benchmarks/README.md.
 

@@ -64,3 +64,15 @@ async def make_client(api: FakeCambAPI) -> AsyncIterator[ClientFactory]:
 @pytest.fixture
 async def client(make_client: ClientFactory) -> AsyncCambClient:
     return make_client()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The count of README/docs snippets executed (tests/test_doc_snippets.py)."""
+    import sys
+
+    snippets = sys.modules.get("tests.test_doc_snippets")
+    if snippets is not None:
+        executed = len(snippets.EXECUTED)  # type: ignore[attr-defined]
+        terminalreporter.write_line(
+            f"doc snippets: {executed} of {len(snippets.SNIPPETS)} executed "  # type: ignore[attr-defined]
+            f"(README.md and docs/)")
