@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -654,9 +655,31 @@ def _print_demo_summary(s: dict[str, Any], scripted: list[tuple[TaskKind, str, s
 # ----------------------------------------------------------------------------- fake-server
 
 
-def _cmd_fake_server(args: argparse.Namespace) -> int:
-    import socket
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn whose connections answer without Nagle's delay.
 
+    ``IPPROTO_TCP`` makes asyncio set ``TCP_NODELAY`` on each accepted connection, and the
+    option set here is inherited by accepted sockets on Linux (and other stacks that copy
+    it). Without both, every answer after a connection's first waited ~40 ms for the
+    client's delayed ACK (headers and body leave as two writes): 44 ms per keep-alive status
+    check, against ~1 ms now (``benchmarks/bench_fake_server_latency.py``).
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _cmd_fake_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .testing import FakeCambAPI
@@ -687,15 +710,10 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
                                exception_reason=reason, created_at=now)
         lines.append(f"{kind.value} {task_id}\n")
 
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET,
-                         socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    sock = _listen_socket(args.host, args.port)
     port = sock.getsockname()[1]
-    url = f"http://{args.host}:{port}"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{port}"
     if args.ids_file:
         Path(args.ids_file).write_text("".join(lines), encoding="utf-8")
     else:

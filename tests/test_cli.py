@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from camb_async import cli
 
 BIN = Path(sys.executable).parent / "camb-async"
 KEY = "sk-cli-test-5f2c9a"
@@ -262,3 +265,19 @@ def test_demo_runs_as_installed_and_its_figures_add_up(demo_run: DemoRun) -> Non
     assert s["budget_requests_per_second"] == 100
     assert 0 < s["peak_requests_per_second"] <= s["budget_requests_per_second"]
     assert s["wall_seconds"] < elapsed < 60
+
+
+# ----------------------------------------------------------------------------- fake-server
+
+
+def test_fake_server_connections_have_tcp_nodelay() -> None:
+    """Without it every keep-alive answer after the first waited ~40 ms (Nagle vs delayed
+    ACK); measured in benchmarks/bench_fake_server_latency.py, not asserted here."""
+    listener = cli._listen_socket("127.0.0.1", 0)
+    with listener:
+        assert listener.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only then
+        listener.listen()
+        with socket.create_connection(listener.getsockname()[:2]):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
