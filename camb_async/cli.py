@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -727,12 +728,29 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
                   f" s) written to {where} as 'KIND ID' lines\n")
     err.write("  api key: " + (f"from {key_source}" if key_source else
                                "'fake-key' (set CAMB_API_KEY or --api-key to choose)") + "\n")
-    err.write(f"  try: CAMB_BASE_URL={url} camb-async watch --from-file "
-              f"{args.ids_file or 'ids.txt'}\n")
+    err.write(f"  {_fake_server_hint(url, key, key_source, args.ids_file, args.tasks)}\n")
     err.flush()
     config = uvicorn.Config(api, log_level="warning", lifespan="off", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
+
+
+def _fake_server_hint(url: str, key: str, key_source: str | None, ids_file: str | None,
+                      tasks: int) -> str:
+    """A command that works when pasted into the shell that started the fake server.
+
+    The key is spelled out when it is the fake's default or was typed on the command line;
+    a key taken from the environment is not printed (it may be a real one), and the pasted
+    command finds it in the same environment.
+    """
+    env = "" if key_source == "CAMB_API_KEY" else f"CAMB_API_KEY={shlex.quote(key)} "
+    env += f"CAMB_BASE_URL={shlex.quote(url)}"
+    if not tasks:
+        return f"clients use it with: {env} (e.g. {env} camb-async status KIND ID)"
+    command = f"{env} camb-async watch --from-file "
+    if ids_file:
+        return f"try: {command}{shlex.quote(ids_file)}"
+    return f"try: save the 'KIND ID' lines printed on stdout as ids.txt, then: {command}ids.txt"
 
 
 # ----------------------------------------------------------------------------- parser

@@ -270,6 +270,39 @@ def test_demo_runs_as_installed_and_its_figures_add_up(demo_run: DemoRun) -> Non
 # ----------------------------------------------------------------------------- fake-server
 
 
+@pytest.mark.parametrize("key_from", ["default", "option", "environment"])
+def test_fake_server_hint_works_when_pasted(tmp_path: Path, key_from: str) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAMB_")}
+    environ["PATH"] = f"{BIN.parent}{os.pathsep}{environ.get('PATH', '')}"
+    extra: list[str] = []
+    if key_from == "option":
+        extra = ["--api-key", "it's a $key"]  # the hint must quote it for the shell
+    elif key_from == "environment":
+        environ["CAMB_API_KEY"] = "sk-from-env-71"
+    ids_file = tmp_path / "my ids.txt"
+    log = tmp_path / "server.log"
+    with log.open("w") as err:
+        server = subprocess.Popen(
+            [str(BIN), "fake-server", "--port", "0", "--tasks", "2", "--kinds", "tts",
+             "--max-duration", "0.3", "--ids-file", str(ids_file), *extra],
+            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=environ)
+    try:
+        deadline = time.monotonic() + 30
+        while not (match := re.search(r"^  try: (.+)$", log.read_text(), re.MULTILINE)):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        hint = match.group(1)
+        if key_from == "environment":
+            assert "sk-from-env-71" not in log.read_text()  # not printed, found in the env
+        proc = subprocess.run(["sh", "-c", hint], capture_output=True, text=True, timeout=60,
+                              env=environ, stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert proc.returncode == 0, (hint, proc.stderr)
+        assert "2/2 done" in proc.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_fake_server_connections_have_tcp_nodelay() -> None:
     """Without it every keep-alive answer after the first waited ~40 ms (Nagle vs delayed
     ACK); measured in benchmarks/bench_fake_server_latency.py, not asserted here."""
