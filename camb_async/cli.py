@@ -15,9 +15,14 @@ Exit codes (``status`` and ``watch``; precedence from top to bottom):
       connection failures that outlasted the retries)
  4    ``watch --timeout``: the deadline passed with tasks still unfinished
  0    ``watch``: every task succeeded; ``status``: every task was checked
- 2    bad command line
-130   interrupted (Ctrl-C)
+ 2    bad command line or ids file (any command)
+130   interrupted (Ctrl-C; any command)
+ 70   internal error: a bug in camb-async (traceback on stderr; any command)
 ====  ===================================================================================
+
+``EXIT_CODES`` holds this table; docs/cli.md and ``--help`` show the same. Bad input never
+prints a traceback: one line on stderr, or with ``--json`` one object on stdout,
+``{"error": NAME, "detail": MESSAGE, "exit_code": CODE}``.
 
 The API key comes from ``--api-key`` or the ``CAMB_API_KEY`` environment variable and is
 never printed.
@@ -29,16 +34,21 @@ import argparse
 import collections
 import json
 import logging
+import math
 import os
 import random
 import secrets
+import shlex
+import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
+import httpx
 
 from ._budget import RateBudget
 from ._client import AsyncCambClient
@@ -47,12 +57,15 @@ from ._handle import TaskHandle
 from ._hooks import RequestHooks
 from ._models import StatusResult, TaskKind, TaskStatus, converter
 from ._polling import PollPolicy, gather_statuses, iter_statuses
+from ._resources import check_task_id
 from ._version import __version__
 
 __all__ = [
     "EXIT_AUTH",
     "EXIT_ERRORS",
+    "EXIT_CODES",
     "EXIT_FAILED",
+    "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_TIMEOUT",
@@ -67,6 +80,20 @@ EXIT_AUTH = 3
 EXIT_TIMEOUT = 4
 EXIT_ERRORS = 5
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)
+
+#: code -> meaning, in precedence order for ``status``/``watch``; README and ``--help`` match.
+EXIT_CODES: dict[int, str] = {
+    EXIT_AUTH: "authentication failed (401/403), or no API key",
+    EXIT_FAILED: "watch: a task ended ERROR, TIMEOUT or PAYMENT_REQUIRED",
+    EXIT_ERRORS: "a task could not be checked (unknown id, or failures that outlasted the "
+                 "retries)",
+    EXIT_TIMEOUT: "watch --timeout: the deadline passed with tasks unfinished",
+    EXIT_OK: "watch: every task succeeded; status: every task was checked",
+    EXIT_USAGE: "bad command line or ids file",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_INTERNAL: "internal error: a bug in camb-async (traceback on stderr)",
+}
 
 KINDS = [k.value for k in TaskKind]
 _STATUS_STYLES = {
@@ -83,6 +110,10 @@ logger = logging.getLogger("camb_async")
 
 class UsageError(Exception):
     """A problem with the command line or its input files (exit code 2)."""
+
+    def __init__(self, message: str, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog  # the (sub)command whose syntax was wrong, when argparse knows it
 
 
 class MissingKeyError(Exception):
@@ -147,32 +178,65 @@ def _result_json(item: StatusResult | BaseException, kind: TaskKind | None = Non
 
 
 def _read_ids(path: str, kind: TaskKind | None) -> list[tuple[TaskKind, str]]:
-    """Lines of ``ID`` (the command's KIND applies) or ``KIND ID``; ``#`` starts a comment."""
+    """Lines of ``ID`` (the command's KIND applies) or ``KIND ID``; ``#`` starts a comment.
+
+    UTF-8 (a leading byte-order mark is ignored); anything else is a usage error, as is a
+    line that does not parse or an id the API could not be asked about.
+    """
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path == "-":
+            stdin = sys.stdin
+            buffer = getattr(stdin, "buffer", None)
+            data: bytes | str = buffer.read() if buffer is not None else stdin.read()
+        else:
+            data = Path(path).read_bytes()
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1 if isinstance(data, bytes) else "?"
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                         f"at offset {exc.start})") from None
     out: list[tuple[TaskKind, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
+        where = f"{path}:{number}"
         if len(fields) == 2:
-            out.append((_kind(fields[0]), fields[1]))
+            out.append((_kind(fields[0], where), _check_id(fields[1], where)))
         elif len(fields) == 1 and kind is not None:
-            out.append((kind, fields[0]))
+            out.append((kind, _check_id(fields[0], where)))
         else:
-            raise UsageError(f"{path}:{number}: expected 'KIND ID' or 'ID' (with a KIND "
-                             "argument), got {line.strip()!r}")
+            raise UsageError(f"{where}: expected 'KIND ID' or 'ID' (with a KIND "
+                             f"argument), got {line.strip()!r}")
     return out
 
 
-def _kind(word: str) -> TaskKind:
+def _check_id(task_id: str, where: str | None = None) -> str:
+    """``task_id`` if the client can ask about it, else a ``UsageError`` saying why.
+
+    Checked before any request, so that one bad id does not fail a run half way. A lone
+    surrogate is what undecodable bytes in argv or a file name become: it cannot be sent.
+    """
+    prefix = f"{where}: " if where else ""
+    try:
+        task_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{prefix}task id {task_id[:60]!r} is not valid UTF-8 text") from None
+    try:
+        return check_task_id(task_id)
+    except ValueError as exc:
+        raise UsageError(f"{prefix}invalid task id: {exc}") from None
+
+
+def _kind(word: str, where: str | None = None) -> TaskKind:
     try:
         return TaskKind(word)
     except ValueError:
-        raise UsageError(f"unknown task kind {word!r}; expected one of {', '.join(KINDS)}"
-                         ) from None
+        prefix = f"{where}: " if where else ""
+        raise UsageError(f"{prefix}unknown task kind {word[:60]!r}; expected one of "
+                         f"{', '.join(KINDS)}") from None
 
 
 def _targets(args: argparse.Namespace) -> list[tuple[TaskKind, str]]:
@@ -181,27 +245,43 @@ def _targets(args: argparse.Namespace) -> list[tuple[TaskKind, str]]:
     if args.ids:
         if kind is None:
             raise UsageError("task ids need a KIND first, e.g. `camb-async status dub ID`")
-        targets += [(kind, task_id) for task_id in args.ids]
+        targets += [(kind, _check_id(task_id)) for task_id in args.ids]
     if getattr(args, "from_file", None):
-        targets += _read_ids(args.from_file, kind)
+        from_file = _read_ids(args.from_file, kind)
+        if not from_file:
+            raise UsageError(f"no task ids in {args.from_file}")
+        targets += from_file
     if not targets:
         raise UsageError("no task ids given")
     return targets
 
 
 def _client(args: argparse.Namespace, meter: RequestMeter) -> AsyncCambClient:
+    if args.base_url is not None and not args.base_url.strip():
+        raise UsageError("--base-url is empty")
+    key = args.api_key if args.api_key is not None else os.environ.get("CAMB_API_KEY")
+    if key is not None and not key.isascii():  # HTTP headers carry ASCII; never echo the key
+        source = "--api-key" if args.api_key is not None else "CAMB_API_KEY"
+        raise UsageError(f"the API key in {source} has non-ASCII characters")
     try:
         return AsyncCambClient(
             api_key=args.api_key,
             base_url=args.base_url,
             rate_limit=args.rate_limit if args.rate_limit > 0 else None,
             max_concurrency=args.max_concurrency,
+            allow_insecure=args.allow_insecure,
             hooks=meter.hooks(),
         )
+    except httpx.InvalidURL as exc:  # the base URL did not parse (port, host, characters)
+        source = "--base-url" if args.base_url is not None else "CAMB_BASE_URL"
+        raise UsageError(f"{source} is not a valid URL: {exc}") from None
     except ValueError as exc:
-        if "no API key" in str(exc):
+        message = str(exc)
+        if "no API key" in message:
             raise MissingKeyError("no API key: set CAMB_API_KEY or pass --api-key") from None
-        raise UsageError(str(exc)) from None
+        # The library speaks to callers in keyword arguments; here the switch is a flag.
+        raise UsageError(message.replace("pass allow_insecure=True",
+                                         "pass --allow-insecure")) from None
 
 
 def _auth_in(exc: BaseException) -> AuthenticationError | None:
@@ -248,28 +328,42 @@ async def _cmd_status(args: argparse.Namespace) -> int:
                      "requests": meter.requests})
     else:
         from rich.table import Table
+        from rich.text import Text
 
+        # Text, not markup: ids and server-sent strings may contain "[...]".
         table = Table("kind", "task id", "status", "run id", "detail")
         for r, (kind, task_id) in zip(results, targets, strict=True):
             if isinstance(r, StatusResult):
                 style = _STATUS_STYLES.get(r.status.value, "")
                 detail = r.exception_reason or (r.message if isinstance(r.message, str) else
                                                 json.dumps(r.message) if r.message else "")
-                table.add_row(kind.value, task_id, f"[{style}]{r.raw_status}[/]",
-                              "" if r.run_id is None else str(r.run_id), detail or "")
+                table.add_row(kind.value, Text(task_id), Text(r.raw_status, style=style),
+                              "" if r.run_id is None else str(r.run_id), Text(detail or ""))
             else:
-                table.add_row(kind.value, task_id, f"[red]{type(r).__name__}[/]", "", str(r))
+                table.add_row(kind.value, Text(task_id), Text(type(r).__name__, style="red"),
+                              "", Text(str(r)))
         _console().print(table)
     return EXIT_ERRORS if errors else EXIT_OK
 
 
 def _auth_failed(args: argparse.Namespace, exc: AuthenticationError) -> int:
     message = f"authentication failed (HTTP {exc.status_code}): check CAMB_API_KEY / --api-key"
-    if args.json:
-        _print_json({"error": "AuthenticationError", "detail": message})
+    return _report(EXIT_AUTH, "AuthenticationError", message, as_json=args.json)
+
+
+def _report(code: int, error: str, detail: str, *, as_json: bool,
+            command: str = "camb-async") -> int:
+    """Tell the user why the command stops: one line on stderr, or one JSON object on stdout.
+
+    The object is ``{"error": NAME, "detail": MESSAGE, "exit_code": CODE}`` (documented in the
+    README); NAME is ``UsageError``, ``MissingKeyError``, ``AuthenticationError``,
+    ``KeyboardInterrupt``, ``InternalError`` or the name of the ``CambError`` that ended it.
+    """
+    if as_json:
+        _print_json({"error": error, "detail": detail, "exit_code": code})
     else:
-        sys.stderr.write(f"camb-async: {message}\n")
-    return EXIT_AUTH
+        sys.stderr.write(f"{command}: {detail}\n")
+    return code
 
 
 # ----------------------------------------------------------------------------- progress
@@ -654,17 +748,37 @@ def _print_demo_summary(s: dict[str, Any], scripted: list[tuple[TaskKind, str, s
 # ----------------------------------------------------------------------------- fake-server
 
 
-def _cmd_fake_server(args: argparse.Namespace) -> int:
-    import socket
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn whose connections answer without Nagle's delay.
 
+    ``IPPROTO_TCP`` makes asyncio set ``TCP_NODELAY`` on each accepted connection, and the
+    option set here is inherited by accepted sockets on Linux (and other stacks that copy
+    it). Without both, every answer after a connection's first waited ~40 ms for the
+    client's delayed ACK (headers and body leave as two writes): 44 ms per keep-alive status
+    check, against ~1 ms now (``benchmarks/bench_fake_server_latency.py``).
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _cmd_fake_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .testing import FakeCambAPI
 
-    if not 0 <= args.fault_rate <= 1 or not 0 <= args.error_rate <= 1:
-        raise UsageError("--fault-rate and --error-rate must be between 0 and 1")
-    if args.tasks < 0 or args.max_duration < 0 or args.min_duration > args.max_duration:
-        raise UsageError("need --tasks >= 0 and 0 <= --min-duration <= --max-duration")
+    if args.min_duration > args.max_duration:
+        raise UsageError("--min-duration must not exceed --max-duration")
     key_source = "--api-key" if args.api_key else ("CAMB_API_KEY" if os.environ.get(
         "CAMB_API_KEY") else None)
     key = args.api_key or os.environ.get("CAMB_API_KEY") or "fake-key"
@@ -687,17 +801,16 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
                                exception_reason=reason, created_at=now)
         lines.append(f"{kind.value} {task_id}\n")
 
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET,
-                         socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    sock = _listen_socket(args.host, args.port)
     port = sock.getsockname()[1]
-    url = f"http://{args.host}:{port}"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{port}"
     if args.ids_file:
-        Path(args.ids_file).write_text("".join(lines), encoding="utf-8")
+        try:
+            Path(args.ids_file).write_text("".join(lines), encoding="utf-8")
+        except OSError as exc:
+            sock.close()
+            raise UsageError(f"cannot write {args.ids_file}: {exc.strerror or exc}") from None
     else:
         sys.stdout.write("".join(lines))
         sys.stdout.flush()
@@ -709,44 +822,104 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
                   f" s) written to {where} as 'KIND ID' lines\n")
     err.write("  api key: " + (f"from {key_source}" if key_source else
                                "'fake-key' (set CAMB_API_KEY or --api-key to choose)") + "\n")
-    err.write(f"  try: CAMB_BASE_URL={url} camb-async watch --from-file "
-              f"{args.ids_file or 'ids.txt'}\n")
+    err.write(f"  {_fake_server_hint(url, key, key_source, args.ids_file, args.tasks)}\n")
     err.flush()
     config = uvicorn.Config(api, log_level="warning", lifespan="off", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
 
 
+def _fake_server_hint(url: str, key: str, key_source: str | None, ids_file: str | None,
+                      tasks: int) -> str:
+    """A command that works when pasted into the shell that started the fake server.
+
+    The key is spelled out when it is the fake's default or was typed on the command line;
+    a key taken from the environment is not printed (it may be a real one), and the pasted
+    command finds it in the same environment.
+    """
+    env = "" if key_source == "CAMB_API_KEY" else f"CAMB_API_KEY={shlex.quote(key)} "
+    env += f"CAMB_BASE_URL={shlex.quote(url)}"
+    if not tasks:
+        return f"clients use it with: {env} (e.g. {env} camb-async status KIND ID)"
+    command = f"{env} camb-async watch --from-file "
+    if ids_file:
+        return f"try: {command}{shlex.quote(ids_file)}"
+    return f"try: save the 'KIND ID' lines printed on stdout as ids.txt, then: {command}ids.txt"
+
+
 # ----------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a syntax error is a ``UsageError`` (one line, or JSON with ``--json``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, prog=self.prog)
+
+
+def _number(convert: Callable[[str], float], what: str, *, low: float = 0.0,
+            high: float | None = None, exclusive: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type=``: a finite number in ``[low, high]`` (``(low, high]``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (not math.isfinite(value) or value < low or (exclusive and value == low)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+_SECONDS = _number(float, "a number of seconds >= 0")
+_POSITIVE_SECONDS = _number(float, "a number of seconds > 0", exclusive=True)
+_RATE_OR_ZERO = _number(float, "requests per second >= 0 (0 = unlimited)")
+_RATE = _number(float, "requests per second > 0", exclusive=True)
+_SHARE = _number(float, "a share between 0 and 1", high=1.0)
+_COUNT = _number(int, "an integer >= 0")
+_POSITIVE_COUNT = _number(int, "an integer >= 1", low=1)
+_PORT = _number(int, "a port number 0-65535", high=65535)
+
+
+def _epilog() -> str:
+    rows = "".join(f"  {code:<4} {meaning}\n" for code, meaning in EXIT_CODES.items())
+    return f"exit codes (status and watch: the first that applies wins):\n{rows}"
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="log retries, 429 pauses and budget changes to stderr")
 
-    client = argparse.ArgumentParser(add_help=False)
+    client = _Parser(add_help=False)
     client.add_argument("--api-key", default=None,
                         help="API key (default: $CAMB_API_KEY; the environment is safer: "
                              "command lines are visible to other users)")
     client.add_argument("--base-url", default=None,
                         help="API base URL (default: $CAMB_BASE_URL or the CAMB.AI API)")
-    client.add_argument("--rate-limit", type=float, default=20.0,
+    client.add_argument("--rate-limit", type=_RATE_OR_ZERO, default=20.0,
                         help="requests per second for this process (0 = unlimited; "
                              "default 20)")
-    client.add_argument("--max-concurrency", type=int, default=16,
+    client.add_argument("--max-concurrency", type=_POSITIVE_COUNT, default=16,
                         help="requests in flight (default 16)")
+    client.add_argument("--allow-insecure", action="store_true",
+                        help="allow a plain-http --base-url on a non-loopback host (the key "
+                             "then crosses the network unencrypted)")
     client.add_argument("--json", action="store_true", help="machine-readable output")
 
-    backend = argparse.ArgumentParser(add_help=False)
+    backend = _Parser(add_help=False)
     backend.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
                          help="event loop to run on (trio needs the trio package)")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="camb-async",
         description="Check and watch CAMB.AI tasks; run a no-network demo or a fake API.",
-        epilog="exit codes: 0 ok, 1 a task failed, 2 usage, 3 authentication, "
-               "4 watch --timeout passed, 5 a task could not be checked, 130 interrupted",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"camb-async {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -766,7 +939,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--from-file", metavar="PATH",
                    help="task ids, one per line: 'ID' or 'KIND ID' ('-' = stdin)")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=_SECONDS, default=None,
                    help="give up after this many seconds (exit 4 if tasks are unfinished)")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
 
@@ -774,19 +947,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="poll ~500 fake tasks (no key, no network)",
                        description="Serve FakeCambAPI on loopback and poll scripted tasks of "
                                    "all four kinds through the real client.")
-    p.add_argument("--tasks", type=int, default=500, help="number of tasks (default 500)")
-    p.add_argument("--duration", type=float, default=20.0,
+    p.add_argument("--tasks", type=_POSITIVE_COUNT, default=500,
+                   help="number of tasks (default 500)")
+    p.add_argument("--duration", type=_POSITIVE_SECONDS, default=20.0,
                    help="target wall time in seconds; real durations are scaled to fit")
-    p.add_argument("--rate-limit", type=float, default=100.0,
+    p.add_argument("--rate-limit", type=_RATE, default=100.0,
                    help="the rate budget, requests/s (the fake server enforces it too)")
-    p.add_argument("--max-concurrency", type=int, default=16)
-    p.add_argument("--margin", type=float, default=0.25,
+    p.add_argument("--max-concurrency", type=_POSITIVE_COUNT, default=16)
+    p.add_argument("--margin", type=_SECONDS, default=0.25,
                    help="budget window margin, so that client-to-server delay jitter cannot "
                         "push the server's count over the budget (default 0.25 = 250 ms)")
-    p.add_argument("--fault-rate", type=float, default=0.01,
+    p.add_argument("--fault-rate", type=_SHARE, default=0.01,
                    help="share of requests answered with a transient fault (default 0.01)")
-    p.add_argument("--error-rate", type=float, default=0.02, help="tasks ending ERROR")
-    p.add_argument("--timeout-rate", type=float, default=0.01, help="tasks ending TIMEOUT")
+    p.add_argument("--error-rate", type=_SHARE, default=0.02, help="tasks ending ERROR")
+    p.add_argument("--timeout-rate", type=_SHARE, default=0.01, help="tasks ending TIMEOUT")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--json", action="store_true", help="print only the summary, as JSON")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
@@ -796,20 +970,20 @@ def _parser() -> argparse.ArgumentParser:
                        description="Serve FakeCambAPI with scripted tasks. Point clients at it "
                                    "with CAMB_BASE_URL=http://HOST:PORT.")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0 = any free port (default 8000)")
+    p.add_argument("--port", type=_PORT, default=8000, help="0 = any free port (default 8000)")
     p.add_argument("--api-key", default=None,
                    help="the key the fake accepts (default: $CAMB_API_KEY or 'fake-key')")
-    p.add_argument("--fault-rate", type=float, default=0.0,
+    p.add_argument("--fault-rate", type=_SHARE, default=0.0,
                    help="share of requests answered 5xx/429 (default 0)")
-    p.add_argument("--rate-limit", type=float, default=None,
+    p.add_argument("--rate-limit", type=_RATE, default=None,
                    help="answer 429 above this many requests/s (default: no limit)")
-    p.add_argument("--tasks", type=int, default=0, help="scripted tasks to create")
+    p.add_argument("--tasks", type=_COUNT, default=0, help="scripted tasks to create")
     p.add_argument("--kinds", default=None, help=f"comma-separated kinds (default: "
                                                  f"{','.join(KINDS)})")
-    p.add_argument("--min-duration", type=float, default=0.0)
-    p.add_argument("--max-duration", type=float, default=30.0,
+    p.add_argument("--min-duration", type=_SECONDS, default=0.0)
+    p.add_argument("--max-duration", type=_SECONDS, default=30.0,
                    help="each task ends after a uniform random time up to this (seconds)")
-    p.add_argument("--error-rate", type=float, default=0.0,
+    p.add_argument("--error-rate", type=_SHARE, default=0.0,
                    help="share of tasks ending ERROR or TIMEOUT")
     p.add_argument("--ids-file", default=None,
                    help="write the 'KIND ID' lines here instead of stdout")
@@ -818,16 +992,57 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``camb-async`` console script; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``camb-async`` console script; returns the exit code.
+
+    Bad input of any kind (syntax, values, ids, files, URLs) is exit 2 with one line on
+    stderr, never a traceback; with ``--json`` the reason is one JSON object on stdout. An
+    exception nobody expected is a bug: its traceback stays visible, with exit 70.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Before parsing succeeds, --json is known only from the raw arguments.
+    as_json = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+    command = "camb-async"
+    try:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        command = f"camb-async {args.command}"
+        as_json = bool(getattr(args, "json", False))
+        return _run(args)
+    except UsageError as exc:
+        return _report(EXIT_USAGE, "UsageError", str(exc) if as_json else f"error: {exc}",
+                       as_json=as_json, command=exc.prog or command)
+    except MissingKeyError as exc:
+        return _report(EXIT_AUTH, "MissingKeyError", str(exc), as_json=as_json,
+                       command=command)
+    except SystemExit:
+        raise  # --help, --version
+    except BaseException as exc:
+        if _interrupted(exc):
+            return _report(EXIT_INTERRUPTED, "KeyboardInterrupt", "interrupted",
+                           as_json=as_json, command=command)
+        leaf = _only(exc)
+        if isinstance(leaf, CambError):  # not mapped by the command: no traceback needed
+            return _report(EXIT_ERRORS, type(leaf).__name__,
+                           f"{type(leaf).__name__}: {leaf}", as_json=as_json, command=command)
+        if not isinstance(exc, Exception) and leaf is exc:
+            raise  # GeneratorExit and the like are not ours to report
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        return _report(EXIT_INTERNAL, "InternalError",
+                       f"internal error (a bug in camb-async {__version__}; please report it "
+                       f"with the traceback above): {type(leaf).__name__}: {leaf}",
+                       as_json=as_json, command=command)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         import rich  # noqa: F401
         if args.command in ("demo", "fake-server"):
             import uvicorn  # noqa: F401
+        if getattr(args, "backend", None) == "trio":
+            import trio  # noqa: F401
     except ImportError as exc:
-        parser.exit(EXIT_USAGE, f"camb-async {args.command} needs {exc.name}: "
-                                "pip install 'camb-async[cli]'\n")
+        extra = "trio" if exc.name == "trio" else "'camb-async[cli]'"
+        raise UsageError(f"needs {exc.name}: pip install {extra}") from None
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -838,22 +1053,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "watch": _cmd_watch,
         "demo": _cmd_demo,
     }
-    try:
-        if args.command == "fake-server":
-            return _cmd_fake_server(args)
-        return int(anyio.run(commands[args.command], args, backend=args.backend))
-    except UsageError as exc:
-        parser.exit(EXIT_USAGE, f"camb-async {args.command}: error: {exc}\n")
-    except MissingKeyError as exc:
-        sys.stderr.write(f"camb-async {args.command}: {exc}\n")
-        return EXIT_AUTH
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return EXIT_INTERRUPTED
-    except CambError as exc:  # anything not already mapped: report without a traceback
-        sys.stderr.write(f"camb-async {args.command}: {type(exc).__name__}: {exc}\n")
-        return EXIT_ERRORS
-    return EXIT_OK  # pragma: no cover - parser.exit does not return
+    if args.command == "fake-server":
+        return _cmd_fake_server(args)
+    return int(anyio.run(commands[args.command], args, backend=args.backend))
+
+
+def _leaves(exc: BaseException) -> Iterable[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
+    inner = getattr(exc, "exceptions", None)
+    if isinstance(inner, tuple):
+        for item in inner:
+            yield from _leaves(item)
+    else:
+        yield exc
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, plain (asyncio) or inside a task group's exception group (trio)."""
+    return any(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc))
+
+
+def _only(exc: BaseException) -> BaseException:
+    """The single exception inside exception groups, else ``exc``."""
+    leaves = list(_leaves(exc))
+    return leaves[0] if len(leaves) == 1 else exc
 
 
 if __name__ == "__main__":

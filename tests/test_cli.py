@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from camb_async import cli
 
 BIN = Path(sys.executable).parent / "camb-async"
 KEY = "sk-cli-test-5f2c9a"
@@ -262,3 +266,265 @@ def test_demo_runs_as_installed_and_its_figures_add_up(demo_run: DemoRun) -> Non
     assert s["budget_requests_per_second"] == 100
     assert 0 < s["peak_requests_per_second"] <= s["budget_requests_per_second"]
     assert s["wall_seconds"] < elapsed < 60
+
+
+# ----------------------------------------------------------------------------- bad input
+
+REFUSED = "http://127.0.0.1:9"  # never reached: every case below fails before any request
+
+BAD_INPUT = {
+    "undecodable id on argv": (["status", "dub", "ok-1", "a\udcff"], "not valid UTF-8"),
+    "id with a slash": (["status", "dub", "a/b"], "invalid task id"),
+    "non-UTF-8 ids file": (["status", "--from-file", "{latin1}"], "latin1.txt:2: not UTF-8"),
+    "empty ids file": (["watch", "--from-file", "{empty}"], "no task ids in"),
+    "missing ids file": (["status", "--from-file", "{missing}"], "cannot read"),
+    "ids file with a bad id": (["status", "dub", "--from-file", "{badid}"], "badid.txt:1:"),
+    "three fields": (["status", "--from-file", "{three}"], "got 'dub a b'"),
+    "unparsable --base-url": (["status", "dub", "x", "--base-url", "http://[::1"],
+                              "--base-url is not a valid URL"),
+    "empty --base-url": (["status", "dub", "x", "--base-url", ""], "--base-url is empty"),
+    "negative watch --timeout": (["watch", "dub", "x", "--timeout", "-1"], "--timeout"),
+    "nan watch --timeout": (["watch", "dub", "x", "--timeout", "nan"], "--timeout"),
+    "bad --rate-limit": (["status", "dub", "x", "--rate-limit", "abc"], "--rate-limit"),
+    "negative --rate-limit": (["status", "dub", "x", "--rate-limit", "-3"], "--rate-limit"),
+    "negative --max-concurrency": (["status", "dub", "x", "--max-concurrency", "-1"],
+                                   "--max-concurrency"),
+    "unknown kind": (["status", "podcast", "x"], "unknown task kind 'podcast'"),
+    "unknown kind in a file": (["status", "--from-file", "{podcast}"], "podcast.txt:1:"),
+    "non-ASCII API key": (["status", "dub", "x", "--api-key", "ключ"], "non-ASCII"),
+    "no command": ([], "required: COMMAND"),
+    "unknown option": (["status", "dub", "x", "--frobnicate"], "--frobnicate"),
+    "demo --max-concurrency 0": (["demo", "--max-concurrency", "0"], "--max-concurrency"),
+    "fake-server --port 99999": (["fake-server", "--port", "99999"], "--port"),
+    "fake-server --fault-rate 2": (["fake-server", "--fault-rate", "2"], "--fault-rate"),
+    "fake-server unknown kind": (["fake-server", "--port", "0", "--kinds", "dub,"],
+                                 "unknown task kind"),
+}
+
+
+@pytest.fixture
+def ids_files(tmp_path: Path) -> dict[str, str]:
+    files = {"latin1": b"dub ok-1\ndub caf\xe9\n", "empty": b"# nothing here\n\n",
+             "badid": b"a\\b\n", "three": b"dub a b\n", "podcast": b"podcast x\n"}
+    out = {"missing": str(tmp_path / "missing.txt")}
+    for name, data in files.items():
+        (tmp_path / f"{name}.txt").write_bytes(data)
+        out[name] = str(tmp_path / f"{name}.txt")
+    return out
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str],
+             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    for name in [k for k in os.environ if k.startswith("CAMB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CAMB_API_KEY", KEY)
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def with_base_url(argv: list[str]) -> list[str]:
+    if argv and argv[0] in ("status", "watch") and "--base-url" not in argv:
+        return [*argv, "--base-url", REFUSED]
+    return argv
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_exits_2_with_one_line_and_no_traceback(
+        case: str, ids_files: dict[str, str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    argv, expected = BAD_INPUT[case]
+    argv = with_base_url([a.format(**ids_files) for a in argv])
+    code, out, err = run_main(argv, capsys, monkeypatch)
+    assert code == cli.EXIT_USAGE == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1 and "error: " in err and expected in err, err
+    assert "{line" not in err and KEY not in err
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_INPUT if not c.startswith("fake-server")])
+def test_bad_input_with_json_is_one_json_object_on_stdout(
+        case: str, ids_files: dict[str, str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    argv, expected = BAD_INPUT[case]
+    argv = [*with_base_url([a.format(**ids_files) for a in argv]), "--json"]
+    code, out, err = run_main(argv, capsys, monkeypatch)
+    assert code == 2
+    assert err == ""
+    doc = json.loads(out)
+    assert doc == {"error": "UsageError", "detail": doc["detail"], "exit_code": 2}
+    assert expected in doc["detail"]
+
+
+def test_plain_http_refusal_names_the_flag_and_the_flag_works(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["status", "dub", "x", "--base-url", "http://camb.example.com"]
+    code, _, err = run_main(argv, capsys, monkeypatch)
+    assert code == 2
+    assert "--allow-insecure" in err and "allow_insecure=True" not in err
+    args = cli._parser().parse_args([*argv, "--allow-insecure"])
+    client = cli._client(args, cli.RequestMeter())  # refused before the flag existed
+    assert client.base_url == "http://camb.example.com"
+
+
+def test_missing_key_with_json_is_a_json_object(capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAMB_API_KEY", raising=False)
+    code = cli.main(["status", "dub", "x", "--base-url", REFUSED, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 3 and err == ""
+    assert json.loads(out)["error"] == "MissingKeyError"
+
+
+def test_an_internal_error_shows_its_traceback_and_exits_70(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(args: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "_cmd_status", broken)
+    code, out, err = run_main(["status", "dub", "x", "--base-url", REFUSED], capsys,
+                              monkeypatch)
+    assert code == cli.EXIT_INTERNAL == 70
+    assert "Traceback" in err and "RuntimeError: boom" in err
+    assert err.splitlines()[-1].startswith("camb-async status: internal error")
+    code, out, err = run_main(["status", "dub", "x", "--base-url", REFUSED, "--json"], capsys,
+                              monkeypatch)
+    assert code == 70 and "Traceback" in err
+    assert json.loads(out)["error"] == "InternalError"
+
+
+def test_status_table_shows_ids_and_server_text_literally(quick_server: FakeServer) -> None:
+    """Ids are not rich markup: '[bold]y' once showed as a bold 'y'."""
+    proc = run("status", "tts", "[bold]y", "[italic]z", "--base-url", quick_server.url)
+    assert proc.returncode == 5, proc.stderr
+    assert "[bold]y" in proc.stdout and "[italic]z" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_trio_missing_is_a_usage_error(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['trio'] = None\n"
+            "from camb_async.cli import main\n"
+            f"sys.exit(main(['status', 'dub', 'x', '--backend', 'trio', '--base-url', "
+            f"{REFUSED!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "CAMB_API_KEY": KEY})
+    assert proc.returncode == 2
+    assert proc.stderr == "camb-async status: error: needs trio: pip install trio\n"
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.fixture(scope="module")
+def faulting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
+    """Every request answered with a transient fault: clients retry (and log it with -v)."""
+    server = FakeServer(tmp_path_factory.mktemp("faulting"), "--tasks", "2", "--kinds", "dub",
+                        "--min-duration", "300", "--max-duration", "600", "--fault-rate", "1")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_ctrl_c_exits_130_on_both_backends(faulting_server: FakeServer, backend: str,
+                                           json_output: bool) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAMB_")}
+    proc = subprocess.Popen(
+        [str(BIN), "watch", "--from-file", str(faulting_server.ids_file), "-v", "--plain",
+         "--backend", backend, "--base-url", faulting_server.url,
+         *(["--json"] if json_output else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env={**environ, "CAMB_API_KEY": KEY})
+    try:
+        assert proc.stderr is not None
+        # A logged retry means the poller is running, inside main's handlers.
+        for line in proc.stderr:
+            if "retrying GET /dub/" in line:
+                break
+        else:
+            pytest.fail("watch never retried")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == cli.EXIT_INTERRUPTED == 130, err
+    assert "Traceback" not in err and "ExceptionGroup" not in err
+    if json_output:
+        assert json.loads(out) == {"error": "KeyboardInterrupt", "detail": "interrupted",
+                                   "exit_code": 130}
+    else:
+        assert err.splitlines()[-1] == "camb-async watch: interrupted"
+
+
+# ----------------------------------------------------------------------------- fake-server
+
+
+@pytest.mark.parametrize("key_from", ["default", "option", "environment"])
+def test_fake_server_hint_works_when_pasted(tmp_path: Path, key_from: str) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAMB_")}
+    environ["PATH"] = f"{BIN.parent}{os.pathsep}{environ.get('PATH', '')}"
+    extra: list[str] = []
+    if key_from == "option":
+        extra = ["--api-key", "it's a $key"]  # the hint must quote it for the shell
+    elif key_from == "environment":
+        environ["CAMB_API_KEY"] = "sk-from-env-71"
+    ids_file = tmp_path / "my ids.txt"
+    log = tmp_path / "server.log"
+    with log.open("w") as err:
+        server = subprocess.Popen(
+            [str(BIN), "fake-server", "--port", "0", "--tasks", "2", "--kinds", "tts",
+             "--max-duration", "0.3", "--ids-file", str(ids_file), *extra],
+            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=environ)
+    try:
+        deadline = time.monotonic() + 30
+        while not (match := re.search(r"^  try: (.+)$", log.read_text(), re.MULTILINE)):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        hint = match.group(1)
+        if key_from == "environment":
+            assert "sk-from-env-71" not in log.read_text()  # not printed, found in the env
+        proc = subprocess.run(["sh", "-c", hint], capture_output=True, text=True, timeout=60,
+                              env=environ, stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert proc.returncode == 0, (hint, proc.stderr)
+        assert "2/2 done" in proc.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_fake_server_connections_have_tcp_nodelay() -> None:
+    """Without it every keep-alive answer after the first waited ~40 ms (Nagle vs delayed
+    ACK); measured in benchmarks/bench_fake_server_latency.py, not asserted here."""
+    listener = cli._listen_socket("127.0.0.1", 0)
+    with listener:
+        assert listener.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only then
+        listener.listen()
+        with socket.create_connection(listener.getsockname()[:2]):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+# ----------------------------------------------------------------------------- exit codes
+
+
+def test_exit_codes_in_docs_help_and_code_agree() -> None:
+    table = dict(cli.EXIT_CODES)
+    assert set(table) == {cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_AUTH,
+                          cli.EXIT_TIMEOUT, cli.EXIT_ERRORS, cli.EXIT_INTERRUPTED,
+                          cli.EXIT_INTERNAL}
+    assert (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_AUTH, cli.EXIT_TIMEOUT,
+            cli.EXIT_ERRORS, cli.EXIT_INTERRUPTED, cli.EXIT_INTERNAL) == (0, 1, 2, 3, 4, 5,
+                                                                          130, 70)
+    page = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    section = page[page.index("## Exit codes"):]
+    rows = re.findall(r"^\| `(\d+)` \| (.+) \|$", section.split("\n\n", 3)[2], re.MULTILINE)
+    assert [(int(code), text.replace("`", "")) for code, text in rows] == list(table.items())
+    help_text = run("--help", key=None).stdout
+    epilog = help_text[help_text.index("exit codes"):]
+    listed = re.findall(r"^  (\d+)\s+(.+)$", epilog, re.MULTILINE)
+    assert [(int(code), text) for code, text in listed] == list(table.items())
+    doc_codes = re.findall(r"^\s*(\d+)\s{3,}\S", cli.__doc__ or "", re.MULTILINE)
+    assert sorted(int(c) for c in doc_codes) == sorted(table)
