@@ -717,9 +717,12 @@ class AsyncCambClient:
         body = response.content
         try:
             data = json.loads(body) if body else None
-        except ValueError:
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: the json module has no depth limit of its own, and catching its
+            # error costs nothing on the hot path (a depth-counting pre-scan would).
+            what = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
             raise APIError(
-                f"{method} {path}: answer {response.status_code} is not JSON: {snippet(body)!r}",
+                f"{method} {path}: answer {response.status_code} is {what}: {snippet(body)!r}",
                 status_code=response.status_code,
                 body=snippet(body),
                 method=method,
@@ -767,7 +770,7 @@ class AsyncCambClient:
         if status == 422:
             try:
                 decoded = json.loads(response.content)
-            except ValueError:
+            except (ValueError, RecursionError):
                 decoded = None
             return UnprocessableEntityError(
                 message, detail=parse_validation_details(decoded), **common

