@@ -75,8 +75,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait, capped at ``MAX_RETRY_AFTER``; None if absent/bad.
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
+                      cap: float = MAX_RETRY_AFTER) -> float | None:
+    """Seconds the server asked us to wait, capped at ``cap``; None if absent/bad.
 
     Accepts ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as (fractional)
     seconds or an HTTP date. Negative or unparseable values count as absent.
@@ -105,7 +106,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
             value = max(value, 0.0)
     if not math.isfinite(value) or value < 0:
         return None
-    return min(value, MAX_RETRY_AFTER)
+    return min(value, cap)
 
 
 
@@ -347,6 +348,14 @@ class AsyncCambClient:
     One client = one pooled HTTP client + one rate budget shared by every request it makes
     (status checks, handles, bulk polls, results). Use it as ``async with`` or call
     ``aclose()``; the HTTP client is opened lazily on first use inside the event loop.
+
+    Limits every call respects: each attempt ends within ``timeout`` (uploads: per-phase timeouts).
+    Between attempts the client waits a jittered backoff of at most 8 s, or the server's
+    Retry-After when it is at most ``max_retry_wait`` (default 60 s); a longer Retry-After
+    is not slept on: the error (``RateLimitError`` with ``retry_after`` on a 429) is raised
+    at once. So one call, retries included, takes at most
+    ``(max_retries + 1) * timeout + max_retries * max(max_retry_wait, 8)`` seconds plus any
+    wait for the rate budget (whose 429 pause is capped at its own ``max_pause``).
     """
 
     dub: DubResource
@@ -370,6 +379,7 @@ class AsyncCambClient:
         verify: bool = True,
         hooks: RequestHooks | None = None,
         completion_stats: CompletionStats | None = None,
+        max_retry_wait: float = MAX_RETRY_AFTER,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
         if key is None or not isinstance(key, str) or not key.strip():
@@ -397,6 +407,10 @@ class AsyncCambClient:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both")
+        if (isinstance(max_retry_wait, bool) or not isinstance(max_retry_wait, (int, float))
+                or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
+            raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
+                             f"{max_retry_wait!r}")
         if budget is None:
             budget = RateBudget(rate_limit, max_concurrency)
         elif not isinstance(budget, Budget):
@@ -406,6 +420,8 @@ class AsyncCambClient:
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
         self.max_retries = max_retries
+        #: Longest Retry-After slept on; a longer one raises (RateLimitError on a 429) at once.
+        self.max_retry_wait = float(max_retry_wait)
         self.budget: Budget = budget
         self._verify = verify
         if hooks is not None and not isinstance(hooks, RequestHooks):
@@ -661,19 +677,23 @@ class AsyncCambClient:
                 if status < 300:
                     return self._decode(response, method, path, parse)
                 if status == 429:
-                    retry_after = parse_retry_after(response.headers)
-                    budget.penalize(retry_after)
+                    # Uncapped here: a wait past max_retry_wait is the caller's to decide.
+                    retry_after = parse_retry_after(response.headers, cap=math.inf)
+                    pause = None if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
+                    budget.penalize(pause)
                     if hooks is not None or logger.isEnabledFor(logging.INFO):
-                        self._throttled(hooks, method, path, retry_after)
+                        self._throttled(hooks, method, path, pause)
                     retryable = True
                 else:
                     retryable = idempotent and (status in RETRY_STATUSES or status >= 500)
                     if retryable:
-                        retry_after = parse_retry_after(response.headers)
+                        retry_after = parse_retry_after(response.headers, cap=math.inf)
                 error = self._status_error(response, method, path, retry_after)
 
             if not retryable or attempt >= retries:
                 raise error
+            if retry_after is not None and retry_after > self.max_retry_wait:
+                raise error  # not slept on: RateLimitError.retry_after tells the caller
             if retry_after is None:
                 if waits is None:
                     waits = backoff.expo(base=2, factor=0.25, max_value=8.0)

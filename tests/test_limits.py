@@ -11,6 +11,7 @@ upload is also shown over real sockets.
 from __future__ import annotations
 
 import gzip
+import itertools
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +23,8 @@ import pytest
 from camb_async import (
     APIError,
     AsyncCambClient,
+    InternalServerError,
+    RateLimitError,
     UnprocessableEntityError,
 )
 
@@ -108,3 +111,57 @@ async def test_deeply_nested_422_is_unprocessable_entity() -> None:
         with pytest.raises(UnprocessableEntityError) as info:
             await client.dub.status("t1")
     assert info.value.detail == []
+
+
+# ------------------------------------------------------------------- 4. hostile Retry-After
+
+
+def throttled(log: list[float], retry_after: str, status: int = 429, times: int = 10**9
+              ) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        log.append(anyio.current_time())
+        if len(log) <= times:
+            return httpx.Response(status, headers={"retry-after": retry_after},
+                                  content=b'{"detail": "slow down"}')
+        return httpx.Response(200, json={"status": "SUCCESS", "run_id": 1})
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("retry_after", ["999999999", "60.5", "1e308",
+                                         "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_a_retry_after_past_max_retry_wait_raises_at_once(retry_after: str) -> None:
+    log: list[float] = []
+    async with make(throttled(log, retry_after), True, timeout=5, max_retries=2) as client:
+        started = anyio.current_time()
+        with pytest.raises(RateLimitError) as info:
+            await client.dub.status("t1")
+        elapsed = anyio.current_time() - started
+    assert len(log) == 1 and elapsed < 1.0  # not slept on (before: 2 x 60 s, 3 requests)
+    assert info.value.retry_after is not None and info.value.retry_after > 60
+
+
+async def test_max_retry_wait_is_configurable() -> None:
+    log: list[float] = []
+    async with make(throttled(log, "5", times=1), True, max_retry_wait=5) as client:
+        assert (await client.dub.status("t1")).is_success  # 5 s is within the bound: waited
+    assert [b - a for a, b in itertools.pairwise(log)] == [pytest.approx(5, abs=0.01)]
+    log.clear()
+    async with make(throttled(log, "5.5", times=1), True, max_retry_wait=5) as client:
+        with pytest.raises(RateLimitError) as info:
+            await client.dub.status("t1")
+    assert len(log) == 1 and info.value.retry_after == 5.5
+
+
+async def test_a_long_retry_after_on_a_5xx_is_not_slept_on_either() -> None:
+    log: list[float] = []
+    async with make(throttled(log, "3600", status=503), True) as client:
+        with pytest.raises(InternalServerError):
+            await client.dub.status("t1")
+    assert len(log) == 1
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "60", True])
+def test_bad_max_retry_wait_is_refused(value: Any) -> None:
+    with pytest.raises(ValueError):
+        AsyncCambClient(API_KEY, max_retry_wait=value)
