@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -107,6 +108,95 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
     if not math.isfinite(value) or value < 0:
         return None
     return min(value, cap)
+
+
+# ------------------------------------------------------------------ reading an answer
+#
+# Kept in small helpers so the read path stays one place: ``_DirectSender.send`` and the
+# caller-client branch of ``_request`` both read every answer through ``_read_capped``.
+
+#: Default ``max_response_bytes``: a JSON answer past this (after decompression) is refused.
+#: A status answer is ~100 bytes; a full batch of results a few hundred KiB.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: Most bytes one zlib step may inflate to (memory per step, whatever the ratio).
+_INFLATE_STEP = 256 * 1024
+
+
+class _AnswerTooLarge(Exception):
+    """A 2xx answer passed ``max_response_bytes``; ``_request`` raises it as ``APIError``."""
+
+    def __init__(self, limit: int, status_code: int) -> None:
+        super().__init__(f"answer larger than max_response_bytes={limit}")
+        self.limit = limit
+        self.status_code = status_code
+
+
+def _inflater(encoding: str) -> Any:
+    """A zlib decompressor for ``Content-Encoding`` gzip/deflate, ``None`` for identity, or
+    ``False`` for anything else (left to httpx's decoders)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    return False
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> None:
+    """Read the body into ``response.content``, decompressed, never more than ``limit`` bytes.
+
+    Own code rather than ``response.aread()``: aread has no cap, and httpx's decoders inflate
+    each network chunk whole (one 64 KiB gzip chunk can become 64 MB) before anyone could
+    count. Here zlib's ``max_length`` bounds every inflate step to ``_INFLATE_STEP``, so the
+    memory one answer takes stays within about twice ``limit`` (the pieces, then their join)
+    whatever it inflates to. A 2xx answer past ``limit`` raises ``_AnswerTooLarge``; an error
+    answer is only cut short (its snippet is all anyone reads; its status decides a retry).
+    """
+    status = response.status_code
+    if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
+        if len(response.content) > limit:
+            if status < 300:
+                raise _AnswerTooLarge(limit, status)
+            response._content = response.content[:limit]
+        return
+    encoding = response.headers.get("content-encoding", "")
+    inflater = _inflater(encoding)
+    raw_deflate: Any = False if encoding.strip().lower() == "deflate" else None
+    chunks: list[bytes] = []
+    room = limit  # bytes still allowed
+    # An encoding we do not inflate ourselves (br, zstd, stacked ones) goes through httpx's
+    # decoders: still counted and capped, only a single chunk is not bounded while inflating.
+    source = response.aiter_bytes() if inflater is False else response.aiter_raw()
+    async for data in source:
+        while data:
+            if inflater:
+                try:
+                    out = inflater.decompress(data, min(room + 1, _INFLATE_STEP))
+                except zlib.error as exc:
+                    if raw_deflate is False and room == limit:  # "deflate" without zlib's
+                        inflater = raw_deflate = zlib.decompressobj(-zlib.MAX_WBITS)  # header
+                        continue
+                    raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
+                # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
+                data = b"" if inflater.eof else inflater.unconsumed_tail
+            else:
+                out, data = data, b""
+            if len(out) > room:
+                if status < 300:
+                    raise _AnswerTooLarge(limit, status)
+                chunks.append(out[:room])
+                response._content = b"".join(chunks)
+                return
+            room -= len(out)
+            chunks.append(out)
+    if inflater:
+        tail = inflater.flush()
+        if len(tail) > room and status < 300:
+            raise _AnswerTooLarge(limit, status)
+        chunks.append(tail[:room])
+    response._content = b"".join(chunks)  # what aread() would set: .content works as usual
 
 
 
@@ -308,11 +398,12 @@ class _DirectSender:
     ``http_client`` keeps going through ``AsyncClient.request`` (its auth, hooks, cookies).
     """
 
-    __slots__ = ("_http", "_transport", "_headers", "_timeout")
+    __slots__ = ("_http", "_transport", "_headers", "_timeout", "_max_bytes")
 
     def __init__(self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport,
-                 headers: Mapping[str, str], timeout: float) -> None:
+                 headers: Mapping[str, str], timeout: float, max_bytes: int) -> None:
         self._http = http
+        self._max_bytes = max_bytes
         self._transport = transport
         self._headers = httpx.Headers({
             "accept-encoding": "gzip, deflate",
@@ -332,7 +423,7 @@ class _DirectSender:
         response = await self._transport.handle_async_request(request)
         response.request = request
         try:
-            await response.aread()
+            await _read_capped(response, self._max_bytes)
         finally:
             await response.aclose()
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
@@ -349,11 +440,13 @@ class AsyncCambClient:
     (status checks, handles, bulk polls, results). Use it as ``async with`` or call
     ``aclose()``; the HTTP client is opened lazily on first use inside the event loop.
 
-    Limits every call respects: each attempt ends within ``timeout`` (uploads: per-phase timeouts).
-    Between attempts the client waits a jittered backoff of at most 8 s, or the server's
-    Retry-After when it is at most ``max_retry_wait`` (default 60 s); a longer Retry-After
-    is not slept on: the error (``RateLimitError`` with ``retry_after`` on a 429) is raised
-    at once. So one call, retries included, takes at most
+    Limits every call respects: a JSON answer larger than ``max_response_bytes`` (counted
+    after decompression; default 8 MiB) is an ``APIError``, not retried. Each attempt ends
+    within ``timeout`` (uploads: only httpx's per-phase timeouts). Between attempts the
+    client waits a jittered backoff of at most 8 s, or the server's Retry-After when it is
+    at most ``max_retry_wait`` (default 60 s); a longer Retry-After is not slept on: the
+    error (``RateLimitError`` with ``retry_after`` on a 429) is raised at once. So one call,
+    retries included, takes at most
     ``(max_retries + 1) * timeout + max_retries * max(max_retry_wait, 8)`` seconds plus any
     wait for the rate budget (whose 429 pause is capped at its own ``max_pause``).
     """
@@ -379,6 +472,7 @@ class AsyncCambClient:
         verify: bool = True,
         hooks: RequestHooks | None = None,
         completion_stats: CompletionStats | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_retry_wait: float = MAX_RETRY_AFTER,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
@@ -407,6 +501,10 @@ class AsyncCambClient:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both")
+        if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+                or max_response_bytes < 1):
+            raise ValueError("max_response_bytes must be a positive integer, got "
+                             f"{max_response_bytes!r}")
         if (isinstance(max_retry_wait, bool) or not isinstance(max_retry_wait, (int, float))
                 or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
             raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
@@ -420,6 +518,8 @@ class AsyncCambClient:
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
         self.max_retries = max_retries
+        #: Largest JSON answer read (bytes, after decompression); a larger one is APIError.
+        self.max_response_bytes = max_response_bytes
         #: Longest Retry-After slept on; a longer one raises (RateLimitError on a 429) at once.
         self.max_retry_wait = float(max_retry_wait)
         self.budget: Budget = budget
@@ -572,7 +672,8 @@ class AsyncCambClient:
                 follow_redirects=False,  # the x-api-key header must not follow a redirect
                 trust_env=False,
             )
-            self._direct = _DirectSender(self._http, transport, self._headers, self.timeout)
+            self._direct = _DirectSender(self._http, transport, self._headers, self.timeout,
+                                         self.max_response_bytes)
         return self._http
 
     async def _request(
@@ -623,6 +724,7 @@ class AsyncCambClient:
             self._scopes.add(scope)
             response: httpx.Response | None = None
             failure: Exception | None = None
+            too_large: _AnswerTooLarge | None = None
             if hooks is not None:
                 hooks._start(method, path)
                 started = anyio.current_time()
@@ -632,7 +734,7 @@ class AsyncCambClient:
                         response = await direct.send(method, url, json_body, params, data,
                                                      files)
                     else:
-                        response = await http.request(
+                        request = http.build_request(
                             method,
                             url,
                             json=json_body,
@@ -640,10 +742,17 @@ class AsyncCambClient:
                             data=data,
                             files=files,
                             headers=self._headers,  # a caller's client has none of ours
-                            # The x-api-key header must never follow a redirect to another
-                            # host, whatever the caller's own client is configured to do.
-                            follow_redirects=False,
                         )
+                        # The x-api-key header must never follow a redirect to another
+                        # host, whatever the caller's own client is configured to do.
+                        streamed = await http.send(request, stream=True, follow_redirects=False)
+                        try:
+                            await _read_capped(streamed, self.max_response_bytes)
+                        finally:
+                            await streamed.aclose()
+                        response = streamed
+            except _AnswerTooLarge as exc:
+                too_large = exc
             except httpx.RequestError as exc:
                 # Transport failures and timeouts, but also an undecodable body
                 # (DecodingError) or TooManyRedirects: all "no usable answer".
@@ -661,6 +770,12 @@ class AsyncCambClient:
                                None if response is None else response.status_code)
             if self._closed:
                 raise ClientClosedError("the AsyncCambClient was closed during the request")
+            if too_large is not None:  # not retried: the same answer would come again
+                raise APIError(
+                    f"{method} {path}: answer {too_large.status_code} is larger than "
+                    f"max_response_bytes ({too_large.limit} bytes)",
+                    status_code=too_large.status_code, method=method, path=path,
+                )
             if response is None and failure is None:  # the attempt's deadline expired
                 failure = httpx.ReadTimeout(f"no complete answer within {self.timeout}s")
 

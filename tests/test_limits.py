@@ -10,8 +10,10 @@ upload is also shown over real sockets.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import itertools
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,8 +27,10 @@ from camb_async import (
     AsyncCambClient,
     InternalServerError,
     RateLimitError,
+    TaskStatus,
     UnprocessableEntityError,
 )
+from camb_async._client import DEFAULT_MAX_RESPONSE_BYTES
 
 from .conftest import API_KEY
 
@@ -83,6 +87,102 @@ def make(transport: httpx.AsyncBaseTransport, own_client: bool, **kwargs: Any
 
 both_branches = pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
 encodings = pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate", "raw-deflate"])
+
+
+# ------------------------------------------------------------------- 1. the answer cap
+
+
+@both_branches
+@encodings
+async def test_an_answer_past_max_response_bytes_is_api_error_and_not_retried(
+        encoding: str, own_client: bool) -> None:
+    log: list[float] = []
+    transport = streamed(200, encode(json_of_size(CAP + 1), encoding), encoding, log)
+    async with make(transport, own_client, max_response_bytes=CAP) as client:
+        with pytest.raises(APIError) as info:
+            await client.dub.status("t1")
+    assert type(info.value) is APIError and info.value.status_code == 200
+    assert "max_response_bytes" in str(info.value)
+    assert len(log) == 1  # the same answer would come again: not retried
+
+
+@both_branches
+@encodings
+async def test_an_answer_of_exactly_max_response_bytes_is_read(
+        encoding: str, own_client: bool) -> None:
+    log: list[float] = []
+    transport = streamed(200, encode(json_of_size(CAP), encoding), encoding, log)
+    async with make(transport, own_client, max_response_bytes=CAP) as client:
+        result = await client.dub.status("t1")
+    assert result.status is TaskStatus.PENDING
+
+
+async def test_the_default_cap_is_a_few_mebibytes() -> None:
+    assert 1 << 20 <= DEFAULT_MAX_RESPONSE_BYTES <= 16 << 20
+    log: list[float] = []
+    big = json_of_size(DEFAULT_MAX_RESPONSE_BYTES + 1)
+    async with make(streamed(200, big, "identity", log, chunk=1 << 16), True) as client:
+        with pytest.raises(APIError, match="max_response_bytes"):
+            await client.dub.status("t1")
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    """``inflated`` bytes of JSON-ish text, gzip'd (about 1000:1), without holding them."""
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    block = b" " * (1 << 20)
+    parts = [packer.compress(b'{"status": "PENDING", "pad": "')]
+    parts += [packer.compress(block) for _ in range(inflated // len(block))]
+    return b"".join(parts) + packer.flush()
+
+
+@both_branches
+@pytest.mark.parametrize("status", [200, 503])
+async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_client: bool
+                                                          ) -> None:
+    """64 MB behind 64 KB of gzip, cap 256 KiB: Python's allocations for the whole call stay
+    within a few caps (before the cap, httpx inflated all 64 MB)."""
+    cap = 256 * 1024
+    bomb = gzip_bomb(64 << 20)
+    log: list[float] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        async with make(streamed(status, bomb, "gzip", log, chunk=1 << 16), own_client,
+                        max_response_bytes=cap, max_retries=1) as client:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            with pytest.raises(APIError) as info:
+                await client.dub.status("t1")
+            peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    if status == 200:
+        assert type(info.value) is APIError and len(log) == 1
+    else:  # an error answer is only cut short: still a 503, still retried
+        assert isinstance(info.value, InternalServerError) and len(log) == 2
+    assert peak < 4 * cap, peak
+
+
+@both_branches
+async def test_an_endless_answer_ends_at_the_cap(own_client: bool) -> None:
+    """A body that never ends (a chunk every millisecond) is cut at the cap, not at the
+    deadline (by then it would have sent 64 MB)."""
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'{"status": "'
+        while True:
+            sent += 1
+            yield b"A" * (1 << 16)
+            await anyio.sleep(0.001)
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
+    async with make(transport, own_client, timeout=1.0, max_response_bytes=1 << 20
+                    ) as client:
+        with pytest.raises(APIError, match="max_response_bytes"):
+            await client.dub.status("t1")
+    assert sent <= (1 << 20) // (1 << 16) + 2
 
 
 # ------------------------------------------------------------------- 2. nested JSON
@@ -162,6 +262,8 @@ async def test_a_long_retry_after_on_a_5xx_is_not_slept_on_either() -> None:
 
 
 @pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "60", True])
-def test_bad_max_retry_wait_is_refused(value: Any) -> None:
+def test_bad_max_retry_wait_and_max_response_bytes_are_refused(value: Any) -> None:
     with pytest.raises(ValueError):
         AsyncCambClient(API_KEY, max_retry_wait=value)
+    with pytest.raises(ValueError):
+        AsyncCambClient(API_KEY, max_response_bytes=value)
