@@ -199,6 +199,34 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
     response._content = b"".join(chunks)  # what aread() would set: .content works as usual
 
 
+class _UploadStream(httpx.AsyncByteStream):
+    """A multipart request body that calls ``uploaded`` once its last byte is handed over.
+
+    An upload may take as long as bytes keep flowing (httpx's write timeout guards each
+    write), so its attempt has no overall deadline until then; from then on the wait for
+    the answer is bounded by ``timeout`` like any request's (see ``_request``).
+    """
+
+    __slots__ = ("_stream", "_uploaded")
+
+    def __init__(self, stream: httpx.AsyncByteStream, uploaded: Callable[[], None]) -> None:
+        self._stream = stream
+        self._uploaded = uploaded
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+        self._uploaded()
+
+
+def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[[], None]:
+    """Start ``scope``'s deadline (``timeout`` from now) the first time this is called."""
+    def start() -> None:
+        if scope.deadline == math.inf:
+            scope.deadline = anyio.current_time() + timeout
+    return start
+
+
 
 # ------------------------------------------------------------------ default transport
 #
@@ -414,15 +442,19 @@ class _DirectSender:
 
     async def send(self, method: str, url: str, json_body: Any,
                    params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
-                   files: Any) -> httpx.Response:
+                   files: Any, uploaded: Callable[[], None] | None = None) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         request = httpx.Request(method, httpx.URL(url), params=params, headers=self._headers,
                                 json=json_body, data=data, files=files,
                                 extensions={"timeout": self._timeout})
+        if uploaded is not None:
+            request.stream = _UploadStream(request.stream, uploaded)  # type: ignore[arg-type]
         response = await self._transport.handle_async_request(request)
         response.request = request
         try:
+            if uploaded is not None:
+                uploaded()  # an answer before the whole upload: bound reading it all the same
             await _read_capped(response, self._max_bytes)
         finally:
             await response.aclose()
@@ -442,11 +474,12 @@ class AsyncCambClient:
 
     Limits every call respects: a JSON answer larger than ``max_response_bytes`` (counted
     after decompression; default 8 MiB) is an ``APIError``, not retried. Each attempt ends
-    within ``timeout`` (uploads: only httpx's per-phase timeouts). Between attempts the
-    client waits a jittered backoff of at most 8 s, or the server's Retry-After when it is
-    at most ``max_retry_wait`` (default 60 s); a longer Retry-After is not slept on: the
-    error (``RateLimitError`` with ``retry_after`` on a 429) is raised at once. So one call,
-    retries included, takes at most
+    within ``timeout`` (an upload may run while its bytes flow, each write bounded by the
+    write timeout; the wait for the answer after it is bounded by ``timeout``). Between
+    attempts the client waits a jittered backoff of at most 8 s, or the server's
+    Retry-After when it is at most ``max_retry_wait`` (default 60 s); a longer Retry-After
+    is not slept on: the error (``RateLimitError`` with ``retry_after`` on a 429) is raised
+    at once. So one call, retries included, takes at most
     ``(max_retries + 1) * timeout + max_retries * max(max_retry_wait, 8)`` seconds plus any
     wait for the rate budget (whose 429 pause is capped at its own ``max_pause``).
     """
@@ -718,9 +751,11 @@ class AsyncCambClient:
                 await budget.acquire()
             # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
             # server trickling a byte per read (or an in-process transport, which has none)
-            # could otherwise hold the call forever. Uploads keep only the per-phase timeouts.
+            # could otherwise hold the call forever. An upload may run while bytes flow (the
+            # write timeout guards it); the deadline starts once it is sent (_UploadStream).
             scope = anyio.CancelScope(
                 deadline=anyio.current_time() + self.timeout if files is None else math.inf)
+            uploaded = None if files is None else _answer_deadline(scope, self.timeout)
             self._scopes.add(scope)
             response: httpx.Response | None = None
             failure: Exception | None = None
@@ -732,7 +767,7 @@ class AsyncCambClient:
                 with scope:
                     if direct is not None:
                         response = await direct.send(method, url, json_body, params, data,
-                                                     files)
+                                                     files, uploaded)
                     else:
                         request = http.build_request(
                             method,
@@ -743,10 +778,15 @@ class AsyncCambClient:
                             files=files,
                             headers=self._headers,  # a caller's client has none of ours
                         )
+                        if uploaded is not None:
+                            request.stream = _UploadStream(
+                                request.stream, uploaded)  # type: ignore[arg-type]
                         # The x-api-key header must never follow a redirect to another
                         # host, whatever the caller's own client is configured to do.
                         streamed = await http.send(request, stream=True, follow_redirects=False)
                         try:
+                            if uploaded is not None:
+                                uploaded()
                             await _read_capped(streamed, self.max_response_bytes)
                         finally:
                             await streamed.aclose()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import gc
 import gzip
+import io
 import itertools
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -24,6 +25,7 @@ import pytest
 
 from camb_async import (
     APIError,
+    APITimeoutError,
     AsyncCambClient,
     InternalServerError,
     RateLimitError,
@@ -31,6 +33,7 @@ from camb_async import (
     UnprocessableEntityError,
 )
 from camb_async._client import DEFAULT_MAX_RESPONSE_BYTES
+from camb_async.testing import serve_in_thread
 
 from .conftest import API_KEY
 
@@ -211,6 +214,98 @@ async def test_deeply_nested_422_is_unprocessable_entity() -> None:
         with pytest.raises(UnprocessableEntityError) as info:
             await client.dub.status("t1")
     assert info.value.detail == []
+
+
+# ------------------------------------------------------------------- 3. multipart deadline
+
+TIMEOUT = 10.0
+
+
+def upload_app(*, receive_pause: float, trickle: float | None) -> Callable[..., Any]:
+    """Reads the request body (pausing ``receive_pause`` between pieces), then answers at
+    once, or (``trickle``) sends headers and then one byte every ``trickle`` s, forever."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            if not message.get("more_body"):
+                break
+            await anyio.sleep(receive_pause)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        if trickle is None:
+            await send({"type": "http.response.body", "body": b'{"task_id": "t-1"}'})
+            return
+        while True:
+            await send({"type": "http.response.body", "body": b" ", "more_body": True})
+            await anyio.sleep(trickle)
+
+    return app
+
+
+def create_calls(client: AsyncCambClient) -> list[Callable[[], Any]]:
+    return [
+        lambda: client.transcription.create(language=1, media_url="https://x.example/a.mp3"),
+        lambda: client.transcription.create(language=1, file=b"RIFF" * 1000),
+        lambda: client.transcription.create(language=1, file=io.BytesIO(b"\0" * 300_000)),
+    ]
+
+
+@both_branches
+async def test_the_wait_for_an_answer_after_an_upload_is_bounded_by_timeout(
+        own_client: bool) -> None:
+    transport = httpx.ASGITransport(app=upload_app(receive_pause=0, trickle=TIMEOUT / 10))
+    async with make(transport, own_client, timeout=TIMEOUT) as client:
+        for call in create_calls(client):
+            started = anyio.current_time()
+            with anyio.fail_after(20 * TIMEOUT), pytest.raises(APITimeoutError):
+                await call()
+            # Not retried (task creation), so one attempt: the timeout, not more.
+            assert anyio.current_time() - started <= TIMEOUT + 0.01
+
+
+@both_branches
+async def test_an_upload_may_outlast_timeout_while_its_bytes_flow(own_client: bool) -> None:
+    """The server takes each piece of the upload slowly (the whole upload lasts far longer
+    than ``timeout``), then answers at once: the call succeeds."""
+    transport = httpx.ASGITransport(app=upload_app(receive_pause=TIMEOUT / 2, trickle=None))
+    async with make(transport, own_client, timeout=TIMEOUT) as client:
+        started = anyio.current_time()
+        handle = await client.transcription.create(
+            language=1, file=io.BytesIO(b"\0" * (10 * 65536)))
+        assert anyio.current_time() - started > 2 * TIMEOUT  # it really was a slow upload
+    assert handle.task_id == "t-1"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_trickled_answer_after_an_upload_ends_at_timeout_over_real_sockets(
+        backend: str) -> None:
+    """Over uvicorn: the server reads the upload, then trickles its answer for 4 s with
+    ``timeout=0.5``; before the fix the call returned the late answer."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        for _ in range(40):
+            await send({"type": "http.response.body", "body": b" ", "more_body": True})
+            await anyio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b'{"task_id": "late"}'})
+
+    async def main(url: str) -> None:
+        async with AsyncCambClient(API_KEY, base_url=url, timeout=0.5, rate_limit=None
+                                   ) as client:
+            for call in create_calls(client)[:2]:
+                with pytest.raises(APITimeoutError):
+                    await call()
+
+    with serve_in_thread(app, log_level="critical") as url:
+        anyio.run(main, url, backend=backend)
 
 
 # ------------------------------------------------------------------- 4. hostile Retry-After
