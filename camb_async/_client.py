@@ -203,7 +203,9 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
         return
     encoding = response.headers.get("content-encoding", "")
     inflater = _inflater(encoding)
-    raw_deflate: Any = False if encoding.strip().lower() == "deflate" else None
+    # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells which
+    # once it has seen two bytes (its header), so those are kept until then.
+    head: bytes | None = b"" if encoding.strip().lower() == "deflate" else None
     chunks: list[bytes] = []
     room = limit  # bytes still allowed
     # An encoding we do not inflate ourselves (br, zstd, stacked ones) goes through httpx's
@@ -212,13 +214,17 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
     async for data in source:
         while data:
             if inflater:
+                if head is not None:
+                    head += data
                 try:
                     out = inflater.decompress(data, min(room + 1, _INFLATE_STEP))
                 except zlib.error as exc:
-                    if raw_deflate is False and room == limit:  # "deflate" without zlib's
-                        inflater = raw_deflate = zlib.decompressobj(-zlib.MAX_WBITS)  # header
+                    if head is not None:  # not a zlib header: raw deflate, from the start
+                        inflater, data, head = zlib.decompressobj(-zlib.MAX_WBITS), head, None
                         continue
                     raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
+                if head is not None and len(head) >= 2:
+                    head = None  # a valid zlib header: decided
                 # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
                 data = b"" if inflater.eof else inflater.unconsumed_tail
             else:

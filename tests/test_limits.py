@@ -22,6 +22,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from camb_async import (
     APIError,
@@ -32,7 +34,7 @@ from camb_async import (
     TaskStatus,
     UnprocessableEntityError,
 )
-from camb_async._client import DEFAULT_MAX_RESPONSE_BYTES
+from camb_async._client import DEFAULT_MAX_RESPONSE_BYTES, _AnswerTooLarge, _read_capped
 from camb_async.testing import serve_in_thread
 
 from .conftest import API_KEY
@@ -186,6 +188,39 @@ async def test_an_endless_answer_ends_at_the_cap(own_client: bool) -> None:
         with pytest.raises(APIError, match="max_response_bytes"):
             await client.dub.status("t1")
     assert sent <= (1 << 20) // (1 << 16) + 2
+
+
+class Pieces(httpx.AsyncByteStream):
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=3000) | st.builds(lambda n: b"{" * n, st.integers(0, 5000)),
+       encoding=st.sampled_from(["identity", "gzip", "deflate", "raw-deflate"]),
+       cuts=st.lists(st.integers(0, 6000), max_size=8), cap=st.integers(1, 4000),
+       status=st.sampled_from([200, 500]))
+async def test_the_capped_reader_reads_what_aread_would_up_to_the_cap(
+        body: bytes, encoding: str, cuts: list[int], cap: int, status: int) -> None:
+    """However the network splits the (compressed) bytes: an answer within the cap reads
+    exactly as httpx's own decoding would; past it a 2xx raises, an error answer is cut."""
+    wire = encode(body, encoding)
+    bounds = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    pieces = [wire[a:b] for a, b in itertools.pairwise(bounds)]
+    header = {"identity": {}, "raw-deflate": {"content-encoding": "deflate"}}.get(
+        encoding, {"content-encoding": encoding})
+    response = httpx.Response(status, headers=header, stream=Pieces(pieces))
+    if len(body) > cap and status < 300:
+        with pytest.raises(_AnswerTooLarge):
+            await _read_capped(response, cap)
+    else:
+        await _read_capped(response, cap)
+        assert response.content == body[:cap]
 
 
 # ------------------------------------------------------------------- 2. nested JSON

@@ -17,6 +17,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from camb_async import (
     APIConnectionError,
@@ -417,3 +419,17 @@ def test_a_key_the_server_echoes_is_redacted_over_real_sockets(
                 assert part not in text
     for part in PARTS:
         assert part not in caplog.text
+
+
+@given(key=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=8,
+                   max_size=64),
+       text=st.lists(st.text(max_size=30) | st.tuples(st.integers(0, 63), st.integers(8, 64)),
+                     max_size=8))
+def test_redact_leaves_no_run_of_eight_key_characters(key: str, text: list[Any]) -> None:
+    """Any text, with any parts (8+ characters) of the key spliced in anywhere."""
+    from camb_async._errors import redact
+
+    parts = [p if isinstance(p, str) else key[p[0]:p[0] + p[1]] for p in text]
+    out = redact("".join(parts), key)
+    for i in range(len(key) - 7):
+        assert key[i:i + 8] not in out
