@@ -7,14 +7,19 @@ A raw-socket server in its own process (so its memory is not counted) answers
 
 * ``bomb``: a 300 MB JSON answer gzip'd to ~300 KB (``Content-Encoding: gzip``);
 * ``endless``: a chunked answer of 64 KiB chunks, as fast as the socket takes them, forever;
-* ``trickle``: a chunked answer of one byte every 50 ms, forever (no read ever times out).
+* ``trickle``: a chunked answer of one byte every 50 ms, forever (no read ever times out);
+* ``largest``: a valid status answer just under the cap (what an accepted answer costs: the
+  body, then the json module's str copy and the parsed string).
 
 Each (backend, case) runs in a fresh client process with the defaults (``max_response_bytes``
 8 MiB, ``max_retries=3``) and ``timeout=2``: after a warm-up call it prints the error the call
 ended with, the elapsed time, and how far the process's peak RSS (VmHWM) rose above its RSS
 before the call.
-``--reference`` adds raw ``httpx.AsyncClient.get(...).json()`` on the bomb (what reading an
-answer whole costs; several hundred MB).
+RSS includes memory the allocator keeps after Python freed it (on trio httpcore's 64 KiB
+reads leave ~1 cap of it for the largest answer); tracemalloc shows Python's own peak for
+that answer at 2x the cap on both loops. ``--reference`` adds raw
+``httpx.AsyncClient.get(...).json()`` on the bomb (what reading an answer whole costs;
+several hundred MB).
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from _servers import free_port, wait_for_port  # noqa: E402
 
 INFLATED = 300 * 1024 * 1024
 TIMEOUT = 2.0
-CASES = ("bomb", "endless", "trickle")
+CASES = ("bomb", "endless", "trickle", "largest")
+#: A valid answer just under the default cap: what an answer the client accepts can cost.
+LARGEST = 8 * 1024 * 1024 - 64
 
 
 # ----------------------------------------------------------------------------- the server
@@ -61,6 +68,14 @@ async def serve(port: int) -> None:
             if case == "ok":  # the warm-up: transport imported, connection pool built
                 body = b'{"status": "PENDING"}'
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+                return
+            if case == "largest":
+                head = b'{"status": "PENDING", "pad": "'
+                body = head + b"x" * (LARGEST - len(head) - 2) + b'"}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"connection: close\r\n"
                              b"content-length: %d\r\n\r\n" % len(body) + body)
                 await writer.drain()
                 return
@@ -170,7 +185,8 @@ def main() -> int:
     print("| client | loop | answer | peak RSS rise | elapsed | ended with |")
     print("|---|---|---|---|---|---|")
     names = {"bomb": "gzip, 300 MB inflated", "endless": "endless, 64 KiB chunks",
-             "trickle": "endless, 1 byte / 50 ms"}
+             "trickle": "endless, 1 byte / 50 ms",
+             "largest": "valid JSON, 8 MiB - 64 B (accepted)"}
     for row in rows:
         print(f"| {row['client']} | {row['backend']} | {names[row['case']]} | "
               f"{row['peak_rise_mib']} MiB | {row['elapsed_s']} s | {row['outcome']} |")

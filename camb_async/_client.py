@@ -947,11 +947,21 @@ class AsyncCambClient:
         path: str,
         parse: Callable[[Any], T],
     ) -> T:
-        body = response.content
-        if self.__echo.search(body) is not None:  # never into a result or a message
-            body = self._redact(body.decode("latin-1")).encode("latin-1")
+        raw = response.content
+        if self.__echo.search(raw) is not None:  # never into a result or a message
+            raw = self._redact(raw.decode("latin-1")).encode("latin-1")
+        body: bytes | str = raw
         try:
-            data = json.loads(body) if body else None
+            if raw:
+                # Decoded here (as json.loads(bytes) would), then the bytes let go: otherwise
+                # the body, its text and the parsed values of a large answer would all be
+                # alive at once (3x max_response_bytes); this way at most 2x.
+                body = raw.decode(json.detect_encoding(raw), "surrogatepass")
+                del raw
+                response._content = b""
+                data = json.loads(body)
+            else:
+                data = None
         except (ValueError, RecursionError) as exc:
             # RecursionError: the json module has no depth limit of its own, and catching its
             # error costs nothing on the hot path (a depth-counting pre-scan would).

@@ -169,6 +169,27 @@ async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_clien
 
 
 @both_branches
+async def test_an_accepted_answer_costs_at_most_about_twice_its_size(own_client: bool) -> None:
+    """A valid 2 MiB answer (under a 2 MiB cap): the chunks and their join, then the text
+    and the parsed string, never the bytes, the text and the parsed string at once."""
+    cap = 2 << 20
+    log: list[float] = []
+    transport = streamed(200, json_of_size(cap), "identity", log, chunk=1 << 16)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        async with make(transport, own_client, max_response_bytes=cap) as client:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            result = await client.dub.status("t1")
+            peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert result.status is TaskStatus.PENDING
+    assert peak < 2.5 * cap, peak / cap
+
+
+@both_branches
 async def test_an_endless_answer_ends_at_the_cap(own_client: bool) -> None:
     """A body that never ends (a chunk every millisecond) is cut at the cap, not at the
     deadline (by then it would have sent 64 MB)."""
