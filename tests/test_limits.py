@@ -244,6 +244,45 @@ async def test_the_capped_reader_reads_what_aread_would_up_to_the_cap(
         assert response.content == body[:cap]
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_cap_holds_over_real_sockets(backend: str) -> None:
+    """Through uvicorn (aiohttp's transport on asyncio, httpcore on trio): a valid 16 MiB
+    answer, plain in 64 KiB chunks or as a 16 KiB gzip body, is refused at the default cap
+    (before: both returned a StatusResult)."""
+    size = 2 * DEFAULT_MAX_RESPONSE_BYTES
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    bomb = packer.compress(json_of_size(size)) + packer.flush()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        gzipped = scope["path"].endswith("gzip")
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"),
+            *([(b"content-encoding", b"gzip")] if gzipped else [])]})
+        if gzipped:
+            await send({"type": "http.response.body", "body": bomb})
+            return
+        body = json_of_size(size)
+        for start in range(0, size, 1 << 16):
+            await send({"type": "http.response.body", "body": body[start:start + (1 << 16)],
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main(url: str) -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None) as client:
+            for task in ("plain", "gzip"):
+                with pytest.raises(APIError, match="max_response_bytes") as info:
+                    await client.dub.status(task)
+                errors.append(info.value)
+        return errors
+
+    with serve_in_thread(app, log_level="critical") as url:
+        errors = anyio.run(main, url, backend=backend)
+    assert [type(e) for e in errors] == [APIError, APIError]
+
+
 # ------------------------------------------------------------------- 2. nested JSON
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
