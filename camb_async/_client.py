@@ -15,7 +15,10 @@ import json
 import logging
 import math
 import os
+import re
 import time
+import weakref
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,6 +30,7 @@ import sniffio
 from ._adaptive import CompletionStats
 from ._budget import Budget, RateBudget
 from ._errors import (
+    MIN_ECHO,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -36,10 +40,17 @@ from ._errors import (
     NotFoundError,
     RateLimitError,
     UnprocessableEntityError,
+    redact,
     snippet,
 )
 from ._hooks import RequestHooks
-from ._models import ModelError, StatusResult, TaskKind, parse_validation_details
+from ._models import (
+    ModelError,
+    StatusResult,
+    TaskKind,
+    ValidationDetail,
+    parse_validation_details,
+)
 from ._resources import (
     DubResource,
     TaskResource,
@@ -66,6 +77,36 @@ MAX_RETRY_AFTER = 60.0
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
+class _KeyFilter(logging.Filter):
+    """Redacts the key of every live client from the log records of the loggers that
+    could carry a server's echo of it (httpcore logs response headers at DEBUG, httpx the
+    reason phrase at INFO). Runs only for records that are emitted: free when logging is off.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: weakref.WeakSet[AsyncCambClient] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        clients = list(self.clients)
+        if clients:
+            try:
+                message = clean = record.getMessage()
+            except Exception:  # a malformed record: the handler reports it, not us
+                return True
+            for client in clients:
+                clean = client._redact(clean)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
+
+
+_KEY_FILTER = _KeyFilter()
+for _name in ("camb_async", "httpx", "httpcore.connection", "httpcore.http11",
+              "httpcore.http2", "httpcore.proxy", "httpcore.socks", "aiohttp.client"):
+    logging.getLogger(_name).addFilter(_KEY_FILTER)
+
+
 def _is_loopback(host: str) -> bool:
     if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
@@ -75,8 +116,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait, capped at ``MAX_RETRY_AFTER``; None if absent/bad.
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
+                      cap: float = MAX_RETRY_AFTER) -> float | None:
+    """Seconds the server asked us to wait, capped at ``cap``; None if absent/bad.
 
     Accepts ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as (fractional)
     seconds or an HTTP date. Negative or unparseable values count as absent.
@@ -105,7 +147,130 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
             value = max(value, 0.0)
     if not math.isfinite(value) or value < 0:
         return None
-    return min(value, MAX_RETRY_AFTER)
+    return min(value, cap)
+
+
+# ------------------------------------------------------------------ reading an answer
+#
+# Kept in small helpers so the read path stays one place: ``_DirectSender.send`` and the
+# caller-client branch of ``_request`` both read every answer through ``_read_capped``.
+
+#: Default ``max_response_bytes``: a JSON answer past this (after decompression) is refused.
+#: A status answer is ~100 bytes; a full batch of results a few hundred KiB.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: Most bytes one zlib step may inflate to (memory per step, whatever the ratio).
+_INFLATE_STEP = 256 * 1024
+
+
+class _AnswerTooLarge(Exception):
+    """A 2xx answer passed ``max_response_bytes``; ``_request`` raises it as ``APIError``."""
+
+    def __init__(self, limit: int, status_code: int) -> None:
+        super().__init__(f"answer larger than max_response_bytes={limit}")
+        self.limit = limit
+        self.status_code = status_code
+
+
+def _inflater(encoding: str) -> Any:
+    """A zlib decompressor for ``Content-Encoding`` gzip/deflate, ``None`` for identity, or
+    ``False`` for anything else (left to httpx's decoders)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    return False
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> None:
+    """Read the body into ``response.content``, decompressed, never more than ``limit`` bytes.
+
+    Own code rather than ``response.aread()``: aread has no cap, and httpx's decoders inflate
+    each network chunk whole (one 64 KiB gzip chunk can become 64 MB) before anyone could
+    count. Here zlib's ``max_length`` bounds every inflate step to ``_INFLATE_STEP``, so the
+    memory one answer takes stays within about twice ``limit`` (the pieces, then their join)
+    whatever it inflates to. A 2xx answer past ``limit`` raises ``_AnswerTooLarge``; an error
+    answer is only cut short (its snippet is all anyone reads; its status decides a retry).
+    """
+    status = response.status_code
+    if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
+        if len(response.content) > limit:
+            if status < 300:
+                raise _AnswerTooLarge(limit, status)
+            response._content = response.content[:limit]
+        return
+    encoding = response.headers.get("content-encoding", "")
+    inflater = _inflater(encoding)
+    # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells which
+    # once it has seen two bytes (its header), so those are kept until then.
+    head: bytes | None = b"" if encoding.strip().lower() == "deflate" else None
+    chunks: list[bytes] = []
+    room = limit  # bytes still allowed
+    # An encoding we do not inflate ourselves (br, zstd, stacked ones) goes through httpx's
+    # decoders: still counted and capped, only a single chunk is not bounded while inflating.
+    source = response.aiter_bytes() if inflater is False else response.aiter_raw()
+    async for data in source:
+        while data:
+            if inflater:
+                if head is not None:
+                    head += data
+                try:
+                    out = inflater.decompress(data, min(room + 1, _INFLATE_STEP))
+                except zlib.error as exc:
+                    if head is not None:  # not a zlib header: raw deflate, from the start
+                        inflater, data, head = zlib.decompressobj(-zlib.MAX_WBITS), head, None
+                        continue
+                    raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
+                if head is not None and len(head) >= 2:
+                    head = None  # a valid zlib header: decided
+                # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
+                data = b"" if inflater.eof else inflater.unconsumed_tail
+            else:
+                out, data = data, b""
+            if len(out) > room:
+                if status < 300:
+                    raise _AnswerTooLarge(limit, status)
+                chunks.append(out[:room])
+                response._content = b"".join(chunks)
+                return
+            room -= len(out)
+            chunks.append(out)
+    if inflater:
+        tail = inflater.flush()
+        if len(tail) > room and status < 300:
+            raise _AnswerTooLarge(limit, status)
+        chunks.append(tail[:room])
+    response._content = b"".join(chunks)  # what aread() would set: .content works as usual
+
+
+class _UploadStream(httpx.AsyncByteStream):
+    """A multipart request body that calls ``uploaded`` once its last byte is handed over.
+
+    An upload may take as long as bytes keep flowing (httpx's write timeout guards each
+    write), so its attempt has no overall deadline until then; from then on the wait for
+    the answer is bounded by ``timeout`` like any request's (see ``_request``).
+    """
+
+    __slots__ = ("_stream", "_uploaded")
+
+    def __init__(self, stream: httpx.AsyncByteStream, uploaded: Callable[[], None]) -> None:
+        self._stream = stream
+        self._uploaded = uploaded
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+        self._uploaded()
+
+
+def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[[], None]:
+    """Start ``scope``'s deadline (``timeout`` from now) the first time this is called."""
+    def start() -> None:
+        if scope.deadline == math.inf:
+            scope.deadline = anyio.current_time() + timeout
+    return start
 
 
 
@@ -307,11 +472,12 @@ class _DirectSender:
     ``http_client`` keeps going through ``AsyncClient.request`` (its auth, hooks, cookies).
     """
 
-    __slots__ = ("_http", "_transport", "_headers", "_timeout")
+    __slots__ = ("_http", "_transport", "_headers", "_timeout", "_max_bytes")
 
     def __init__(self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport,
-                 headers: Mapping[str, str], timeout: float) -> None:
+                 headers: Mapping[str, str], timeout: float, max_bytes: int) -> None:
         self._http = http
+        self._max_bytes = max_bytes
         self._transport = transport
         self._headers = httpx.Headers({
             "accept-encoding": "gzip, deflate",
@@ -322,17 +488,22 @@ class _DirectSender:
 
     async def send(self, method: str, url: str, json_body: Any,
                    params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
-                   files: Any, stream: bool = False) -> httpx.Response:
+                   files: Any, stream: bool = False,
+                   uploaded: Callable[[], None] | None = None) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         request = httpx.Request(method, httpx.URL(url), params=params, headers=self._headers,
                                 json=json_body, data=data, files=files,
                                 extensions={"timeout": self._timeout})
+        if uploaded is not None:
+            request.stream = _UploadStream(request.stream, uploaded)  # type: ignore[arg-type]
         response = await self._transport.handle_async_request(request)
         response.request = request
         if not stream:  # a streamed body is read (and closed) by its ``BodyStream``
             try:
-                await response.aread()
+                if uploaded is not None:
+                    uploaded()  # an answer before the whole upload: bound reading it all the same
+                await _read_capped(response, self._max_bytes)
             finally:
                 await response.aclose()
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
@@ -348,6 +519,17 @@ class AsyncCambClient:
     One client = one pooled HTTP client + one rate budget shared by every request it makes
     (status checks, handles, bulk polls, results). Use it as ``async with`` or call
     ``aclose()``; the HTTP client is opened lazily on first use inside the event loop.
+
+    Limits every call respects: a JSON answer larger than ``max_response_bytes`` (counted
+    after decompression; default 8 MiB) is an ``APIError``, not retried. Each attempt ends
+    within ``timeout`` (an upload may run while its bytes flow, each write bounded by the
+    write timeout; the wait for the answer after it is bounded by ``timeout``). Between
+    attempts the client waits a jittered backoff of at most 8 s, or the server's
+    Retry-After when it is at most ``max_retry_wait`` (default 60 s); a longer Retry-After
+    is not slept on: the error (``RateLimitError`` with ``retry_after`` on a 429) is raised
+    at once. So one call, retries included, takes at most
+    ``(max_retries + 1) * timeout + max_retries * max(max_retry_wait, 8)`` seconds plus any
+    wait for the rate budget (whose 429 pause is capped at its own ``max_pause``).
     """
 
     dub: DubResource
@@ -371,6 +553,8 @@ class AsyncCambClient:
         verify: bool = True,
         hooks: RequestHooks | None = None,
         completion_stats: CompletionStats | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_retry_wait: float = MAX_RETRY_AFTER,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
         if key is None or not isinstance(key, str) or not key.strip():
@@ -398,15 +582,34 @@ class AsyncCambClient:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both")
+        if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+                or max_response_bytes < 1):
+            raise ValueError("max_response_bytes must be a positive integer, got "
+                             f"{max_response_bytes!r}")
+        if (isinstance(max_retry_wait, bool) or not isinstance(max_retry_wait, (int, float))
+                or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
+            raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
+                             f"{max_retry_wait!r}")
         if budget is None:
             budget = RateBudget(rate_limit, max_concurrency)
         elif not isinstance(budget, Budget):
             raise TypeError("budget must provide acquire(), release() and penalize()")
 
         self.__key = key
+        # Aligned pieces of the key: any echo of 2 * MIN_ECHO - 1 or more of its characters
+        # contains one, so one regex search (~0.3 us) checks a 2xx body (see _decode).
+        raw = key.encode()
+        pieces = {raw[i:i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
+        pieces.add(raw[-MIN_ECHO:])
+        self.__echo = re.compile(b"|".join(re.escape(p) for p in sorted(pieces)))
+        _KEY_FILTER.clients.add(self)
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
         self.max_retries = max_retries
+        #: Largest JSON answer read (bytes, after decompression); a larger one is APIError.
+        self.max_response_bytes = max_response_bytes
+        #: Longest Retry-After slept on; a longer one raises (RateLimitError on a 429) at once.
+        self.max_retry_wait = float(max_retry_wait)
         self.budget: Budget = budget
         self._verify = verify
         if hooks is not None and not isinstance(hooks, RequestHooks):
@@ -446,6 +649,10 @@ class AsyncCambClient:
         }
 
     # ------------------------------------------------------------------ public surface
+
+    def _redact(self, text: str) -> str:
+        """``text`` without this client's key (or any echoed part of it)."""
+        return redact(text, self.__key)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -557,7 +764,8 @@ class AsyncCambClient:
                 follow_redirects=False,  # the x-api-key header must not follow a redirect
                 trust_env=False,
             )
-            self._direct = _DirectSender(self._http, transport, self._headers, self.timeout)
+            self._direct = _DirectSender(self._http, transport, self._headers, self.timeout,
+                                         self.max_response_bytes)
         return self._http
 
     async def _request(
@@ -610,13 +818,16 @@ class AsyncCambClient:
                 await budget.acquire()
             # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
             # server trickling a byte per read (or an in-process transport, which has none)
-            # could otherwise hold the call forever. Uploads keep only the per-phase timeouts.
+            # could otherwise hold the call forever. An upload may run while bytes flow (the
+            # write timeout guards it); the deadline starts once it is sent (_UploadStream).
             scope = anyio.CancelScope(
                 deadline=anyio.current_time() + self.timeout if files is None else math.inf)
+            uploaded = None if files is None else _answer_deadline(scope, self.timeout)
             self._scopes.add(scope)
             response: httpx.Response | None = None
             body: BodyStream | None = None  # streaming mode: a 2xx answer's body
             failure: Exception | None = None
+            too_large: _AnswerTooLarge | None = None
             if hooks is not None:
                 hooks._start(method, path)
                 started = anyio.current_time()
@@ -627,9 +838,9 @@ class AsyncCambClient:
                                                                     url, path, params)
                     elif direct is not None:
                         response = await direct.send(method, url, json_body, params, data,
-                                                     files)
+                                                     files, uploaded=uploaded)
                     else:
-                        response = await http.request(
+                        request = http.build_request(
                             method,
                             url,
                             json=json_body,
@@ -637,10 +848,22 @@ class AsyncCambClient:
                             data=data,
                             files=files,
                             headers=self._headers,  # a caller's client has none of ours
-                            # The x-api-key header must never follow a redirect to another
-                            # host, whatever the caller's own client is configured to do.
-                            follow_redirects=False,
                         )
+                        if uploaded is not None:
+                            request.stream = _UploadStream(
+                                request.stream, uploaded)  # type: ignore[arg-type]
+                        # The x-api-key header must never follow a redirect to another
+                        # host, whatever the caller's own client is configured to do.
+                        streamed = await http.send(request, stream=True, follow_redirects=False)
+                        try:
+                            if uploaded is not None:
+                                uploaded()
+                            await _read_capped(streamed, self.max_response_bytes)
+                        finally:
+                            await streamed.aclose()
+                        response = streamed
+            except _AnswerTooLarge as exc:
+                too_large = exc
             except httpx.RequestError as exc:
                 # Transport failures and timeouts, but also an undecodable body
                 # (DecodingError) or TooManyRedirects: all "no usable answer".
@@ -648,7 +871,8 @@ class AsyncCambClient:
             except RuntimeError as exc:  # httpx: "Cannot send a request, ... has been closed."
                 if not self._closed:
                     raise APIConnectionError(
-                        f"{method} {path}: the HTTP client is closed ({snippet(str(exc), 80)})"
+                        f"{method} {path}: the HTTP client is closed "
+                        f"({snippet(str(exc), 80, self.__key)})"
                     ) from exc
             finally:
                 self._scopes.discard(scope)
@@ -661,6 +885,12 @@ class AsyncCambClient:
                     with anyio.CancelScope(shield=True):
                         await body.aclose()
                 raise ClientClosedError("the AsyncCambClient was closed during the request")
+            if too_large is not None:  # not retried: the same answer would come again
+                raise APIError(
+                    f"{method} {path}: answer {too_large.status_code} is larger than "
+                    f"max_response_bytes ({too_large.limit} bytes)",
+                    status_code=too_large.status_code, method=method, path=path,
+                )
             if response is None and failure is None:  # the attempt's deadline expired
                 failure = httpx.ReadTimeout(f"no complete answer within {self.timeout}s")
 
@@ -679,19 +909,23 @@ class AsyncCambClient:
                         return parse(body)
                     return self._decode(response, method, path, parse)
                 if status == 429:
-                    retry_after = parse_retry_after(response.headers)
-                    budget.penalize(retry_after)
+                    # Uncapped here: a wait past max_retry_wait is the caller's to decide.
+                    retry_after = parse_retry_after(response.headers, cap=math.inf)
+                    pause = None if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
+                    budget.penalize(pause)
                     if hooks is not None or logger.isEnabledFor(logging.INFO):
-                        self._throttled(hooks, method, path, retry_after)
+                        self._throttled(hooks, method, path, pause)
                     retryable = True
                 else:
                     retryable = idempotent and (status in RETRY_STATUSES or status >= 500)
                     if retryable:
-                        retry_after = parse_retry_after(response.headers)
+                        retry_after = parse_retry_after(response.headers, cap=math.inf)
                 error = self._status_error(response, method, path, retry_after)
 
             if not retryable or attempt >= retries:
                 raise error
+            if retry_after is not None and retry_after > self.max_retry_wait:
+                raise error  # not slept on: RateLimitError.retry_after tells the caller
             if retry_after is None:
                 if waits is None:
                     waits = backoff.expo(base=2, factor=0.25, max_value=8.0)
@@ -724,8 +958,8 @@ class AsyncCambClient:
             request = http.build_request(method, url, params=params, headers=self._headers)
             response = await http.send(request, stream=True, follow_redirects=False)
         try:
-            if response.status_code >= 300:
-                await response.aread()
+            if response.status_code >= 300:  # read like any answer: capped, then closed
+                await _read_capped(response, self.max_response_bytes)
                 await response.aclose()
                 return response, None
             chunks = aiter(response.aiter_bytes())
@@ -757,14 +991,30 @@ class AsyncCambClient:
         path: str,
         parse: Callable[[Any], T],
     ) -> T:
-        body = response.content
+        raw = response.content
+        if self.__echo.search(raw) is not None:  # never into a result or a message
+            raw = self._redact(raw.decode("latin-1")).encode("latin-1")
+        body: bytes | str = raw
         try:
-            data = json.loads(body) if body else None
-        except ValueError:
+            if raw:
+                # Decoded here (as json.loads(bytes) would), then the bytes let go: otherwise
+                # the body, its text and the parsed values of a large answer would all be
+                # alive at once (3x max_response_bytes); this way at most 2x.
+                body = raw.decode(json.detect_encoding(raw), "surrogatepass")
+                del raw
+                response._content = b""
+                data = json.loads(body)
+            else:
+                data = None
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: the json module has no depth limit of its own, and catching its
+            # error costs nothing on the hot path (a depth-counting pre-scan would).
+            what = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
             raise APIError(
-                f"{method} {path}: answer {response.status_code} is not JSON: {snippet(body)!r}",
+                f"{method} {path}: answer {response.status_code} is {what}: "
+                f"{snippet(body, secret=self.__key)!r}",
                 status_code=response.status_code,
-                body=snippet(body),
+                body=snippet(body, secret=self.__key),
                 method=method,
                 path=path,
             ) from None
@@ -772,15 +1022,15 @@ class AsyncCambClient:
             return parse(data)
         except ModelError as exc:
             raise APIError(
-                f"{method} {path}: unexpected answer ({exc}): {snippet(body)!r}",
+                self._redact(f"{method} {path}: unexpected answer ({exc}): ")
+                + repr(snippet(body, secret=self.__key)),
                 status_code=response.status_code,
-                body=snippet(body),
+                body=snippet(body, secret=self.__key),
                 method=method,
                 path=path,
             ) from None
 
-    @staticmethod
-    def _transport_error(exc: Exception, method: str, path: str) -> APIConnectionError:
+    def _transport_error(self, exc: Exception, method: str, path: str) -> APIConnectionError:
         kind = type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(f"{method} {path}: {kind} (request timed out)")
@@ -791,15 +1041,14 @@ class AsyncCambClient:
             if cause is None or str(cause):
                 break
             cause = cause.__cause__ or cause.__context__
-        detail = snippet(str(cause or ""), 120)
+        detail = snippet(str(cause or ""), 120, self.__key)  # parser errors quote bytes
         return APIConnectionError(f"{method} {path}: {kind}: {detail}")
 
-    @staticmethod
     def _status_error(
-        response: httpx.Response, method: str, path: str, retry_after: float | None
+        self, response: httpx.Response, method: str, path: str, retry_after: float | None
     ) -> APIError:
         status = response.status_code
-        body = snippet(response.content)
+        body = snippet(response.content, secret=self.__key)
         common: dict[str, Any] = {"status_code": status, "body": body, "method": method,
                                   "path": path}
         message = f"{method} {path}: HTTP {status}: {body!r}"
@@ -810,10 +1059,11 @@ class AsyncCambClient:
         if status == 422:
             try:
                 decoded = json.loads(response.content)
-            except ValueError:
+            except (ValueError, RecursionError):
                 decoded = None
             return UnprocessableEntityError(
-                message, detail=parse_validation_details(decoded), **common
+                message, detail=[self._redact_detail(d) for d in
+                                 parse_validation_details(decoded)], **common
             )
         if status == 429:
             return RateLimitError(message, retry_after=retry_after, **common)
@@ -821,6 +1071,11 @@ class AsyncCambClient:
             return InternalServerError(message, **common)
         return APIError(message, **common)
 
+    def _redact_detail(self, detail: ValidationDetail) -> ValidationDetail:
+        """A 422 entry without the key: servers quote the header value they rejected."""
+        loc = [self._redact(part) if isinstance(part, str) else part for part in detail.loc]
+        return ValidationDetail(loc=loc, msg=self._redact(detail.msg),
+                                type=self._redact(detail.type))
 
 class BodyStream:
     """A 2xx answer's body, read chunk by chunk (``async for``), never held whole.

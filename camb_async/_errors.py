@@ -36,19 +36,62 @@ __all__ = [
     "TaskFailedError",
     "UnprocessableEntityError",
     "WaitTimeoutError",
+    "redact",
     "snippet",
 ]
 
 SNIPPET_LIMIT = 200
+REDACTED = "[redacted]"
+#: Echoes of the key this long or longer (any part of it) are redacted; a shorter run of its
+#: characters is as likely to be chance as an echo, and gives away too little to matter.
+MIN_ECHO = 8
 
 
-def snippet(body: bytes | str, limit: int = SNIPPET_LIMIT) -> str:
-    """A bounded, printable excerpt of a response body for error messages."""
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with the key and every run of ``MIN_ECHO``+ characters of it replaced.
+
+    Servers echo what they were sent (debug pages, proxies, WAF pages, a 422 quoting the
+    header it rejected), sometimes only a part of it, and a snippet cut may split the key:
+    so any part of the key counts, not only the whole. Own code (no library does this):
+    one ``str.find`` per ``MIN_ECHO``-character piece of the key, so its cost is a few
+    microseconds for a snippet, and it runs only on error paths and log lines.
+    """
+    if not secret or not text or len(secret) < 4:
+        return text
+    if len(secret) < MIN_ECHO:
+        return text.replace(secret, REDACTED)
+    hits: list[tuple[int, int]] = []
+    for i in range(len(secret) - MIN_ECHO + 1):
+        piece = secret[i:i + MIN_ECHO]
+        at = text.find(piece)
+        while at != -1:
+            hits.append((at, at + MIN_ECHO))
+            at = text.find(piece, at + 1)
+    if not hits:
+        return text
+    runs: list[list[int]] = []  # overlapping or touching hits merged: one mark per echo
+    for start, end in sorted(hits):
+        if runs and start <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    out: list[str] = []
+    done = 0
+    for start, end in runs:
+        out += (text[done:start], REDACTED)
+        done = end
+    out.append(text[done:])
+    return "".join(out)
+
+
+def snippet(body: bytes | str, limit: int = SNIPPET_LIMIT, secret: str | None = None) -> str:
+    """A bounded, printable excerpt of a response body for error messages, the key (any
+    echo of it, see ``redact``) replaced before the cut."""
     if isinstance(body, bytes):
         text = body[: limit * 4].decode("utf-8", "replace")
     else:
         text = body[: limit * 4]
-    text = text.replace("\r", " ").replace("\n", " ")
+    text = redact(text.replace("\r", " ").replace("\n", " "), secret)
     if len(text) > limit:
         return text[:limit] + "…"
     return text

@@ -149,14 +149,22 @@ def _str_or_int(value: Any, _: Any) -> str | int:
     raise TypeError(f"expected a string or integer, got {type(value).__name__}")
 
 
+#: Run ids are positive and fit the API's 64-bit signed integers.
+_MAX_RUN_ID = 2**63 - 1
+
+
 def _optional_run_id(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 20:
-        return int(value)
-    raise TypeError(f"run_id: expected an integer, got {type(value).__name__}")
+        run_id = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+        run_id = int(value)  # isascii: int() also reads other scripts' digits, and not "²"
+    else:
+        raise TypeError(f"run_id: expected an integer, got {type(value).__name__}")
+    if not 0 < run_id <= _MAX_RUN_ID:
+        raise ValueError(f"run_id out of range (1 to 2**63-1): {str(run_id)[:30]}")
+    return run_id
 
 
 def _optional_message(value: Any) -> str | dict[str, Any] | None:
@@ -215,7 +223,7 @@ def parse_status(kind: TaskKind, task_id: str, data: Any) -> StatusResult:
             _optional_message(data.get("message")),
             _optional_str(data.get("exception_reason"), "exception_reason"),
         )
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ModelError(str(exc)) from None
 
 

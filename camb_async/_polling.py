@@ -179,6 +179,12 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.status_code < 300
 
 
+def _for_task(exc: ValueError, kind: TaskKind, task_id: str) -> ValueError:
+    """``exc`` with ``kind`` and ``task_id`` set, like a ``CambError`` reported for a task."""
+    exc.kind, exc.task_id = kind, task_id  # type: ignore[attr-defined]
+    return exc
+
+
 def _fatal(exc: BaseException) -> bool:
     """Errors that end the whole call at once: every other request would fail the same way."""
     return isinstance(exc, (AuthenticationError, ClientClosedError))
@@ -266,6 +272,8 @@ class _Poller:
         self.order: list[_Task] = []
         self.unique: list[_Task] = []
         self.heap: list[tuple[float, int, _Task]] = []
+        #: Tasks whose id was refused (``return_exceptions=True``): reported when a run starts.
+        self.refused: list[_Task] = []
         self.seq = itertools.count()
         self.in_flight = 0
         self.fatal: BaseException | None = None
@@ -303,7 +311,17 @@ class _Poller:
             key = (kind, task_id)
             task = by_key.get(key)
             if task is None:
-                check_task_id(task_id)  # validates the id before any request
+                try:
+                    check_task_id(task_id)  # validates the id before any request
+                except ValueError as exc:
+                    if not self.return_exceptions:
+                        raise
+                    # Its own slot's error; the id is never sent, the others are polled.
+                    task = by_key[key] = _Task(kind, task_id, PollPolicy.for_kind(kind), now)
+                    task.error = _for_task(exc, kind, task_id)
+                    self.refused.append(task)
+                    order.append(task)
+                    continue
                 policy = policies.get(kind)
                 if policy is None:
                     chosen = (self.kind_policies.get(kind) or self.policy
@@ -327,6 +345,9 @@ class _Poller:
         items: in-flight polls finish, no new one starts) or the caller's deadline; never
         raises from workers. ``final=False``: more runs follow, so don't report unfinished
         tasks to the completion statistics yet."""
+        refused, self.refused = self.refused, []
+        for task in refused:
+            self._finish(task)
         n_workers = max(1, min(getattr(self.client.budget, "max_concurrency", 16),
                                len(self.unique)))
         scopes = self.client._scopes  # aclose() cancels these: workers between polls too

@@ -77,6 +77,11 @@ def check_task_id(task_id: object) -> str:
         raise ValueError(f"task_id {task_id!r} is a relative path segment")
     if _CONTROL.search(task_id) is not None:
         raise ValueError(f"task_id contains control characters: {task_id[:60]!r}")
+    if not task_id.isascii():
+        try:  # a lone surrogate ("\udcff", what undecodable argv bytes become) cannot be sent
+            task_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"task_id is not valid Unicode text: {task_id[:60]!r}") from None
     return task_id
 
 
@@ -187,10 +192,10 @@ class TaskResource:
                 try:
                     got = await client._request("POST", route.batch_path, parse,
                                                 json_body={"run_ids": chunk})
-                except CambError as exc:
+                except Exception as exc:  # stored, then raised alone: never an ExceptionGroup
                     from ._polling import _fatal
 
-                    if collect_errors and not _fatal(exc):
+                    if collect_errors and isinstance(exc, CambError) and not _fatal(exc):
                         out.update(dict.fromkeys(chunk, exc))
                         continue
                     failures.append(exc)

@@ -19,7 +19,7 @@ from ._errors import CambError, WaitTimeoutError
 from ._handle import TaskHandle, run_id_of
 from ._models import StatusResult, TaskKind
 from ._polling import PolicyArg, _fatal, iter_statuses
-from ._resources import DEFAULT_CHUNK_SIZE, check_chunk_size
+from ._resources import DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
@@ -54,6 +54,10 @@ async def gather_results(
         raise TypeError("tasks must be an iterable of task ids or handles, not one string")
     items = list(tasks)
     default_kind = None if kind is None else client.resource(kind).kind
+    if not return_exceptions:  # a bad id fails the call before any request, as elsewhere
+        for task in items:
+            if isinstance(task, str):
+                check_task_id(task)
     outcomes: dict[Hashable, Any] = {}  # (kind, task_id) -> error or (kind, run_id)
     fetched: dict[TaskKind, dict[int, Any]] = {}
     queued: dict[TaskKind, dict[int, None]] = {}
@@ -64,7 +68,7 @@ async def gather_results(
         try:
             got = await _fetch_kind(client, result_kind, run_ids, chunk_size,
                                     return_exceptions)
-        except CambError as exc:  # one error, not an ExceptionGroup, reaches the caller
+        except Exception as exc:  # one error, not an ExceptionGroup, reaches the caller
             failures.append(exc)
             scope.cancel()
             return
@@ -78,11 +82,13 @@ async def gather_results(
             async with statuses:
                 async for item in statuses:
                     if isinstance(item, BaseException):
-                        if (not isinstance(item, CambError) or _fatal(item)
-                                or not return_exceptions):
+                        if (not isinstance(item, (CambError, ValueError)) or _fatal(item)
+                                or not return_exceptions):  # ValueError: a refused task id
                             failures.append(item)
                             break
-                        outcomes[(item.kind, item.task_id)] = item
+                        # The poller sets kind and task_id on every error it reports.
+                        outcomes[(getattr(item, "kind", None),
+                                  getattr(item, "task_id", None))] = item
                         continue
                     key = (item.kind, item.task_id)
                     try:
@@ -153,8 +159,8 @@ async def _fetch_kind(client: AsyncCambClient, kind: TaskKind, run_ids: list[int
         async with limit:
             try:
                 got[run_id] = await resource._result(run_id)
-            except CambError as exc:
-                if return_exceptions and not _fatal(exc):
+            except Exception as exc:  # stored, then raised alone: never an ExceptionGroup
+                if return_exceptions and isinstance(exc, CambError) and not _fatal(exc):
                     got[run_id] = exc
                     return
                 errors.append(exc)

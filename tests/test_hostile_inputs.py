@@ -21,8 +21,10 @@ from camb_async import (
     ClientClosedError,
     PollPolicy,
     RateBudget,
+    StatusResult,
     TaskKind,
     TaskStatus,
+    gather_results,
     gather_statuses,
     iter_statuses,
 )
@@ -36,6 +38,7 @@ REFUSED_IDS: list[Any] = [
     "..", ".", "../dub/victim", "a/../../b", "/etc/passwd", "a/b", "a\\b", "..\\x",
     "a\r\nX-Injected: 1", "a\rb", "a\nb", "\r\n", "a\x00b", "\x00", "a\x7fb", "a\x85b",
     "a\tb", "", " ", "\t\n", "x" * 10_240, "y" * 513,
+    "\udcff", "a\ud800b", "task-\udc80\udcff",  # lone surrogates: undecodable argv/file bytes
 ]
 NON_STRING_IDS: list[Any] = [None, 0, 12, 1.5, b"abc", bytearray(b"abc"), ["a"], ("a",),
                              {"id": "a"}, object(), TaskKind.DUB.__class__]
@@ -271,4 +274,42 @@ async def test_bad_wait_timeout_is_refused(api: FakeCambAPI, client: AsyncCambCl
         await handle.wait(timeout=-1)
     with pytest.raises((ValueError, TypeError)):
         await handle.wait(timeout="10")  # type: ignore[arg-type]
+    assert api.log == []
+
+
+@pytest.mark.parametrize("bad_id", ["\udcff", "a\ud800b", "..", "a/b", "a\r\nb"],
+                         ids=repr)
+async def test_a_bad_id_is_a_per_slot_value_error_with_return_exceptions(
+        api: FakeCambAPI, client: AsyncCambClient, bad_id: str) -> None:
+    """With ``return_exceptions=True`` a bad id's slot holds its ValueError, it is never sent,
+    and the other tasks are polled as usual, in every bulk call."""
+    good = [api.add_task("dub", "fine-1"), api.add_task("dub", "fine-2")]
+    tasks = [good[0], bad_id, good[1], bad_id]
+
+    def check(out: list[Any]) -> None:
+        assert [type(x) for x in out][::2] == [StatusResult, StatusResult]
+        assert [x.task_id for x in out[::2]] == good
+        for error in out[1::2]:
+            assert isinstance(error, ValueError) and error.task_id == bad_id
+            assert len(str(error)) < 200
+
+    check(await gather_statuses(client, tasks, kind="dub", return_exceptions=True))
+    check(await client.gather_statuses(tasks, kind="dub", wait=False, return_exceptions=True))
+    for mode in ("bare", "with"):
+        it = iter_statuses(client, tasks, kind="dub", return_exceptions=True)
+        if mode == "with":
+            async with it:
+                items = [r async for r in it]
+        else:
+            items = [r async for r in it]
+        by_id = {x.task_id: x for x in items}
+        assert len(items) == 3 and isinstance(by_id[bad_id], ValueError)
+    results = await gather_results(client, tasks, kind="dub", return_exceptions=True)
+    assert isinstance(results[1], ValueError) and results[1] is results[3]
+    assert not isinstance(results[0], BaseException)
+    assert {r.path for r in api.log} <= {"/dub/fine-1", "/dub/fine-2", "/dubbing-results"}
+    # Without return_exceptions the whole call is refused before any request, as before.
+    api.log.clear()
+    with pytest.raises(ValueError):
+        await gather_results(client, tasks, kind="dub")
     assert api.log == []

@@ -17,6 +17,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from camb_async import (
     APIConnectionError,
@@ -307,3 +309,127 @@ async def test_default_transport_is_configured_to_verify_certificates() -> None:
         assert context.verify_mode is ssl.CERT_NONE  # the opt-out is explicit and honoured
     finally:
         await insecure.aclose()
+
+
+# ------------------------------------------------------------------- the key echoed back
+
+PARTS = [SECRET, SECRET[:20], SECRET[8:], SECRET[-16:], SECRET[5:21]]
+
+
+def echoing(request: httpx.Request) -> httpx.Response:
+    """An error page of the kind debug endpoints, proxies and WAFs serve: it quotes the
+    request's headers (the key among them) in its body, a header and its reason phrase."""
+    headers = "\n".join(f"{name}: {value}" for name, value in request.headers.items())
+    key = request.headers["x-api-key"]
+    task = request.url.path.rsplit("/", 1)[-1]
+    status = int(task.split("-")[0])
+    extensions = {"reason_phrase": f"Denied {key}".encode()}
+    echo = {"x-echo-api-key": key, "retry-after": "0"}
+    if status == 422:
+        detail = [{"loc": ["header", "x-api-key", key[:20]], "msg": f"bad key {key[8:]}",
+                   "type": f"value_error.{key[-16:]}"},
+                  {"loc": ["header"], "msg": f"prefix {key[:20]}…", "type": "x"}]
+        return httpx.Response(422, json={"detail": detail}, headers=echo,
+                              extensions=extensions)
+    if status == 200 and task.endswith("failed"):  # a failed task whose message quotes it
+        return httpx.Response(200, json={"status": "ERROR", "exception_reason": key[5:21],
+                                         "message": f"request was: {headers}"}, headers=echo)
+    if status == 200 and task.endswith("model"):  # a wrong type that quotes it
+        return httpx.Response(200, json={"output_url": key[:30]}, headers=echo)
+    body = f"<html><pre>{headers}</pre><p>partial: {key[:20]}… {key[-16:]}</p></html>"
+    return httpx.Response(status, text=body, headers=echo, extensions=extensions)
+
+
+@pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
+async def test_a_key_the_server_echoes_is_redacted_from_errors_and_logs(
+        caplog: pytest.LogCaptureFixture, own_client: bool) -> None:
+    caplog.set_level(logging.DEBUG)
+    transport = httpx.MockTransport(echoing)
+    kwargs: dict[str, Any] = ({"transport": transport} if own_client else
+                              {"http_client": httpx.AsyncClient(transport=transport)})
+    errors: list[BaseException] = []
+    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=1,
+                               rate_limit=None, **kwargs) as client:
+        for status in (400, 401, 403, 404, 418, 422, 429, 500, 503, 200):
+            with pytest.raises(CambError) as info:
+                await client.dub.status(f"{status}-x")
+            errors.append(info.value)
+        with pytest.raises(TaskFailedError) as failed:
+            await client.dub.task("200-failed").result()
+        errors.append(failed.value)
+        with pytest.raises(APIError) as model:
+            await client.tts.result(1)  # /tts-result/1 answers the 200 page: not JSON
+        errors.append(model.value)
+        out = await gather_statuses(client, ["404-a", "422-b"], kind="tts",
+                                    return_exceptions=True)
+        errors += out
+    assert {type(e) for e in errors} >= {APIError, AuthenticationError, NotFoundError,
+                                         UnprocessableEntityError, RateLimitError,
+                                         InternalServerError, TaskFailedError}
+    for error in errors:
+        texts = error_texts(error)
+        if isinstance(error, UnprocessableEntityError):
+            assert error.detail, "the 422's reasons are kept, only the key is redacted"
+            texts += [repr(d) for d in error.detail]
+        if isinstance(error, TaskFailedError):
+            texts += [repr(error.status), str(error.message), str(error.exception_reason)]
+        for text in texts:
+            for part in PARTS:
+                assert part not in text, f"key echo leaked into: {text[:300]!r}"
+    assert "[redacted]" in str(errors[0])  # the page is still quoted, minus the key
+    assert "Denied" in caplog.text and "retrying" in caplog.text
+    for part in PARTS:
+        assert part not in caplog.text
+    assert_no_secret(caplog.text)
+
+
+def test_a_key_the_server_echoes_is_redacted_over_real_sockets(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Through uvicorn on both loops; httpcore (trio) logs response headers at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        key = headers.get(b"x-api-key", b"")
+        quoted = b"\n".join(name + b": " + value for name, value in scope["headers"])
+        await send({"type": "http.response.start", "status": 502,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-echo", key),
+                                (b"x-partial", key[:20])]})
+        await send({"type": "http.response.body", "body": b"bad gateway; you sent:\n" + quoted})
+
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        async with AsyncCambClient(SECRET, base_url=url, max_retries=1,
+                                   rate_limit=None) as client:
+            with pytest.raises(InternalServerError) as info:
+                await client.dub.status("t1")
+            errors.append(info.value)
+
+    with serve_in_thread(app, log_level="critical") as url:
+        for backend in ("asyncio", "trio"):
+            anyio.run(main, backend=backend)
+    assert "x-echo" in caplog.text  # httpcore's DEBUG lines with the headers were captured
+    for error in errors:
+        assert "[redacted]" in str(error)
+        for text in error_texts(error):
+            for part in PARTS:
+                assert part not in text
+    for part in PARTS:
+        assert part not in caplog.text
+
+
+@given(key=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=8,
+                   max_size=64),
+       text=st.lists(st.text(max_size=30) | st.tuples(st.integers(0, 63), st.integers(8, 64)),
+                     max_size=8))
+def test_redact_leaves_no_run_of_eight_key_characters(key: str, text: list[Any]) -> None:
+    """Any text, with any parts (8+ characters) of the key spliced in anywhere."""
+    from camb_async._errors import redact
+
+    parts = [p if isinstance(p, str) else key[p[0]:p[0] + p[1]] for p in text]
+    out = redact("".join(parts), key)
+    for i in range(len(key) - 7):
+        assert key[i:i + 8] not in out
