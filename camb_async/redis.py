@@ -626,14 +626,15 @@ class RedisRateBudget:
             except BaseException as exc:
                 # Cancelled, timed out or failed after the script may have reached Redis:
                 # whatever it granted under `member` goes back before we return.
-                if isinstance(exc, _CONFIG_ERRORS):  # not an outage: say so at once
-                    await self._give_back(member)
-                    raise self._unavailable(exc) from exc
-                failure = isinstance(exc, _FAILURES)
-                if failure:
+                # (An error reply means the script did not run, or stopped before granting.)
+                outage = isinstance(exc, _FAILURES) and not isinstance(exc, _CONFIG_ERRORS)
+                if outage:
                     self._failed(exc)
-                await self._give_back(member)
-                if not failure:
+                if _reply_code(exc) is None:
+                    await self._give_back(member)
+                if isinstance(exc, _CONFIG_ERRORS):  # not an outage: say so at once
+                    raise self._unavailable(exc) from exc
+                if not outage:
                     raise
                 if self.on_redis_error == "raise":
                     raise self._unavailable(exc) from exc

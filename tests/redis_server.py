@@ -42,7 +42,8 @@ def free_port() -> int:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, data in a temp dir, nothing persisted."""
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None,
+                 args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -51,6 +52,7 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="camb-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.password = password
+        self.args = list(args)  # more redis-server options, e.g. ["--replicaof", ...]
 
     @property
     def url(self) -> str:
@@ -61,7 +63,8 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "no", "--daemonize", "no",
              "--protected-mode", "yes", "--loglevel", "warning",
-             *(["--requirepass", self.password] if self.password else [])],
+             "--enable-debug-command", "local",  # DEBUG SLEEP: a slow Redis, in the tests
+             *(["--requirepass", self.password] if self.password else []), *self.args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -75,9 +78,25 @@ class RedisServer:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
                 answer = sock.recv(64)
-                return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
+                return answer.startswith((b"+PONG", b"-NOAUTH", b"-MASTERDOWN", b"-LOADING"))
         except OSError:
             return False
+
+    def cli(self, *command: str, timeout: float = 30.0) -> str:
+        """Run one command with redis-cli; its output."""
+        return subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port), *command],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})},
+        ).stdout.strip()
+
+    def cli_in_background(self, *command: str) -> subprocess.Popen[bytes]:
+        """Start one redis-cli command without waiting for it (DEBUG SLEEP, a busy script)."""
+        return subprocess.Popen(
+            [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port), *command],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})},
+        )
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
