@@ -96,6 +96,7 @@ import logging
 import math
 import sys
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias
@@ -416,8 +417,14 @@ class RedisRateBudget:
             kwargs["retry_policy"] = coredis.retry.ConstantRetryPolicy(
                 (coredis.exceptions.ConnectionError,), retries=1, delay=0)
         kwargs.update(redis_options or {})
-        client_class = coredis.RedisCluster if cluster else coredis.Redis
-        client: RedisClient = client_class.from_url(_tls_defaults(url), **kwargs)
+        client: RedisClient
+        if cluster:
+            with warnings.catch_warnings():  # coredis 6.9 warns about its own from_url
+                warnings.filterwarnings("ignore", "Use coredis.connection.TCPLocation",
+                                        DeprecationWarning)
+                client = coredis.RedisCluster.from_url(_tls_defaults(url), **kwargs)
+        else:
+            client = coredis.Redis.from_url(_tls_defaults(url), **kwargs)
         budget = cls(client, rate=rate, name=name, max_concurrency=max_concurrency, **options)
         parts = urlsplit(url)
         budget._secrets = tuple(

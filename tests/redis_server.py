@@ -108,6 +108,13 @@ class RedisServer:
                 proc.kill()
                 proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing said to anyone."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
         time.sleep(down_for)
@@ -119,6 +126,117 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    import random
+
+    for _ in range(1000):
+        port = random.randint(20000, 55000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class LocalCluster:
+    """A Redis Cluster on loopback: 3 masters + 3 replicas, each a ``RedisServer``.
+
+    ``cluster-node-timeout`` is 1 s, so a replica takes over ~1-2 s after its master dies.
+    ``redis-cli --cluster create`` pairs the nodes; ``master_of``/``replica_of`` find who
+    serves a key's slot now.
+    """
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.nodes: list[RedisServer] = []
+        for _ in range(masters * 2):
+            port = free_cluster_port()
+            self.nodes.append(RedisServer(port=port, args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-require-full-coverage", "no",
+            ]))
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url.rsplit("/", 1)[0]  # any node; no db in a Cluster
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli") or "redis-cli"
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+        )
+        self.wait_ok()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says cluster_state:ok and agrees on the masters."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [n for n in self.nodes if n.proc is not None]
+            if all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in running):
+                views = {tuple(sorted(self._masters(n))) for n in running}
+                if len(views) == 1:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ok")
+            time.sleep(0.1)
+
+    def _masters(self, node: RedisServer) -> list[str]:
+        out = []
+        for line in node.cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2]:
+                out.append(fields[1].split("@")[0])
+        return out
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot now (asked of a running node)."""
+        asker = next(n for n in self.nodes if n.proc is not None)
+        slot = int(asker.cli("CLUSTER", "KEYSLOT", key))
+        for line in asker.cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for spec in fields[8:]:
+                lo, _, hi = spec.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return self.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        node_id = master.cli("CLUSTER", "MYID")
+        for line in master.cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if fields[3] == node_id and "fail" not in fields[2]:
+                return self.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        raise RuntimeError(f"no replica of {master.port}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -144,6 +262,10 @@ class FleetRun:
 
     def peak(self, window: float = 1.0, since: float = -1e18) -> int:
         return peak_per_window([r.time for r in self.log if r.time >= since], window)
+
+    @staticmethod
+    def peak_of(times: Sequence[float], window: float = 1.0) -> int:
+        return peak_per_window(list(times), window)
 
 
 def run_fleet(
