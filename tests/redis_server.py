@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,11 +40,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@attrs.frozen
+class TLSFiles:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client one, made by trustme."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    client_certs_required: bool = False
+
+    @classmethod
+    def make(cls, directory: str, *, server_names: Sequence[str] = ("127.0.0.1", "localhost"),
+             client_certs_required: bool = False) -> TLSFiles:
+        import trustme
+
+        ca = trustme.CA()
+        server = ca.issue_cert(*server_names)
+        client = ca.issue_cert("camb-async-client")
+        paths = {name: os.path.join(directory, f"{name}.pem") for name in (
+            "ca", "server_cert", "server_key", "client_cert", "client_key")}
+        ca.cert_pem.write_to_path(paths["ca"])
+        server.cert_chain_pems[0].write_to_path(paths["server_cert"])
+        server.private_key_pem.write_to_path(paths["server_key"])
+        client.cert_chain_pems[0].write_to_path(paths["client_cert"])
+        client.private_key_pem.write_to_path(paths["client_key"])
+        return cls(**paths, client_certs_required=client_certs_required)
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.check_hostname = False  # the harness' own PING; the tests check names
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, data in a temp dir, nothing persisted."""
 
     def __init__(self, port: int | None = None, password: str | None = None,
-                 args: Sequence[str] = ()) -> None:
+                 args: Sequence[str] = (), tls: TLSFiles | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -53,14 +89,21 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.password = password
         self.args = list(args)  # more redis-server options, e.g. ["--replicaof", ...]
+        self.tls = tls  # TLS only (--port 0 --tls-port PORT)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", self.tls.server_cert, "--tls-key-file", self.tls.server_key,
+                     "--tls-ca-cert-file", self.tls.ca,
+                     "--tls-auth-clients", "yes" if self.tls.client_certs_required else "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+            [self.binary, *ports, "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "no", "--daemonize", "no",
              "--protected-mode", "yes", "--loglevel", "warning",
              "--enable-debug-command", "local",  # DEBUG SLEEP: a slow Redis, in the tests
@@ -75,17 +118,27 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock = raw
+                if self.tls is not None:
+                    sock = self.tls.client_context().wrap_socket(raw, server_hostname="127.0.0.1")
                 sock.sendall(b"PING\r\n")
                 answer = sock.recv(64)
                 return answer.startswith((b"+PONG", b"-NOAUTH", b"-MASTERDOWN", b"-LOADING"))
         except OSError:
             return False
 
+    def _cli(self) -> list[str]:
+        cli = [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port)]
+        if self.tls is not None:
+            cli += ["--tls", "--cacert", self.tls.ca, "--cert", self.tls.client_cert,
+                    "--key", self.tls.client_key]
+        return cli
+
     def cli(self, *command: str, timeout: float = 30.0) -> str:
         """Run one command with redis-cli; its output."""
         return subprocess.run(
-            [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port), *command],
+            [*self._cli(), *command],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
             env={**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})},
         ).stdout.strip()
@@ -93,7 +146,7 @@ class RedisServer:
     def cli_in_background(self, *command: str) -> subprocess.Popen[bytes]:
         """Start one redis-cli command without waiting for it (DEBUG SLEEP, a busy script)."""
         return subprocess.Popen(
-            [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port), *command],
+            [*self._cli(), *command],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})},
         )
