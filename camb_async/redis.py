@@ -115,6 +115,7 @@ from ._errors import CambError
 try:
     import coredis
     import coredis.exceptions
+    import coredis.parser
     import coredis.retry
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -510,8 +511,8 @@ class RedisRateBudget:
         session = contextlib.AsyncExitStack()
         await session.__aenter__()
         try:
-            if not _client_is_open(self._redis):  # else its owner holds it open for us
-                async with self._opening:
+            async with self._opening:  # no call of ours holds it open for itself now
+                if not _client_is_open(self._redis):  # else its owner holds it open for us
                     await session.enter_async_context(self._redis)
             group = await session.enter_async_context(anyio.create_task_group())
             self._group = group
@@ -556,8 +557,8 @@ class RedisRateBudget:
     async def _run_script(self, args: list[str | float | int]) -> Any:
         """One run of the script within ``redis_timeout``, the client opened if need be."""
         with anyio.fail_after(self.redis_timeout):
-            if self._session is not None or (not self._opened_by_call
-                                             and _client_is_open(self._redis)):
+            if not self._opened_by_call and _client_is_open(self._redis):
+                # Held open by `async with budget:` or by its owner.
                 return await self._script(keys=self._keys, args=args)
             async with self._opening:  # coredis: one opener of a client at a time
                 self._opened_by_call = True
