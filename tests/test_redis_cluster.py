@@ -103,12 +103,12 @@ def test_a_fleet_goes_on_through_a_manual_failover(cluster: LocalCluster) -> Non
     def failover(api: object) -> None:
         assert replica.cli("CLUSTER", "FAILOVER") == "OK"
 
-    run = run_fleet(cluster.url, workers=3, tasks=200, rate=RATE, name=name,
+    run = run_fleet(cluster.url, workers=3, tasks=150, rate=RATE, name=name,
                     budget_options=FLEET, backends=["asyncio", "trio"],
                     during=[(2.0, "failover", failover)])
     cluster.wait_ok()
     assert cluster.master_of(keys(name)[0]).port == replica.port
-    figures = check_failover(run, "failover", 200)
+    figures = check_failover(run, "failover", 150)
     print("manual failover:", figures)
 
 
@@ -117,11 +117,11 @@ def test_a_fleet_goes_on_when_the_master_dies(cluster: LocalCluster) -> None:
     master = cluster.master_of(keys(name)[0])
     replica = cluster.replica_of(master)
     try:
-        run = run_fleet(cluster.url, workers=3, tasks=300, rate=RATE, name=name,
+        run = run_fleet(cluster.url, workers=3, tasks=200, rate=RATE, name=name,
                         budget_options=FLEET, backends=["asyncio", "trio"],
                         during=[(2.0, "kill", lambda api: master.kill())])
         assert cluster.master_of(keys(name)[0]).port == replica.port
-        figures = check_failover(run, "kill", 300)
+        figures = check_failover(run, "kill", 200)
         print("master killed:", figures)
         assert sum(w["outages"] for w in run.workers) >= 3  # each saw it
     finally:
