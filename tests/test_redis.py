@@ -285,6 +285,15 @@ async def test_password_and_database_from_the_url(make_budget: Any) -> None:
         assert "nope" not in str(info.value)
 
 
+async def test_a_unix_socket_url(make_budget: Any, tmp_path: Any) -> None:
+    path = tmp_path / "redis.sock"
+    with RedisServer(args=["--unixsocket", str(path), "--unixsocketperm", "700"]) as server:
+        budget = make_budget(f"unix://{path}?db=2")
+        assert not await blocked(budget, 5.0)
+        async with coredis.Redis.from_url(server.url.replace("/0", "/2")) as raw:
+            assert await raw.exists([f"camb-async:{{{budget.name}}}:state"])
+
+
 def test_configuration_is_checked() -> None:
     url = "redis://127.0.0.1:1/0"
     with pytest.raises(ValueError, match="fleet_size"):
@@ -297,6 +306,12 @@ def test_configuration_is_checked() -> None:
         RedisRateBudget.from_url(url, rate=10, name="")
     with pytest.raises(ValueError, match="max_concurrency"):
         RedisRateBudget.from_url(url, rate=10, name="x", max_concurrency=0)
+    with pytest.raises(ValueError, match="braces"):
+        RedisRateBudget.from_url(url, rate=10, name="}x")
+    with pytest.raises(ValueError, match="scheme"):
+        RedisRateBudget.from_url("http://127.0.0.1:1", rate=10, name="x")
+    with pytest.raises(ValueError, match="Cluster"):
+        RedisRateBudget.from_url("unix:///tmp/redis.sock", rate=10, name="x", cluster=True)
 
 
 async def test_a_coredis_client_of_the_callers_own(redis_server: RedisServer, name: str) -> None:
