@@ -94,6 +94,9 @@ redis.call('PEXPIRE', state, state_ttl)
 
 if not acquire then return {0, '0', 'flushed', fresh} end
 if redis.call('ZSCORE', revoked, member) then return {0, '0', 'revoked', fresh} end
+-- Granted already: this is the same acquire again (the client retried a call whose answer it
+-- lost). Say yes again rather than count it twice or hold its lease against it.
+if redis.call('ZSCORE', log, member) then return {1, '0', 'ok', fresh} end
 if now < paused_until then return {0, f(paused_until - now), 'paused', fresh} end
 
 if max_conc > 0 then

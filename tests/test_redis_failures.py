@@ -380,3 +380,15 @@ def test_the_script_ships_with_the_package() -> None:
 
     text = importlib.resources.files("camb_async").joinpath("redis_budget.lua").read_text()
     assert "redis.call('TIME')" in text
+
+
+async def test_a_retried_acquire_is_granted_once(
+    server: RedisServer, make_budget: Callable[..., RedisRateBudget]
+) -> None:
+    """A client retry of an acquire whose answer was lost: the same grant, not a second one
+    (nor a refusal that would strand the first one's lease)."""
+    a = make_budget(max_concurrency=1, rate=1, window=10.0, smooth=0)
+    assert await a._call(acquire=True, member="m:1") == (True, 0.0, "ok")
+    assert await a._call(acquire=True, member="m:1") == (True, 0.0, "ok")  # the retry
+    assert (await a._call(acquire=True, member="m:2"))[0] is False
+    assert await leases(server, a.name) == 1
