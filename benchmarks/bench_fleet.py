@@ -10,13 +10,19 @@ Scenarios, each printed as a row of one Markdown table:
 
 * ``shared``: 3 workers x 300 tasks, one RedisRateBudget of 100 req/s. Acceptance: the
   server's busiest 1-s window <= 101; wall time within 1.6x of the ideal 900 / 100 = 9 s.
-* ``shared, worker 1 on trio``: the same with the middle worker on trio (the budget's own
-  anyio Redis connection) beside two on asyncio (redis-py).
+* ``shared, worker 1 on trio``: the same with the middle worker on trio beside two on asyncio
+  (coredis: one code path on both loops).
 * ``restart/wait`` and ``restart/local``: the same, with Redis stopped 1.5 s into the run and
   started again (empty: no persistence) 3 s later; ``on_redis_error="wait"`` and ``"local"``
   (fleet_size=3). Acceptance: every task finishes, no window after the restart exceeds 101.
 * ``429``: 3 x 150 tasks; worker 0's 61st poll gets a 429 with Retry-After 3: the requests the
   *other* workers sent during those 3 s (from the server's log) show the fleet-wide pause.
+* ``cluster ...``: the same on a local Redis Cluster (3 masters + 3 replicas on loopback,
+  ``cluster=True``, ``cluster-node-timeout`` 1 s): ``shared``, and through a failover of the
+  master serving the budget's slot 2 s into the run, ``CLUSTER FAILOVER`` on its replica and
+  the master killed (SIGKILL). Failover figures: the longest time without a request at the
+  server ("no progress s") and the busiest second around the switch (acceptance: at most one
+  window's worth over the rate, once).
 * peers, in the same run: ``uneven shared`` (600/200/100 tasks on one shared budget) against
   ``uneven split`` (the same tasks, each worker with a local RateBudget of 100/3 req/s, the
   static split one would use without Redis) and ``unshared`` (each worker its own 100 req/s,
@@ -30,9 +36,11 @@ camb_async.redis) and, in the restart rows, the 3-s outage.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from camb_async.testing import FakeCambAPI, Fault  # noqa: E402
-from tests.redis_server import FleetRun, RedisServer, run_fleet  # noqa: E402
+from tests.redis_server import FleetRun, LocalCluster, RedisServer, run_fleet  # noqa: E402
 
 RATE = 100.0
 
@@ -64,11 +72,52 @@ def summarize(label: str, run: FleetRun, ideal: float, **extra: Any) -> dict[str
     return row
 
 
+def no_progress(run: FleetRun) -> tuple[float, float]:
+    """The longest time without a request at the server, and when requests resumed."""
+    times = sorted(r.time for r in run.log)
+    gap, resumed = max((b - a, b) for a, b in itertools.pairwise(times))
+    return gap, resumed
+
+
+def cluster_rows(n: int, ideal: float, name: Callable[[], str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    options = {"cluster": True, "retry_interval": 0.25}
+    with LocalCluster() as cluster:
+        run = run_fleet(cluster.url, tasks=n, rate=RATE, name=name(), budget_options=options,
+                        backends=["asyncio", "trio"])
+        rows.append(summarize("cluster shared (worker 1 on trio)", run, ideal))
+        for label in ("failover", "kill"):
+            budget = name()
+            master = cluster.master_of(f"camb-async:{{{budget}}}:log")
+            replica = cluster.replica_of(master)
+            action = ((lambda api, r=replica: r.cli("CLUSTER", "FAILOVER"))
+                      if label == "failover" else (lambda api, m=master: m.kill()))
+            run = run_fleet(cluster.url, tasks=n, rate=RATE, name=budget,
+                            budget_options=options, backends=["asyncio", "trio"],
+                            during=[(2.0, label, action)])
+            gap, resumed = no_progress(run)
+            switch = run.events[label]
+            around = [r.time for r in run.log if switch - 1.0 <= r.time <= resumed + 1.0]
+            rows.append(summarize(
+                f"cluster {'CLUSTER FAILOVER' if label == 'failover' else 'master killed'}",
+                run, ideal,
+                **{"no progress s": round(gap, 2),
+                   "peak around the switch": FleetRun.peak_of(around),
+                   "new master is the replica":
+                       cluster.master_of(f"camb-async:{{{budget}}}:log").port == replica.port,
+                   "outages seen": sum(w["outages"] for w in run.workers)}))
+            if label == "kill":
+                master.start()
+            cluster.wait_ok()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results"
                         / "fleet.json", help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="1/3 of the tasks")
+    parser.add_argument("--only", choices=["single", "cluster"], help="one Redis setup only")
     args = parser.parse_args()
     n = 100 if args.quick else 300
     ideal = 3 * n / RATE
@@ -77,6 +126,15 @@ def main() -> None:
     def name() -> str:
         return f"bench-{uuid.uuid4().hex[:8]}"
 
+    if args.only != "single":
+        rows += cluster_rows(n, ideal, name)
+    if args.only != "cluster":
+        rows += single_rows(n, ideal, name)
+    _print(rows, args.json)
+
+
+def single_rows(n: int, ideal: float, name: Callable[[], str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     with RedisServer() as server:
         run = run_fleet(server.url, tasks=n, rate=RATE, name=name())
         rows.append(summarize("shared", run, ideal))
@@ -128,6 +186,10 @@ def main() -> None:
         run = run_fleet(server.url, tasks=n, rate=RATE, local_rate=RATE)
         rows.append(summarize("unshared (peer)", run, ideal))
 
+    return rows
+
+
+def _print(rows: list[dict[str, Any]], path: Path) -> None:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
@@ -135,8 +197,8 @@ def main() -> None:
     print("|" + "---|" * len(keys))
     for row in rows:
         print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,12 @@ the process is otherwise idle, and renews the leases of long requests. Without `
 nothing runs in the background: an idle process' released leases stay taken until its next
 call, ``aclose()`` or ``lease_ttl``, and a 429 reaches the fleet with its next ``acquire``.
 
-Redis unavailable (``on_redis_error``), never silently unlimited:
+Redis unavailable (``on_redis_error``), never silently unlimited. Unavailable means any failed
+call: no connection, a timeout (``redis_timeout``, 3 s by default, bounds every call), or an
+error reply (OOM, READONLY, MASTERDOWN, BUSY, LOADING, CLUSTERDOWN, max clients reached, ...).
+Only credentials that Redis refuses (WRONGPASS, NOAUTH, NOPERM) are not waited out: a
+misconfiguration, raised at once as ``RedisReplyError``. No exception of the Redis client
+escapes; the ones raised are ``CambError`` subclasses that name the Redis error.
 
 * ``"wait"`` (default): no request starts until Redis answers again; Redis is retried every
   ``retry_interval`` seconds. Safe with any fleet size; requests are delayed, not failed.
@@ -53,42 +58,69 @@ Redis unavailable (``on_redis_error``), never silently unlimited:
   (the fleet may have spent the whole rate just before). For ``retry_interval + window``
   after Redis returns, a process obeys both Redis and its local share, so that processes
   still on their fallback and the ones back on Redis cannot add up to more than ``rate``.
-* ``"raise"``: ``acquire`` raises ``RedisBudgetUnavailableError`` (a ``CambError``).
+* ``"raise"``: ``acquire`` raises ``RedisBudgetUnavailableError`` (a ``CambError``;
+  ``RedisReplyError`` for an error reply), with the Redis error in ``redis_error``.
 
 When Redis comes back, each process re-adds its own starts of the last window to the log (same
 members, so nothing is counted twice). If Redis lost its data (a restart without persistence)
 the script finds no state and holds the fleet for ``reset_hold`` seconds (default: one window)
 before admitting anyone, because starts made just before the loss are no longer in the log.
 Redis cannot tell a loss from first use, so the first use of a budget name waits that long too.
+The same re-adding covers a Cluster failover: a promoted replica may lack the last starts the
+old master had not replicated yet; every process saw the failover as an outage and re-adds its
+own, so the log is whole again after one call per process.
 
-asyncio and trio: on asyncio the budget uses redis-py's asyncio client. redis-py cannot run
-on trio, so there a budget made by ``from_url`` talks to Redis itself (``_AnyioRedis``: the
-two commands it needs, EVALSHA and EVAL, in RESP2 over one anyio connection; ``redis://``,
-``rediss://`` and ``unix://`` URLs, with password, user and db). A budget built around a
-redis-py client object raises ``RuntimeError`` on trio.
+No lease outlives its holder: each ``acquire`` sends a member chosen here. An ``acquire`` that
+is cancelled, or fails, after its script may have reached Redis gives back whatever was granted
+under that member (its start and its lease) before it returns, shielded and within
+``give_back_timeout``; if Redis cannot be told in time, the next call of this process carries
+it. A tombstone makes Redis refuse that member if its script is still queued behind a slow
+command, so the next ``acquire`` proceeds at once.
+
+The Redis client is coredis (anyio: one code path on asyncio and trio), with the script in
+``redis_budget.lua`` beside this module. coredis clients are async context managers: inside
+``async with budget:`` the budget holds its client open (pooled, multiplexed connections);
+outside it, each Redis call opens the client for that call (a new connection each time, one
+call at a time), unless the caller's own client is already open. A Redis Cluster works the
+same (``from_url(..., cluster=True)`` or a ``coredis.RedisCluster``): a budget's keys share
+one hash tag, so the script runs on one slot. A Sentinel-managed client
+(``Sentinel(...).primary_for(service)``) is passed to the constructor like any other.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import importlib.resources
 import itertools
 import logging
 import math
+import sys
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeAlias
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import sniffio
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 from ._budget import RateBudget
 from ._errors import CambError
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+try:
+    import coredis
+    import coredis.exceptions
+    import coredis.parser
+    import coredis.retry
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "camb_async.redis needs coredis: pip install 'camb-async[redis]'"
+    ) from exc
 
 __all__ = ["RedisBudgetUnavailableError", "RedisRateBudget", "RedisReplyError"]
 
@@ -96,295 +128,121 @@ logger = logging.getLogger("camb_async")
 
 OnRedisError = Literal["wait", "local", "raise"]
 
-# KEYS: 1 start log (zset: member -> start time), 2 state (hash), 3 leases (zset: member ->
-# expiry). ARGV: see RedisRateBudget._call. Floats go out as strings: Redis would truncate a
-# Lua number to an integer reply, and Lua's own number-to-string keeps only 14 digits.
-_SCRIPT = """
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local log, state, leases = KEYS[1], KEYS[2], KEYS[3]
-local acquire = ARGV[1] == '1'
-local max_rate = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local max_conc = tonumber(ARGV[4])
-local lease_ttl = tonumber(ARGV[5])
-local member = ARGV[6]
-local pause = tonumber(ARGV[7])
-local decrease = tonumber(ARGV[8])
-local recovery = tonumber(ARGV[9])
-local min_rate = tonumber(ARGV[10])
-local reset_hold = tonumber(ARGV[11])
-local state_ttl = math.floor(tonumber(ARGV[12]) * 1000)
-local sub_w = tonumber(ARGV[13])
-local function f(x) return string.format('%.6f', x) end
+#: A coredis client: standalone, Cluster, or Sentinel-managed (``Sentinel.primary_for``).
+RedisClient: TypeAlias = "coredis.Redis[Any] | coredis.RedisCluster[Any]"
 
-local i = 14
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('ZREM', leases, ARGV[i]); i = i + 1 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('ZADD', leases, 'XX', f(now + lease_ttl), ARGV[i]); i = i + 1 end
--- The key outlives its longest lease (renewed ones included), never the other way round.
-if n > 0 then redis.call('PEXPIRE', leases, math.ceil(lease_ttl * 1000) + 1000) end
+_SCRIPT = importlib.resources.files(__package__).joinpath("redis_budget.lua").read_text("utf-8")
 
-local fresh = 0
-local paused_until, rate_at_cut, cut_at
-local dirty = false
-local v = redis.call('HMGET', state, 'paused_until', 'rate_at_cut', 'cut_at')
-if v[1] then
-  paused_until, rate_at_cut, cut_at = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
-else
-  -- No state: first use, or Redis lost its data. Starts made just before a loss are gone
-  -- from the log, so nobody starts until they have aged out.
-  fresh = 1
-  paused_until, rate_at_cut, cut_at = now + reset_hold, max_rate, 0
-  dirty = true
-end
-
-local function current_rate()
-  if rate_at_cut >= max_rate then return max_rate end
-  local r = rate_at_cut + recovery * math.max(0, now - cut_at)
-  if r >= max_rate then return max_rate end
-  return r
-end
-
-if pause >= 0 then
-  if now + pause > paused_until then paused_until = now + pause end
-  redis.call('HINCRBY', state, 'pauses', 1)
-  if now - cut_at >= window then
-    rate_at_cut = math.max(min_rate, current_rate() * decrease)
-    cut_at = now + pause
-    redis.call('HINCRBY', state, 'cuts', 1)
-  end
-  dirty = true
-end
-
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local age = tonumber(ARGV[i + 1])
-  if age < window then redis.call('ZADD', log, 'NX', f(now - age), ARGV[i]) end
-  i = i + 2
-end
-if n > 0 then redis.call('PEXPIRE', log, math.ceil(window * 1000) + 1000) end
-
-if dirty then
-  redis.call('HSET', state, 'paused_until', f(paused_until), 'rate_at_cut', f(rate_at_cut),
-             'cut_at', f(cut_at))
-end
-redis.call('PEXPIRE', state, state_ttl)
-
-if not acquire then return {0, '0', 'flushed', fresh} end
-if now < paused_until then return {0, f(paused_until - now), 'paused', fresh} end
-
-if max_conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', leases, '-inf', f(now))
-  if redis.call('ZCARD', leases) >= max_conc then
-    local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
-    return {0, f(tonumber(first[2]) - now), 'concurrency', fresh}
-  end
-end
-
-local edge = now - window
-redis.call('ZREMRANGEBYSCORE', log, '-inf', f(edge))
-local count = redis.call('ZCARD', log)
-local limit = math.max(1, math.floor(current_rate()))
-if count >= limit then
-  -- The (count - limit)-th oldest start must leave the window before we may start.
-  local e = redis.call('ZRANGE', log, count - limit, count - limit, 'WITHSCORES')
-  return {0, f(tonumber(e[2]) - edge), 'rate', fresh}
-end
-if sub_w > 0 then
-  -- Spread the starts: at most limit * sub_w / window of them in any sub_w seconds.
-  local sub_limit = math.max(1, math.ceil(limit * sub_w / window))
-  if redis.call('ZCOUNT', log, '(' .. f(now - sub_w), '+inf') >= sub_limit then
-    local e = redis.call('ZRANGE', log, count - sub_limit, count - sub_limit, 'WITHSCORES')
-    return {0, f(tonumber(e[2]) + sub_w - now), 'rate', fresh}
-  end
-end
-redis.call('ZADD', log, f(now), member)
-redis.call('PEXPIRE', log, math.ceil(window * 1000) + 1000)
-if max_conc > 0 then
-  redis.call('ZADD', leases, f(now + lease_ttl), member)
-  redis.call('PEXPIRE', leases, math.ceil(lease_ttl * 1000) + 1000)
-end
-return {1, '0', 'ok', fresh}
-"""
-
-
-_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
-
-_ASYNCIO_ONLY = (
-    "this RedisRateBudget wraps a redis-py client, which needs asyncio's event loop; on trio "
-    "build it with RedisRateBudget.from_url(...), which then speaks to Redis over anyio"
+#: What a failed call may raise: coredis' errors (connection, protocol, error replies,
+#: Cluster routing), timeouts and socket errors, and anyio's stream errors.
+_FAILURES: tuple[type[Exception], ...] = (
+    coredis.exceptions.RedisError,
+    OSError,  # TimeoutError and ConnectionError included
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
 )
+#: Credentials refused: a misconfiguration, not an outage to wait out.
+_CONFIG_ERRORS = (coredis.exceptions.AuthenticationError, coredis.exceptions.AuthorizationError)
 
 
 class RedisBudgetUnavailableError(CambError):
-    """Redis could not be reached and ``on_redis_error="raise"`` was chosen."""
+    """The budget could not use Redis and ``on_redis_error="raise"`` was chosen.
 
-
-class RedisReplyError(Exception):
-    """Redis answered a command with an error (a bug or a misconfiguration, not an outage)."""
-
-
-class _AnyioRedis:
-    """The few Redis commands the budget needs, over anyio streams: for trio.
-
-    redis-py's asyncio client needs asyncio's loop; this speaks RESP2 itself over one
-    connection (calls are serialized: each is one short script run). Connection problems are
-    raised as ``ConnectionError`` / ``TimeoutError``, which the budget reads as "Redis is
-    unavailable"; the next call reconnects.
+    ``redis_error`` names what went wrong: the error code of Redis's reply (``"OOM"``,
+    ``"READONLY"``, ...) or the kind of failure (``"ConnectionError"``, ``"TimeoutError"``).
     """
 
-    def __init__(self, url: str, *, socket_timeout: float = 2.0,
-                 socket_connect_timeout: float = 1.0) -> None:
-        from urllib.parse import parse_qs, unquote, urlsplit
-
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
-        self._tls = parts.scheme == "rediss"
-        self._unix = parts.path if parts.scheme == "unix" else None
-        self._host = parts.hostname or "localhost"
-        self._port = parts.port or 6379
-        self._username = unquote(parts.username) if parts.username else None
-        self._password = unquote(parts.password) if parts.password else None
-        query = parse_qs(parts.query)
-        db = query.get("db", [""])[0]
-        if not db and parts.scheme != "unix":
-            db = parts.path.lstrip("/")
-        self._db = int(db) if db else 0
-        self._timeout = socket_timeout
-        self._connect_timeout = socket_connect_timeout
-        self._stream: anyio.abc.ByteStream | None = None
-        self._buffer = bytearray()
-        self._lock = anyio.Lock()
-
-    async def run_script(self, script: str, sha: str, keys: tuple[str, ...],
-                         args: list[str | float | int]) -> Any:
-        async with self._lock:
-            try:
-                return await self._command("EVALSHA", sha, len(keys), *keys, *args)
-            except RedisReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-            return await self._command("EVAL", script, len(keys), *keys, *args)
-
-    async def aclose(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-
-    async def _connect(self) -> anyio.abc.ByteStream:
-        stream: anyio.abc.ByteStream
-        with anyio.fail_after(self._connect_timeout):
-            if self._unix is not None:
-                stream = await anyio.connect_unix(self._unix)
-            elif self._tls:
-                import ssl
-
-                stream = await anyio.connect_tcp(self._host, self._port,
-                                                 ssl_context=ssl.create_default_context(),
-                                                 tls_standard_compatible=False)
-            else:
-                stream = await anyio.connect_tcp(self._host, self._port)
-        self._stream = stream
-        self._buffer.clear()
-        try:
-            if self._password is not None:
-                auth = ([self._username] if self._username else []) + [self._password]
-                await self._exchange("AUTH", *auth)
-            if self._db:
-                await self._exchange("SELECT", self._db)
-        except BaseException:
-            await self.aclose()
-            raise
-        return stream
-
-    async def _command(self, *parts: str | float | int) -> Any:
-        try:
-            if self._stream is None:
-                with anyio.fail_after(self._connect_timeout + self._timeout):
-                    await self._connect()
-            return await self._exchange(*parts)
-        except RedisReplyError:
-            raise
-        except TimeoutError:
-            await self.aclose()
-            raise
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                anyio.EndOfStream, ValueError) as exc:
-            await self.aclose()
-            raise ConnectionError(f"Redis connection failed: {exc!r}") from exc
-        except BaseException:  # cancelled mid-reply: the connection's state is unknown
-            await self.aclose()
-            raise
-
-    async def _exchange(self, *parts: str | float | int) -> Any:
-        stream = self._stream
-        assert stream is not None
-        out = bytearray(b"*%d\r\n" % len(parts))
-        for part in parts:
-            data = part.encode() if isinstance(part, str) else repr(part).encode()
-            out += b"$%d\r\n%s\r\n" % (len(data), data)
-        with anyio.fail_after(self._timeout):
-            await stream.send(bytes(out))
-            return await self._reply()
-
-    async def _line(self) -> bytes:
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(buffer[:end])
-                del buffer[:end + 2]
-                return line
-            assert self._stream is not None
-            buffer += await self._stream.receive()
-
-    async def _exactly(self, n: int) -> bytes:
-        buffer = self._buffer
-        while len(buffer) < n + 2:
-            assert self._stream is not None
-            buffer += await self._stream.receive()
-        data = bytes(buffer[:n])
-        del buffer[:n + 2]
-        return data
-
-    async def _reply(self) -> Any:
-        line = await self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise RedisReplyError(rest.decode("utf-8", "replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else await self._exactly(size)
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [await self._reply() for _ in range(size)]
-        raise ValueError(f"not a RESP2 reply: {line[:40]!r}")
+    def __init__(self, message: str, *, redis_error: str = "") -> None:
+        super().__init__(message)
+        self.redis_error = redis_error
 
 
-def _redis_down_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "Redis is unreachable", as opposed to a bug or a misconfiguration."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+class RedisReplyError(RedisBudgetUnavailableError):
+    """Redis answered with an error (``redis_error`` is its code: OOM, READONLY, WRONGPASS...).
 
-    return (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+    Raised with ``on_redis_error="raise"``, and whatever the mode when Redis refuses the
+    credentials (WRONGPASS, NOAUTH, NOPERM): a misconfiguration, not an outage.
+    """
+
+
+#: Error replies that coredis raises as classes of their own, with the code cut off the message.
+_REPLY_CODES: dict[type[BaseException], str] = {
+    cls: code for code, cls in coredis.parser.Parser.EXCEPTION_CLASSES.items()
+    if isinstance(cls, type)
+}
+
+
+def _reply_code(exc: BaseException) -> str | None:
+    """The error code of a Redis error reply ("OOM", "READONLY"), None if not a reply."""
+    code = _REPLY_CODES.get(type(exc))
+    if code is not None:
+        return code
+    text = str(exc)
+    if isinstance(exc, coredis.exceptions.ResponseError):
+        word = text.split(" ", 1)[0]
+        return word if word.isupper() and word.isalpha() else "ERR"
+    if text.startswith("max number of clients reached"):  # coredis: a ConnectionError
+        return "ERR"
+    return None
+
+
+def _error_name(exc: BaseException) -> str:
+    """What went wrong: the code of Redis's error reply, else the kind of failure."""
+    return _reply_code(exc) or type(exc).__name__
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The failure inside ``group`` if it holds only ordinary errors, else ``group`` itself."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    if not all(isinstance(exc, Exception) for exc in leaves):
+        return group  # a cancellation among them: it must go on as it is
+    return next((exc for exc in leaves if isinstance(exc, _FAILURES)), group)
+
+
+def _client_is_open(client: RedisClient) -> bool:
+    """True if someone holds ``client`` open (its pool runs); then it is used as it is."""
+    try:
+        client.connection_pool.task_group  # noqa: B018 - raises unless the pool is open
+    except RuntimeError:
+        return False
+    return True
+
+
+def _tls_defaults(url: str) -> str:
+    """``rediss://``: check the server's name against its certificate unless told otherwise.
+
+    coredis builds the TLS context from the URL's ``ssl_*`` parameters (``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``) but does not
+    check the host name by default.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "ssl_check_hostname" for key, _ in query):
+        return url
+    if any(key == "ssl_cert_reqs" and value.lower() == "none" for key, value in query):
+        return url
+    query.append(("ssl_check_hostname", "true"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 class RedisRateBudget:
     """A ``Budget`` whose rate (and optionally concurrency) is shared through Redis.
 
-    Build it with ``from_url``; use it as ``async with`` (or call ``aclose()``) so that the
-    leases and penalty this process still holds reach Redis and the connections close. Pass it
-    as ``AsyncCambClient(budget=...)``. All processes sharing ``name`` must use the same
-    ``rate`` and ``window``. See the module docstring for the semantics and failure modes.
+    Build it with ``from_url``, or around a coredis client of your own (standalone, Cluster or
+    Sentinel-managed). Use it as ``async with`` (or call ``aclose()``) so that the leases and
+    penalty this process still holds reach Redis. Pass it as ``AsyncCambClient(budget=...)``.
+    All processes sharing ``name`` must use the same ``rate`` and ``window``. See the module
+    docstring for the semantics and failure modes.
 
     ``max_concurrency`` is the *fleet-wide* in-flight limit (``None``: none). The attribute of
     that name, which the client and the bulk poller read, is this process' own limit
@@ -393,7 +251,7 @@ class RedisRateBudget:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         rate: float,
         name: str,
@@ -415,6 +273,8 @@ class RedisRateBudget:
         reset_hold: float | None = None,
         key_prefix: str = "camb-async",
         state_ttl: float = 24 * 3600.0,
+        redis_timeout: float = 3.0,
+        give_back_timeout: float = 1.0,
     ) -> None:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)):
             raise TypeError("rate must be a number of requests per second")
@@ -422,6 +282,9 @@ class RedisRateBudget:
             raise ValueError(f"rate must be > 0 requests/s, got {rate}")
         if not isinstance(name, str) or not name:
             raise ValueError("name must be a non-empty string (the budget's key in Redis)")
+        if "{" in name or "}" in name or "{" in key_prefix or "}" in key_prefix:
+            raise ValueError("name and key_prefix may not contain braces: they make the keys' "
+                             "hash tag (one Redis Cluster slot)")
         for label, value in (("max_concurrency", max_concurrency),
                              ("local_concurrency", local_concurrency),
                              ("fleet_size", fleet_size)):
@@ -440,18 +303,22 @@ class RedisRateBudget:
         if not 0 < decrease < 1:
             raise ValueError("decrease must be between 0 and 1")
         if window <= 0 or margin < 0 or lease_ttl <= 0 or retry_interval <= 0 \
-                or poll_interval <= 0:
-            raise ValueError("window, lease_ttl, retry_interval and poll_interval must be > 0, "
-                             "margin >= 0")
+                or poll_interval <= 0 or redis_timeout <= 0 or give_back_timeout <= 0:
+            raise ValueError("window, lease_ttl, retry_interval, poll_interval, redis_timeout "
+                             "and give_back_timeout must be > 0, margin >= 0")
         self._redis = redis
         self._script = redis.register_script(_SCRIPT)
-        # Set by from_url: on trio the budget speaks to Redis itself (see _AnyioRedis).
-        self._url: str | None = None
-        self._anyio_options: dict[str, float] = {}
-        self._anyio_redis: _AnyioRedis | None = None
+        self.redis_timeout = float(redis_timeout)
+        self.give_back_timeout = float(give_back_timeout)
+        # The client is held open by `async with budget:` (_session); outside it, each call
+        # opens it for itself, one at a time (_opening, _opened_by_call).
+        self._session: contextlib.AsyncExitStack | None = None
+        self._opening = anyio.Lock()
+        self._opened_by_call = False
+        self._secrets: tuple[str, ...] = ()  # redacted from every message (set by from_url)
         self.name = name
         tag = f"{key_prefix}:{{{name}}}"  # one hash tag: all keys on one Redis Cluster slot
-        self._keys = (f"{tag}:log", f"{tag}:state", f"{tag}:leases")
+        self._keys = (f"{tag}:log", f"{tag}:state", f"{tag}:leases", f"{tag}:revoked")
         self._rate = float(rate)
         self._window = window * (1.0 + margin)
         if not 0 <= smooth <= 1:
@@ -482,6 +349,8 @@ class RedisRateBudget:
         self._held: list[str] = []  # Redis leases of our requests in flight
         self._unleased = 0  # our requests in flight that hold no Redis lease
         self._released: list[str] = []  # leases to hand back with the next call
+        # Acquires given up (cancelled, failed) that Redis may have granted: (when, member).
+        self._revoked: deque[tuple[float, str]] = deque()
         self._pending_pause_until: float | None = None  # a 429 not yet told to Redis
         self._paused_until = -math.inf
         self._renewed_at = -math.inf
@@ -492,6 +361,7 @@ class RedisRateBudget:
         # Redis availability.
         self._down = False
         self._next_try = -math.inf
+        self._last_error: BaseException | None = None
         self._backfill = False
         self._probation_until = -math.inf
         self._fallback: RateBudget | None = None
@@ -509,6 +379,7 @@ class RedisRateBudget:
         self.outages = 0
         self.resets_seen = 0
         self.redis_calls = 0
+        self.give_backs = 0
 
     @classmethod
     def from_url(
@@ -518,37 +389,48 @@ class RedisRateBudget:
         rate: float,
         name: str,
         max_concurrency: int | None = None,
+        cluster: bool = False,
         redis_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> RedisRateBudget:
         """A budget on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
-        ``redis_options`` go to ``redis.asyncio.from_url``. By default a call that gets no
-        answer within 2 s (1 s to connect) counts as "Redis unavailable", and a failed call is
-        retried once at once (a pooled connection may be stale after a Redis restart) rather
-        than with redis-py's default ten backoff retries, so that ``on_redis_error`` acts.
+        ``cluster=True``: ``url`` is any node of a Redis Cluster (the others are discovered).
+        ``rediss://`` takes coredis' TLS parameters in the query string (``ssl_ca_certs``,
+        ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``, checked
+        by default here) or an ``ssl_context`` in ``redis_options``. ``redis_options`` go to
+        coredis' ``from_url``; by default a reply takes at most 2 s and a connection 1 s, and
+        a call whose connection broke is retried once at once (a pooled connection may have
+        died with a Redis restart), so that ``on_redis_error`` acts rather than client retries.
         ``options`` are the other keyword arguments of ``RedisRateBudget``.
         """
-        try:
-            import redis.asyncio
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ImportError(
-                "RedisRateBudget needs redis-py: pip install 'camb-async[redis]'"
-            ) from exc
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+        if cluster and scheme == "unix":
+            raise ValueError("a Redis Cluster is reached over TCP (redis:// or rediss://)")
         kwargs: dict[str, Any] = {
-            "socket_timeout": 2.0,
-            "socket_connect_timeout": 1.0,
-            "retry": Retry(NoBackoff(), 1),
+            "stream_timeout": 2.0,
+            "connect_timeout": 1.0,
+            "decode_components": True,  # percent-encoded passwords, as in any URL
         }
+        if not cluster:  # the Cluster client's own policy follows MOVED and CLUSTERDOWN
+            kwargs["retry_policy"] = coredis.retry.ConstantRetryPolicy(
+                (coredis.exceptions.ConnectionError,), retries=1, delay=0)
         kwargs.update(redis_options or {})
-        client = redis.asyncio.from_url(url, **kwargs)
+        client: RedisClient
+        if cluster:
+            with warnings.catch_warnings():  # coredis 6.9 warns about its own from_url
+                warnings.filterwarnings("ignore", "Use coredis.connection.TCPLocation",
+                                        DeprecationWarning)
+                client = coredis.RedisCluster.from_url(_tls_defaults(url), **kwargs)
+        else:
+            client = coredis.Redis.from_url(_tls_defaults(url), **kwargs)
         budget = cls(client, rate=rate, name=name, max_concurrency=max_concurrency, **options)
-        budget._url = url
-        budget._anyio_options = {k: float(kwargs[k])
-                                 for k in ("socket_timeout", "socket_connect_timeout")
-                                 if kwargs.get(k) is not None}
+        parts = urlsplit(url)
+        budget._secrets = tuple(
+            secret for secret in (parts.password, parts.password and unquote(parts.password))
+            if secret)
         return budget
 
     def __repr__(self) -> str:
@@ -574,7 +456,6 @@ class RedisRateBudget:
     # ------------------------------------------------------------------ the Budget protocol
 
     async def acquire(self) -> None:
-        self._check_backend()
         await self._sem.acquire()
         try:
             await self._take()
@@ -615,63 +496,83 @@ class RedisRateBudget:
             return
         try:
             await self._call(acquire=False, member="")
-        except _redis_down_errors() as exc:
+        except _FAILURES as exc:
             self._failed(exc)
 
     async def aclose(self) -> None:
-        """Flush (within ``poll_interval`` + 1 s at most), then close the Redis connections."""
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self.poll_interval + 1.0):
-                await self.flush()
-            if self._anyio_redis is not None:
-                await self._anyio_redis.aclose()
-            if sniffio.current_async_library() == "asyncio":
-                await self._redis.aclose()
+        """Flush (within ``poll_interval`` + 1 s at most); the budget stays usable."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.poll_interval + 1.0):
+            await self.flush()
 
     async def __aenter__(self) -> RedisRateBudget:
-        """Start the courier (see ``_courier``) for the duration of the block."""
-        self._check_backend()
-        if self._group is not None:
+        """Hold the Redis client open and run the courier (see ``_courier``) for the block."""
+        if self._session is not None:
             raise RuntimeError("this RedisRateBudget is already in use by an `async with`")
-        group = anyio.create_task_group()
-        await group.__aenter__()
-        self._group = group
-        group.start_soon(self._courier)
+        session = contextlib.AsyncExitStack()
+        await session.__aenter__()
+        try:
+            async with self._opening:  # no call of ours holds it open for itself now
+                if not _client_is_open(self._redis):  # else its owner holds it open for us
+                    await session.enter_async_context(self._redis)
+            group = await session.enter_async_context(anyio.create_task_group())
+            self._group = group
+            group.start_soon(self._courier)
+        except BaseException:
+            self._group = None
+            await session.aclose()
+            raise
+        self._session = session
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        session, self._session = self._session, None
         group, self._group = self._group, None
         try:
             if group is not None:
                 group.cancel_scope.cancel()
-                await group.__aexit__(None, None, None)
+            if session is not None:
+                await session.aclose()
         finally:
+            # After the client's own tasks: if this block is being cancelled, they are too,
+            # while a call opened here, shielded, is not.
             await self.aclose()
 
     # ------------------------------------------------------------------ internals
 
-    def _check_backend(self) -> None:
-        if self._url is None and sniffio.current_async_library() != "asyncio":
-            raise RuntimeError(_ASYNCIO_ONLY)
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _unavailable(self, exc: BaseException, detail: str = "") -> RedisBudgetUnavailableError:
+        """The ``CambError`` for a failed call: names the Redis error, never a secret."""
+        kind = _error_name(exc)
+        text = self._redact(str(exc))
+        if not text.startswith(kind):
+            text = f"{kind}: {text}" if text else kind
+        message = f"Redis for rate budget {self.name!r} is unavailable: {text}{detail}"
+        cls = RedisBudgetUnavailableError if _reply_code(exc) is None else RedisReplyError
+        return cls(message[:500], redis_error=kind)
 
     async def _run_script(self, args: list[str | float | int]) -> Any:
-        if sniffio.current_async_library() == "asyncio":
-            from redis.exceptions import AuthenticationError, AuthorizationError
-
-            try:
+        """One run of the script within ``redis_timeout``, the client opened if need be."""
+        with anyio.fail_after(self.redis_timeout):
+            if not self._opened_by_call and _client_is_open(self._redis):
+                # Held open by `async with budget:` or by its owner.
                 return await self._script(keys=self._keys, args=args)
-            except (AuthenticationError, AuthorizationError) as exc:
-                # redis-py files these under ConnectionError; they are configuration errors,
-                # not an outage to wait out.
-                raise RedisReplyError(str(exc)) from exc
-        client = self._anyio_redis
-        if client is None:
-            assert self._url is not None
-            client = self._anyio_redis = _AnyioRedis(self._url, **self._anyio_options)
-        return await client.run_script(_SCRIPT, _SCRIPT_SHA, self._keys, args)
+            async with self._opening:  # coredis: one opener of a client at a time
+                self._opened_by_call = True
+                try:
+                    async with self._redis:
+                        return await self._script(keys=self._keys, args=args)
+                except BaseExceptionGroup as group:  # the client's task group wraps it
+                    raise _first_failure(group) from None
+                finally:
+                    self._opened_by_call = False
 
     def _has_outbox(self) -> bool:
-        return bool(self._released) or self._pending_pause_until is not None
+        return bool(self._released) or bool(self._revoked) \
+            or self._pending_pause_until is not None
 
     def _wake_up(self) -> None:
         event, self._wake = self._wake, None
@@ -709,10 +610,9 @@ class RedisRateBudget:
                 continue
             if self._down and now < self._next_try:
                 if self.on_redis_error == "raise":  # known down: don't wait for a timeout
-                    raise RedisBudgetUnavailableError(
-                        f"Redis for rate budget {self.name!r} is unavailable "
-                        f"(next try in {self._next_try - now:.2f}s)"
-                    )
+                    assert self._last_error is not None
+                    raise self._unavailable(
+                        self._last_error, f" (next try in {self._next_try - now:.2f}s)")
                 if self._fallback is not None:  # "local": our share, until the next try
                     if now < self._local_from:
                         await self._sleep(self._local_from - now)
@@ -731,12 +631,21 @@ class RedisRateBudget:
             member = f"{self._token}:{next(self._seq)}"
             try:
                 granted, wait, reason = await self._call(acquire=True, member=member)
-            except _redis_down_errors() as exc:
-                self._failed(exc)
+            except BaseException as exc:
+                # Cancelled, timed out or failed after the script may have reached Redis:
+                # whatever it granted under `member` goes back before we return.
+                # (An error reply means the script did not run, or stopped before granting.)
+                outage = isinstance(exc, _FAILURES) and not isinstance(exc, _CONFIG_ERRORS)
+                if outage:
+                    self._failed(exc)
+                if _reply_code(exc) is None:
+                    await self._give_back(member)
+                if isinstance(exc, _CONFIG_ERRORS):  # not an outage: say so at once
+                    raise self._unavailable(exc) from exc
+                if not outage:
+                    raise
                 if self.on_redis_error == "raise":
-                    raise RedisBudgetUnavailableError(
-                        f"Redis for rate budget {self.name!r} is unavailable: {exc}"
-                    ) from exc
+                    raise self._unavailable(exc) from exc
                 continue
             if granted:
                 now = clock()
@@ -758,6 +667,19 @@ class RedisRateBudget:
             else:
                 await self._sleep(wait)
 
+    async def _give_back(self, member: str) -> None:
+        """Tell Redis to take back what it may have granted under ``member``.
+
+        Shielded and bounded by ``give_back_timeout``; if Redis cannot be told in time, the
+        member stays in the outbox and the next call of this process (or ``lease_ttl``) takes
+        care of it. The tombstone it leaves in Redis refuses a grant still queued there.
+        """
+        self._revoked.append((self._clock(), member))
+        self.give_backs += 1
+        with (anyio.CancelScope(shield=True), anyio.move_on_after(self.give_back_timeout),
+              contextlib.suppress(*_FAILURES)):
+            await self._call(acquire=False, member="")
+
     async def _take_local(self) -> None:
         assert self._fallback is not None
         await self._fallback.acquire()
@@ -769,6 +691,7 @@ class RedisRateBudget:
 
     def _failed(self, exc: BaseException) -> None:
         self.redis_errors += 1
+        self._last_error = exc
         now = self._clock()
         self._next_try = now + self.retry_interval
         self._backfill = True
@@ -783,7 +706,7 @@ class RedisRateBudget:
                                   f"{self.fleet_size} requests/s",
                          "raise": "raising"}[self.on_redis_error]
             logger.warning("rate budget %r: Redis unavailable (%s); %s", self.name,
-                           type(exc).__name__, behaviour)
+                           _error_name(exc), behaviour)
 
     async def _call(self, *, acquire: bool, member: str) -> tuple[bool, float, str]:
         """One run of the script, carrying the outbox; on failure the outbox is put back."""
@@ -791,6 +714,9 @@ class RedisRateBudget:
         # Take the outbox: a concurrent call (the courier, another acquirer) must not send
         # the same items, nor drop items added while we wait for Redis.
         released, self._released = self._released, []
+        # A give-back older than a lease is moot: whatever it was granted has expired.
+        revoked = [(at, m) for at, m in self._revoked if now - at < self.lease_ttl]
+        self._revoked.clear()
         pending, self._pending_pause_until = self._pending_pause_until, None
         renew: list[str] = []
         if self._held and now - self._renewed_at >= self.lease_ttl / 3:
@@ -815,6 +741,7 @@ class RedisRateBudget:
             self.reset_hold,
             self._state_ttl,
             self._window * self.smooth,
+            len(revoked), *(m for _, m in revoked),
             len(released), *released,
             len(renew), *renew,
             len(backfill) // 2, *backfill,
@@ -824,6 +751,7 @@ class RedisRateBudget:
             reply = await self._run_script(args)
         except BaseException:
             self._released[:0] = released
+            self._revoked.extendleft(reversed(revoked))
             if pending is not None and (self._pending_pause_until is None
                                         or pending > self._pending_pause_until):
                 self._pending_pause_until = pending
@@ -839,6 +767,8 @@ class RedisRateBudget:
         granted, wait, reason, fresh = reply
         if isinstance(reason, bytes):
             reason = reason.decode()
+        if isinstance(wait, bytes):
+            wait = wait.decode()
         if fresh:
             self.resets_seen += 1
             logger.info("rate budget %r: no state in Redis (first use, or Redis lost its "
@@ -866,6 +796,6 @@ class RedisRateBudget:
                 continue  # an acquire carried it already
             try:
                 await self._call(acquire=False, member="")
-            except _redis_down_errors() as exc:
+            except _FAILURES as exc:
                 self._failed(exc)
                 await anyio.sleep(self.retry_interval)
