@@ -251,3 +251,31 @@ def oracle_mean(dists: Sequence[LogNormal], weights: Sequence[float], target: fl
 
     pooled = _bisect(solve, target)
     return pooled, list(per_kind)
+
+
+def oracle_quantile_mixture(dists: Sequence[LogNormal], d: float, share: float = 0.05,
+                            max_points: int = 20_000) -> Solution:
+    """Fewest expected requests over a mix of equally likely task types (here: tasks whose
+    durations a size hint narrows to ``dists[i]``) with ``P(delay > d) <= share`` over the
+    mix: one ``lam`` for all, each type on its own schedule."""
+    grids, ms = [], []
+    for dist in dists:
+        t_max = dist.quantile_z(Z_MAX)
+        m = 8
+        while t_max / (d / m) > max_points and m > 2:
+            m -= 1
+        grids.append(_Grid(dist, d / m))
+        ms.append(m)
+
+    def solve(lam: float) -> Solution:
+        req = late = mean = 0.0
+        for dist, grid, m in zip(dists, grids, ms, strict=True):
+            ages = [grid.t[i] for i in _solve_quantile(grid, lam, m)]
+            r, md, lt = evaluate(dist, ages, d)
+            req += r
+            late += lt
+            mean += md
+        n = len(dists)
+        return Solution(req / n, late / n, mean / n, ())
+
+    return _bisect(solve, share)
