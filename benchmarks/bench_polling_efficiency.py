@@ -58,7 +58,7 @@ from camb_async import (
 from camb_async._adaptive import AdaptivePollPolicy, CompletionStats, DurationFit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _oracle import LogNormal, evaluate, oracle_mean, oracle_quantile
+from _oracle import LogNormal, evaluate, mean_grids, oracle_mean, oracle_quantile
 
 from camb_async.testing import FakeCambAPI
 
@@ -236,18 +236,21 @@ def hinted_dists(kind: TaskKind, points: int = 16) -> list[LogNormal]:
     return [LogNormal(math.log(median) + explained * z, RESIDUAL) for z in zs]
 
 
-def oracle_p95_per_kind(p95: dict[str, float], hinted: bool = False) -> dict[str, Any]:
-    """The oracle at these per-kind p95 delays: expected requests per task, per kind and
-    pooled (the kinds are equally many)."""
+def oracle_p95_per_kind(p95: dict[str, float], hinted: bool = False,
+                        shares: dict[str, float] | None = None) -> dict[str, Any]:
+    """The oracle at these per-kind p95 delays (or, with ``shares``, at "this share of the
+    kind's completions seen later than ``p95[kind]``"): expected requests per task, per kind
+    and pooled (the kinds are equally many)."""
+    from _oracle import oracle_quantile_mixture
+
     per_kind = {}
     for kind in KINDS:
         d = p95[kind.value]
+        share = 0.05 if shares is None else max(shares[kind.value], 1e-4)
         if hinted:
-            from _oracle import oracle_quantile_mixture
-
-            sol = oracle_quantile_mixture(hinted_dists(kind), d)
+            sol = oracle_quantile_mixture(hinted_dists(kind), d, share)
         else:
-            sol = oracle_quantile(LogNormal.of(*KINDS[kind]), d)
+            sol = oracle_quantile(LogNormal.of(*KINDS[kind]), d, share)
         per_kind[kind.value] = round(sol.requests, 4)
     return {"requests_per_task": round(sum(per_kind.values()) / len(per_kind), 4),
             "per_kind": per_kind}
@@ -259,6 +262,87 @@ def oracle_at_mean(mean: float) -> dict[str, Any]:
     return {"requests_per_task": round(pooled.requests, 4),
             "per_kind_requests": {k.value: round(s.requests, 3)
                                   for k, s in zip(KINDS, per_kind, strict=True)}}
+
+
+def _on_tasks(ages: list[float], durations: list[float], d: float = math.inf
+              ) -> tuple[float, float, float]:
+    """A schedule applied to these durations: (requests, mean delay, share later than d)."""
+    req = delay = late = 0.0
+    for t in durations:
+        i = bisect.bisect_left(ages, t)
+        seen = ages[i] if i < len(ages) else t  # past the grid (S < 3e-7): seen at once
+        req += i + 1
+        delay += seen - t
+        late += seen - t > d
+    n = len(durations)
+    return req / n, delay / n, late / n
+
+
+def _bracket(at: Callable[[float], tuple[float, float]], target: float
+             ) -> float:
+    """Requests of the Lagrangian solutions mixed to meet ``target`` exactly: ``at(lam)``
+    gives (requests, constraint); the constraint falls as ``lam`` grows."""
+    lo_lam, hi_lam = 1e-3, 1e5
+    lo, hi = at(lo_lam), at(hi_lam)
+    if hi[1] > target:
+        return hi[0]
+    if lo[1] <= target:
+        return lo[0]
+    for _ in range(30):
+        mid_lam = math.sqrt(lo_lam * hi_lam)
+        mid = at(mid_lam)
+        if mid[1] > target:
+            lo_lam, lo = mid_lam, mid
+        else:
+            hi_lam, hi = mid_lam, mid
+    if lo[1] == hi[1]:
+        return hi[0]
+    w = (lo[1] - target) / (lo[1] - hi[1])
+    return (1 - w) * lo[0] + w * hi[0]
+
+
+def oracle_on_tasks_mean(tasks: Tasks, target: float) -> float:
+    """The oracle's schedules (true distributions, one multiplier) applied to these very
+    tasks, at this pooled mean delay *on these tasks*: requests per task."""
+    from _oracle import _solve_mean
+
+    grids = mean_grids(true_dists())
+    durations = {k: [d for _, kind, d in tasks if kind is k] for k in KINDS}
+    n = len(tasks)
+
+    def at(lam: float) -> tuple[float, float]:
+        req = delay = 0.0
+        for kind, grid in zip(KINDS, grids, strict=True):
+            ages = [grid.t[i] for i in _solve_mean(grid, lam)]
+            r, m, _ = _on_tasks(ages, durations[kind])
+            req += r * len(durations[kind]) / n
+            delay += m * len(durations[kind]) / n
+        return req, delay
+
+    return _bracket(at, target)
+
+
+def oracle_on_tasks_p95(tasks: Tasks, p95: dict[str, float], shares: dict[str, float]
+                        ) -> dict[str, Any]:
+    """Per kind, the oracle's schedule applied to these tasks with the same share of them
+    seen later than ``p95[kind]`` as the run: requests per task, per kind and pooled."""
+    from _oracle import _Grid, _solve_quantile
+
+    per_kind = {}
+    for kind in KINDS:
+        durations = [d for _, k, d in tasks if k is kind]
+        dist, d = LogNormal.of(*KINDS[kind]), p95[kind.value]
+        grid = _Grid(dist, d / 8)
+
+        def at(lam: float, grid: _Grid = grid, durations: list[float] = durations,
+               d: float = d) -> tuple[float, float]:
+            ages = [grid.t[i] for i in _solve_quantile(grid, lam, 8)]
+            r, _, late = _on_tasks(ages, durations, d)
+            return r, late
+
+        per_kind[kind.value] = round(_bracket(at, shares[kind.value]), 4)
+    return {"requests_per_task": round(sum(per_kind.values()) / len(per_kind), 4),
+            "per_kind": per_kind}
 
 
 def run_job(job: Job, data: dict[str, Any]) -> dict[str, Any]:
@@ -296,23 +380,38 @@ def run_job(job: Job, data: dict[str, Any]) -> dict[str, Any]:
         row["late_share"] = {k: round(sum(x > spec["p95"][k] for x in run.delays[TaskKind(k)])
                                       / len(run.delays[TaskKind(k)]), 4) for k in spec["p95"]}
     if spec.get("oracle") == "p95":
-        own = {k: v["p95_delay_s"] for k, v in row["per_kind"].items()}
-        row["oracle_at_own_delay"] = oracle_p95_per_kind(own, hinted)
+        # At the delay quantile this run achieved: the same share of each kind's
+        # completions later than the seed's p95 (not the run's sample p95, which jumps as
+        # one more or one fewer of ~12 late tasks per kind lands past the 95th percentile).
+        row["oracle_at_own_delay"] = oracle_p95_per_kind(spec["p95"], hinted,
+                                                         row["late_share"])
     elif spec.get("oracle") == "mean":
         row["oracle_at_own_delay"] = oracle_at_mean(row["mean_delay_s"])
     if "oracle_at_own_delay" in row:
         row["ratio_to_oracle"] = round(
             row["requests_per_task"] / row["oracle_at_own_delay"]["requests_per_task"], 4)
+    if spec.get("oracle") == "p95" and not hinted:
+        row["oracle_on_tasks"] = oracle_on_tasks_p95(tasks, spec["p95"], row["late_share"])
+    elif spec.get("oracle") == "mean":
+        row["oracle_on_tasks"] = {"requests_per_task": round(
+            oracle_on_tasks_mean(tasks, row["mean_delay_s"]), 4)}
+    if "oracle_on_tasks" in row:
+        row["ratio_to_oracle_on_tasks"] = round(
+            row["requests_per_task"] / row["oracle_on_tasks"]["requests_per_task"], 4)
     row["wall_s"] = round(time.perf_counter() - t0, 2)
     return row
 
 
-def oracle_job(seed: dict[str, Any], hinted: bool) -> dict[str, Any]:
-    """The oracle at a seed's delays: per-kind p95 (both scenarios) and pooled mean."""
+def oracle_job(seed: dict[str, Any], hinted: bool, tasks: Tasks) -> dict[str, Any]:
+    """The oracle at a seed's delays: per-kind p95 (both scenarios) and pooled mean, in
+    expectation and (base scenario) applied to these tasks."""
     p95 = {k: v["p95_delay_s"] for k, v in seed["per_kind"].items()}
-    out = {"p95": oracle_p95_per_kind(p95, hinted)}
+    out: dict[str, Any] = {"p95": oracle_p95_per_kind(p95, hinted)}
     if not hinted:
         out["mean"] = oracle_at_mean(seed["mean_delay_s"])
+        out["p95_on_tasks"] = oracle_on_tasks_p95(tasks, p95, dict.fromkeys(p95, 0.05))[
+            "requests_per_task"]
+        out["mean_on_tasks"] = round(oracle_on_tasks_mean(tasks, seed["mean_delay_s"]), 4)
     return out
 
 
@@ -325,9 +424,8 @@ def expected_mean_delay(options: dict[str, Any], fits: dict[TaskKind, DurationFi
     req = mean = 0.0
     for fit in fits.values():
         dist = LogNormal(fit.mu, fit.sigma)
-        ages = ages_of(policy.gap_at(fit, 0.0), lambda age, n, fit=fit: min(max(
-            policy.gap_at(fit, age), policy.min_interval), policy.max_delay),
-            horizon=dist.quantile_z(5.5))
+        ages = ages_of(policy.mean_gap(fit, 0.0), lambda age, n, fit=fit: policy.mean_gap(
+            fit, age), horizon=dist.quantile_z(5.5))
         r, m, _ = evaluate(dist, ages)
         req += r / len(fits)
         mean += m / len(fits)
@@ -392,8 +490,7 @@ def adaptive_ages(options: dict[str, Any], stats: CompletionStats
     def ages(kind: TaskKind) -> list[float]:
         fit = stats.fit(kind, 0.0)
         assert fit is not None
-        return ages_of(policy.gap_at(fit, 0.0), lambda age, n: min(max(
-            policy.gap_at(fit, age), policy.min_interval), policy.max_delay))
+        return ages_of(policy.mean_gap(fit, 0.0), lambda age, n: policy.mean_gap(fit, age))
 
     return ages
 
@@ -429,6 +526,10 @@ SEEDS: dict[str, Callable[[TaskKind], list[float]]] = {
 #: Mean mode at a seed's mean delay: no practical cap, no tail stretch; the request cost is
 #: calibrated on the warm statistics alone (see ``calibrate_cost``).
 MEAN_MODE_MAX_DELAY = 600.0
+#: The hint runs again aiming at 3 % late instead of 5 %: ~12 late tasks per kind in a
+#: sample of 250 make the sample p95 a coin flip around the target; with this margin the
+#: "p95 no worse than the seed's" comparison holds on the sample, at a few % more requests.
+HINT_MARGIN_QUANTILE = 0.97
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,10 +582,16 @@ def main(argv: list[str] | None = None) -> int:
                          "p95 mode + hints",
                          {"policy": "p95", "p95": hp95, "warm": True, "hinted": True,
                           "oracle": "p95", "seed": name}))
+        targeted.append((f"adaptive(p95_delay=per-kind p95 of {name}, delay_quantile="
+                         f"{HINT_MARGIN_QUANTILE}) + hints, warm", "p95 mode + hints, margin",
+                         {"policy": "p95", "p95": hp95, "warm": True, "hinted": True,
+                          "oracle": "p95", "seed": name,
+                          "options": {"delay_quantile": HINT_MARGIN_QUANTILE}}))
     jobs = SCHEDULER_JOBS + targeted
 
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        oracle_futures = {(name, hinted): pool.submit(oracle_job, seed_row, hinted)
+        oracle_futures = {(name, hinted): pool.submit(oracle_job, seed_row, hinted,
+                                                      hinted_tasks if hinted else tasks)
                           for hinted, table in ((False, seeds), (True, hinted_seeds))
                           for name, seed_row in table.items()}
         futures = [pool.submit(run_job, job, data) for job in jobs]
@@ -513,12 +620,14 @@ def main(argv: list[str] | None = None) -> int:
         by_group = {r["group"]: r for r in rows if r.get("seed") == name}
         p95_row, mean_row = by_group["p95 mode"], by_group["mean mode"]
         hint_row, hseed = by_group["p95 mode + hints"], hinted_seeds[name]
+        margin_row = by_group["p95 mode + hints, margin"]
         o, ho = oracles[(name, False)], oracles[(name, True)]
         comparison.append({
             "seed": name, "seed_requests": seed["requests_per_task"],
             "seed_mean_delay_s": seed["mean_delay_s"],
             "seed_p95_per_kind": {k: v["p95_delay_s"] for k, v in seed["per_kind"].items()},
             "oracle_p95": o["p95"], "oracle_mean": o["mean"],
+            "oracle_p95_on_tasks": o["p95_on_tasks"], "oracle_mean_on_tasks": o["mean_on_tasks"],
             "oracle_p95_vs_seed": round(o["p95"]["requests_per_task"]
                                         / seed["requests_per_task"], 3),
             "oracle_mean_vs_seed": round(o["mean"]["requests_per_task"]
@@ -535,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
                 "adaptive": _digest(hint_row, hseed),
                 "adaptive_vs_seed": round(hint_row["requests_per_task"]
                                           / hseed["requests_per_task"], 3),
+                "margin": _digest(margin_row, hseed),
+                "margin_vs_seed": round(margin_row["requests_per_task"]
+                                        / hseed["requests_per_task"], 3),
             },
         })
 
@@ -587,6 +699,7 @@ def _digest(row: dict[str, Any], seed: dict[str, Any]) -> dict[str, Any]:
         "mean_no_worse": row["mean_delay_s"] <= seed["mean_delay_s"],
         "oracle_at_own_delay": row["oracle_at_own_delay"]["requests_per_task"],
         "ratio_to_oracle": row["ratio_to_oracle"],
+        "ratio_to_oracle_on_tasks": row.get("ratio_to_oracle_on_tasks"),
     }
 
 
@@ -595,14 +708,19 @@ def acceptance_18(comparison: list[dict[str, Any]]) -> dict[str, Any]:
     every seed row; with hints (residual 0.3) <= 0.5x the seed's requests at equal p95."""
     out: dict[str, Any] = {}
     for c in comparison:
-        p, m = c["p95_mode"], c["mean_mode"]
+        p, m, h = c["p95_mode"], c["mean_mode"], c["hinted"]
         out[c["seed"]] = {
-            "p95_mode_ratio_to_oracle": p["ratio_to_oracle"],
-            "p95_mode_ok": p["ratio_to_oracle"] <= 1.05,
-            "mean_mode_ratio_to_oracle": m["ratio_to_oracle"],
-            "mean_mode_ok": m["ratio_to_oracle"] <= 1.05,
-            "hinted_vs_seed": c["hinted"]["adaptive_vs_seed"],
-            "hinted_ok": c["hinted"]["adaptive_vs_seed"] <= 0.5,
+            "p95_mode_ratio_to_oracle_on_tasks": p["ratio_to_oracle_on_tasks"],
+            "p95_mode_ok": p["ratio_to_oracle_on_tasks"] <= 1.05,
+            "mean_mode_ratio_to_oracle_on_tasks": m["ratio_to_oracle_on_tasks"],
+            "mean_mode_ok": m["ratio_to_oracle_on_tasks"] <= 1.05,
+            "hinted_vs_seed": h["adaptive_vs_seed"],
+            "hinted_p95_no_worse": all(h["adaptive"]["p95_no_worse_per_kind"].values()),
+            "hinted_margin_vs_seed": h["margin_vs_seed"],
+            "hinted_margin_p95_no_worse": all(h["margin"]["p95_no_worse_per_kind"].values()),
+            "hinted_ok": any(h[r] <= 0.5 and all(h[d]["p95_no_worse_per_kind"].values())
+                             for r, d in (("adaptive_vs_seed", "adaptive"),
+                                          ("margin_vs_seed", "margin"))),
         }
     return {"issue_18": out}
 
@@ -703,21 +821,35 @@ def markdown(result: dict[str, Any]) -> str:
               "`adaptive(request_cost=c)` with `c` calibrated on the warm statistics alone to "
               "the seed's mean. \"x oracle\" divides a run's requests by the oracle's at the "
               "delay that run actually achieved (its own per-kind p95, its own mean).", "",
-              "| seed | seed req/task | oracle @ p95 per kind | p95 mode req/task | x oracle "
-              "| p95 per kind (seed -> p95 mode) | oracle @ mean | mean mode req/task "
-              "| x oracle | mean delay (seed -> mean mode) |",
-              "|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+              "| seed | seed req/task | oracle @ p95 per kind: expected (on these tasks) "
+              "| p95 mode req/task | x oracle, same tasks and delay | x expected oracle "
+              "@ seed's p95 | share later than seed's p95 per kind | p95 per kind (seed -> "
+              "p95 mode) |",
+              "|---|---:|---:|---:|---:|---:|---|---|"]
     for c in result["comparison"]:
-        p, m = c["p95_mode"], c["mean_mode"]
+        p = c["p95_mode"]
         p95s = ", ".join(f"{k} {c['seed_p95_per_kind'][k]:.2f}->{v:.2f}"
                          for k, v in p["p95_per_kind"].items())
+        late = ", ".join(f"{k} {100 * v:.1f} %" for k, v in p["late_share"].items())
         lines.append(
             f"| {c['seed']} | {c['seed_requests']:.2f} | "
-            f"{c['oracle_p95']['requests_per_task']:.2f} ({c['oracle_p95_vs_seed']:.2f}x) | "
-            f"{p['requests']:.2f} | {p['ratio_to_oracle']:.3f} | {p95s} | "
-            f"{c['oracle_mean']['requests_per_task']:.2f} ({c['oracle_mean_vs_seed']:.2f}x) | "
-            f"{m['requests']:.2f} | {m['ratio_to_oracle']:.3f} | "
-            f"{c['seed_mean_delay_s']:.2f}->{m['mean_delay_s']:.2f} |")
+            f"{c['oracle_p95']['requests_per_task']:.2f} "
+            f"({c['oracle_p95_on_tasks']:.2f}; {c['oracle_p95_vs_seed']:.2f}x seed) | "
+            f"{p['requests']:.2f} | **{p['ratio_to_oracle_on_tasks']:.3f}** | "
+            f"{p['requests'] / c['oracle_p95']['requests_per_task']:.3f} | {late} | {p95s} |")
+    lines += ["", "| seed | seed req/task | oracle @ seed's mean: expected (on these tasks) "
+              "| mean mode req/task | x oracle, same tasks and delay | x expected oracle @ "
+              "seed's mean | request_cost (calibrated) | mean delay (seed -> mean mode) |",
+              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for c in result["comparison"]:
+        m = c["mean_mode"]
+        lines.append(
+            f"| {c['seed']} | {c['seed_requests']:.2f} | "
+            f"{c['oracle_mean']['requests_per_task']:.2f} "
+            f"({c['oracle_mean_on_tasks']:.2f}; {c['oracle_mean_vs_seed']:.2f}x seed) | "
+            f"{m['requests']:.2f} | **{m['ratio_to_oracle_on_tasks']:.3f}** | "
+            f"{m['requests'] / c['oracle_mean']['requests_per_task']:.3f} | "
+            f"{m['request_cost']:.3g} | {c['seed_mean_delay_s']:.2f}->{m['mean_delay_s']:.2f} |")
     hs = result["workload"]["hint_scenario"]
     lines += ["", f"#### Duration hints: durations correlate with input size (residual spread "
               f"{hs['residual_spread']})", "",
@@ -727,27 +859,37 @@ def markdown(result: dict[str, Any]) -> str:
               f"{hs['residual_spread']}. Handles carry `DurationHint(size, unit)`; the warm "
               "statistics (400 hinted tasks of another seed) hold the learned duration-vs-size "
               "relation. Oracle with hints: each task's conditional distribution known "
-              "exactly, one Lagrange multiplier per kind.", "",
-              "| seed | seed req/task | oracle with hints @ p95 per kind | p95 mode + hints "
-              "req/task | vs seed | x oracle | p95 per kind (seed -> adaptive) |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+              "exactly, one Lagrange multiplier per kind (expected values). \"x oracle\": "
+              "at the share of each kind's completions the run saw later than the seed's p95.",
+              "",
+              "| seed | seed req/task | oracle with hints @ p95 per kind | adaptive + hints "
+              "| req/task | vs seed | x oracle | share later than seed's p95 | p95 per kind "
+              "(seed -> adaptive) |",
+              "|---|---:|---:|---|---:|---:|---:|---|---|"]
     for c in result["comparison"]:
         h = c["hinted"]
-        a = h["adaptive"]
-        p95s = ", ".join(f"{k} {h['seed_p95_per_kind'][k]:.2f}->{v:.2f}"
-                         for k, v in a["p95_per_kind"].items())
-        lines.append(
-            f"| {c['seed']} | {h['seed_requests']:.2f} | "
-            f"{h['oracle_p95']['requests_per_task']:.2f} ({h['oracle_p95_vs_seed']:.2f}x) | "
-            f"{a['requests']:.2f} | {h['adaptive_vs_seed']:.3f}x | "
-            f"{a['ratio_to_oracle']:.3f} | {p95s} |")
+        for label, a, vs in (("p95 mode", h["adaptive"], h["adaptive_vs_seed"]),
+                             (f"p95 mode, delay_quantile={HINT_MARGIN_QUANTILE}", h["margin"],
+                              h["margin_vs_seed"])):
+            p95s = ", ".join(f"{k} {h['seed_p95_per_kind'][k]:.2f}->{v:.2f}"
+                             for k, v in a["p95_per_kind"].items())
+            late = ", ".join(f"{k} {100 * v:.1f} %" for k, v in a["late_share"].items())
+            lines.append(
+                f"| {c['seed']} | {h['seed_requests']:.2f} | "
+                f"{h['oracle_p95']['requests_per_task']:.2f} "
+                f"({h['oracle_p95_vs_seed']:.2f}x) | {label} | "
+                f"{a['requests']:.2f} | **{vs:.3f}x** | {a['ratio_to_oracle']:.3f} | {late} "
+                f"| {p95s} |")
     acc = result["acceptance"]["issue_18"]
-    lines += ["", "Issue 18 acceptance: " + "; ".join(
-        f"{seed}: p95 mode {v['p95_mode_ratio_to_oracle']:.3f}x oracle "
-        f"({'ok' if v['p95_mode_ok'] else 'FAIL'}), mean mode "
-        f"{v['mean_mode_ratio_to_oracle']:.3f}x ({'ok' if v['mean_mode_ok'] else 'FAIL'}), "
-        f"hints {v['hinted_vs_seed']:.3f}x seed ({'ok' if v['hinted_ok'] else 'FAIL'})"
-        for seed, v in acc.items()) + "."]
+    lines += ["", "Issue 18 acceptance (x oracle on the same tasks at the same delay; hints: "
+              "requests vs the seed with every kind's p95 no worse): " + "; ".join(
+                  f"{seed}: p95 mode {v['p95_mode_ratio_to_oracle_on_tasks']:.3f}x "
+                  f"({'ok' if v['p95_mode_ok'] else 'FAIL'}), mean mode "
+                  f"{v['mean_mode_ratio_to_oracle_on_tasks']:.3f}x "
+                  f"({'ok' if v['mean_mode_ok'] else 'FAIL'}), hints "
+                  f"{v['hinted_vs_seed']:.3f}x / {v['hinted_margin_vs_seed']:.3f}x seed "
+                  f"({'ok' if v['hinted_ok'] else 'FAIL'})"
+                  for seed, v in acc.items()) + "."]
     lines += [
               "", f"Wall time {result['wall_s']} s for hours of virtual time (python "
               f"{result['versions']['python']}, camb-async {result['versions']['camb_async']})."]

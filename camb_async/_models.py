@@ -436,11 +436,12 @@ def parse_batch(data: Any, requested: Collection[int], parse_one: Callable[[Any]
 HINT_UNITS = ("chars", "bytes", "seconds")
 
 
-def _check_hint_size(_: Any, __: Any, value: float) -> None:
+def _hint_size(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"hint size must be a number, got {type(value).__name__}")
     if not (value > 0 and value < float("inf")):
         raise ValueError(f"hint size must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 @attrs.frozen(slots=True)
@@ -455,7 +456,7 @@ class DurationHint:
     adaptive policies learn, per kind and unit, how duration grows with size.
     """
 
-    size: float = attrs.field(converter=float, validator=_check_hint_size)
+    size: float = attrs.field(converter=_hint_size)
     unit: str = attrs.field(default="seconds",
                             validator=attrs.validators.in_(HINT_UNITS))
 

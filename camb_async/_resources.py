@@ -762,9 +762,21 @@ class _Upload:
         """Bytes to upload, if known without reading (a duration hint), else None."""
         if self._data is not None:
             return len(self._data)
+        fobj = self._file
+        if fobj is None:
+            return None
         try:
-            return os.fstat(self._file.fileno()).st_size if self._file is not None else None
+            return os.fstat(fobj.fileno()).st_size
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass
+        if not self.resendable:  # cannot seek: the size is unknown until it is sent
+            return None
+        try:  # httpx rewinds the file before sending, so the position needn't be kept
+            here = fobj.tell()
+            end = fobj.seek(0, io.SEEK_END)
+            fobj.seek(here)
+            return end
+        except (AttributeError, OSError, ValueError):
             return None
 
     def part(self) -> tuple[str, tuple[str, Any, str]]:
