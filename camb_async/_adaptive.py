@@ -672,11 +672,11 @@ class AdaptivePollPolicy(PollPolicy):
     ``max_delay / 15``); larger means fewer requests and later detection. ``min_interval``: no
     gap is shorter. ``min_samples``: completions of a kind needed before its schedule is
     trusted; until then ``fallback`` (or the kind's default policy) is used, capped at
-    ``max_delay``. ``tail`` (default 0.01; 0 makes the bound hard) lets a gap pass
-    ``max_delay`` (by up to 4 x ``max_delay``) wherever completion is so unlikely that even
-    ``2 * max_delay`` would be worth waiting — before a task's first poll and between any two
-    later polls alike — as long as the fit gives the task at most ``tail`` probability of
-    finishing in the overrun. It skips a long job's dead start and its far tail.
+    ``max_delay``. ``tail`` (default 0.01; 0 makes the bound hard) is the share of a kind's
+    completions (by the fit) that may be seen later than ``max_delay``: a gap the schedule
+    wants longer than ``max_delay`` (up to 5 x ``max_delay``) is allowed only in the kind's
+    dead start and far tail, placed like quantile mode's late share — before a task's first
+    poll and between any two later polls alike. It skips a long job's dead start.
 
     Quantile mode (``p95_delay=D``): the goal is "at least ``delay_quantile`` (0.95) of the
     completions are seen within ``D``" with the fewest requests. The best schedule for that
@@ -702,7 +702,7 @@ class AdaptivePollPolicy(PollPolicy):
     delay_quantile: float = 0.95
     _estimator: DurationEstimator | None = attrs.field(default=None, eq=False, repr=False)
     _clock: Any = attrs.field(default=None, eq=False, repr=False)
-    _plans: dict[tuple[int, int], tuple[float, float]] = attrs.field(
+    _plans: dict[tuple[int, int, int], tuple[float, float]] = attrs.field(
         factory=dict, eq=False, repr=False)
     _schedules: dict[tuple[int, int], tuple[float, ...]] = attrs.field(
         factory=dict, eq=False, repr=False)
@@ -836,17 +836,20 @@ class AdaptivePollPolicy(PollPolicy):
         """``(first, cut)``: the first poll's age and the age past which gaps are
         ``max(max_delay, p95_delay)`` instead of ``p95_delay``, for a log-normal ``fit``.
         Cached per fit (to 1 % in the median), so hinted tasks of similar sizes share it."""
-        key = (round(fit.mu * 100.0), round(fit.sigma * 500.0))
+        d = self.p95_delay
+        assert d is not None
+        return self._cached_plan(fit, d, max(self.max_delay, d), 1.0 - self.delay_quantile)
+
+    def _cached_plan(self, fit: DurationFit, d: float, g: float, share: float
+                     ) -> tuple[float, float]:
+        key = (round(fit.mu * 100.0), round(fit.sigma * 500.0), 0 if d == self.p95_delay else 1)
         plans = self._plans
         got = plans.get(key)
         if got is None:
             if len(plans) >= 4096:
                 plans.clear()
-            d = self.p95_delay
-            assert d is not None
-            got = plans[key] = quantile_plan(key[0] / 100.0, max(key[1] / 500.0, 0.01), d,
-                                             max(self.max_delay, d),
-                                             1.0 - self.delay_quantile)
+            got = plans[key] = quantile_plan(key[0] / 100.0, max(key[1] / 500.0, 0.01), d, g,
+                                             share)
         return got
 
     # ------------------------------------------------------------ mean mode
@@ -874,15 +877,17 @@ class AdaptivePollPolicy(PollPolicy):
         gap = ages[i] - age if i < len(ages) else self.max_delay
         gap = max(gap, self.min_interval)
         if gap > self.max_delay:
-            log_s0 = fit.log_survival(age)
-            # Stretch only where completion is so unlikely that even twice max_delay would
-            # be worth waiting by Keller's rule (a dead start, a far tail), not wherever the
-            # schedule wants long gaps: there a 1 % overrun per gap adds up.
-            two = 2.0 * self.max_delay
-            if not self.tail or two * -math.expm1(
-                    fit.log_survival(age + two) - log_s0) > self.kappa:
+            if not self.tail:
                 return self.max_delay
-            return min(gap, self._stretch(fit, age, log_s0))
+            # ``tail`` is a budget for the whole task, not a per-gap allowance (1 % a gap
+            # adds up over a long job's dozens of gaps): it is spent like quantile mode's
+            # 5 %, on the dead start (up to the plan's first poll) and the far tail (past its
+            # cut), where polls buy least. Elsewhere max_delay binds.
+            cap = _MAX_STRETCH * self.max_delay
+            first, cut = self._cached_plan(fit, self.max_delay, cap, self.tail)
+            if age >= cut:
+                return min(gap, cap)
+            return min(gap, max(first - age, self.max_delay), cap)
         return gap
 
     def gap_at(self, fit: DurationFit, age: float) -> float:

@@ -164,6 +164,21 @@ def test_tail_stretch_applies_after_the_first_poll_too() -> None:
     assert all(jittery.next_interval(5, 480.0) <= 30.0 for _ in range(200))
 
 
+@pytest.mark.parametrize("max_delay", [10.0, 30.0])
+def test_tail_is_a_budget_for_the_whole_task_not_one_per_gap(max_delay: float) -> None:
+    """Stretching every gap that may overrun by 1 % would make a long job's dozens of gaps
+    add up: with max_delay=10 a quarter of dubbing completions were seen late."""
+    est = _trained(480.0, 0.7)
+    policy = _bound(_policy(max_delay=max_delay, tail=0.01), est)
+    fit = policy.current_fit()
+    assert fit is not None
+    ages = _ages(policy.first_interval(0.0), lambda a: policy.next_interval(2, a),
+                 math.exp(fit.mu + 6 * fit.sigma))
+    _, _, late = _evaluate(fit.mu, fit.sigma, ages, max_delay)
+    assert late <= 0.01 + 1e-3
+    assert ages[0] > 2 * max_delay  # while the dead start is still skipped
+
+
 async def test_an_id_from_elsewhere_skips_the_dead_start_after_its_first_poll(
         api: FakeCambAPI, make_client: ClientFactory) -> None:
     stats = CompletionStats()
