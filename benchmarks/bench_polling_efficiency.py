@@ -472,6 +472,44 @@ def expected_mean_delay(options: dict[str, Any], fits: dict[TaskKind, DurationFi
     return req, mean
 
 
+def expected_vs_oracle(seed: dict[str, Any], cost: float,
+                       fits: dict[TaskKind, DurationFit]) -> dict[str, Any]:
+    """Both modes with the warm fits held fixed (no jitter, no learning), evaluated exactly
+    against the true distributions, beside the oracle at the delay each achieves: the
+    adaptive-vs-oracle ratio without any sample's luck. Quantile mode: per kind, at the
+    expected share of completions later than the seed's p95; mean mode: at its pooled mean."""
+    req = oracle_req = 0.0
+    late: dict[str, float] = {}
+    for kind, fit in fits.items():
+        d = seed["per_kind"][kind.value]["p95_delay_s"]
+        policy = PollPolicy.adaptive(p95_delay=d, jitter=0.0)
+        assert isinstance(policy, AdaptivePollPolicy)
+        first, cut = policy.plan(fit)
+        dist = LogNormal.of(*KINDS[kind])
+        ages = ages_of(first, lambda age, n, d=d, cut=cut: d if age < cut else max(30.0, d),
+                       horizon=dist.quantile_z(5.5))
+        r, _, share = evaluate(dist, ages, d)
+        late[kind.value] = round(share, 4)
+        req += r
+        oracle_req += oracle_quantile(dist, d, max(share, 1e-4)).requests
+    mean_req, mean_delay = 0.0, 0.0
+    policy = PollPolicy.adaptive(max_delay=MEAN_MODE_MAX_DELAY, request_cost=cost, tail=0.0,
+                                 jitter=0.0)
+    assert isinstance(policy, AdaptivePollPolicy)
+    for kind, fit in fits.items():
+        dist = LogNormal.of(*KINDS[kind])
+        ages = ages_of(policy.mean_gap(fit, 0.0), lambda age, n, fit=fit: policy.mean_gap(
+            fit, age), horizon=dist.quantile_z(5.5))
+        r, m, _ = evaluate(dist, ages)
+        mean_req += r / len(fits)
+        mean_delay += m / len(fits)
+    pooled, _ = oracle_mean(true_dists(), [1.0] * len(KINDS), mean_delay)
+    return {"p95_mode": {"requests": round(req / len(fits), 4), "late_share": late,
+                         "ratio_to_oracle": round(req / oracle_req, 4)},
+            "mean_mode": {"requests": round(mean_req, 4), "mean_delay_s": round(mean_delay, 3),
+                          "ratio_to_oracle": round(mean_req / pooled.requests, 4)}}
+
+
 def calibrate_cost(target: float, fits: dict[TaskKind, DurationFit],
                    max_delay: float) -> float:
     """The request_cost whose schedule the fits expect to give pooled mean delay ``target``."""
@@ -674,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
                                          / seed["requests_per_task"], 3),
             "p95_mode": _digest(p95_row, seed),
             "mean_mode": {**_digest(mean_row, seed), "request_cost": costs[name]},
+            "expected": expected_vs_oracle(seed, costs[name], fits),
             "hinted": {
                 "seed_requests": hseed["requests_per_task"],
                 "seed_p95_per_kind": {k: v["p95_delay_s"]
@@ -750,6 +789,8 @@ def acceptance_18(comparison: list[dict[str, Any]]) -> dict[str, Any]:
     for c in comparison:
         p, m, h = c["p95_mode"], c["mean_mode"], c["hinted"]
         out[c["seed"]] = {
+            "p95_mode_ratio_in_expectation": c["expected"]["p95_mode"]["ratio_to_oracle"],
+            "mean_mode_ratio_in_expectation": c["expected"]["mean_mode"]["ratio_to_oracle"],
             "p95_mode_ratio_to_oracle_on_tasks": p["ratio_to_oracle_on_tasks"],
             "p95_mode_ok": p["ratio_to_oracle_on_tasks"] <= 1.05,
             "mean_mode_ratio_to_oracle_on_tasks": m["ratio_to_oracle_on_tasks"],
@@ -863,9 +904,9 @@ def markdown(result: dict[str, Any]) -> str:
               "delay that run actually achieved (its own per-kind p95, its own mean).", "",
               "| seed | seed req/task | oracle @ p95 per kind: expected (on these tasks) "
               "| p95 mode req/task | x oracle, same tasks and delay | x expected oracle "
-              "@ seed's p95 | share later than seed's p95 per kind | p95 per kind (seed -> "
-              "p95 mode) |",
-              "|---|---:|---:|---:|---:|---:|---|---|"]
+              "@ seed's p95 | x oracle in expectation, warm fit held | share later than "
+              "seed's p95 per kind | p95 per kind (seed -> p95 mode) |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for c in result["comparison"]:
         p = c["p95_mode"]
         p95s = ", ".join(f"{k} {c['seed_p95_per_kind'][k]:.2f}->{v:.2f}"
@@ -876,11 +917,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"{c['oracle_p95']['requests_per_task']:.2f} "
             f"({c['oracle_p95_on_tasks']:.2f}; {c['oracle_p95_vs_seed']:.2f}x seed) | "
             f"{p['requests']:.2f} | **{p['ratio_to_oracle_on_tasks']:.3f}** | "
-            f"{p['requests'] / c['oracle_p95']['requests_per_task']:.3f} | {late} | {p95s} |")
+            f"{p['requests'] / c['oracle_p95']['requests_per_task']:.3f} | "
+            f"{c['expected']['p95_mode']['ratio_to_oracle']:.3f} | {late} | {p95s} |")
     lines += ["", "| seed | seed req/task | oracle @ seed's mean: expected (on these tasks) "
               "| mean mode req/task | x oracle, same tasks and delay | x expected oracle @ "
-              "seed's mean | request_cost (calibrated) | mean delay (seed -> mean mode) |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
+              "seed's mean | x oracle in expectation, warm fit held | request_cost "
+              "(calibrated) | mean delay (seed -> mean mode) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in result["comparison"]:
         m = c["mean_mode"]
         lines.append(
@@ -889,6 +932,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"({c['oracle_mean_on_tasks']:.2f}; {c['oracle_mean_vs_seed']:.2f}x seed) | "
             f"{m['requests']:.2f} | **{m['ratio_to_oracle_on_tasks']:.3f}** | "
             f"{m['requests'] / c['oracle_mean']['requests_per_task']:.3f} | "
+            f"{c['expected']['mean_mode']['ratio_to_oracle']:.3f} | "
             f"{m['request_cost']:.3g} | {c['seed_mean_delay_s']:.2f}->{m['mean_delay_s']:.2f} |")
     hs = result["workload"]["hint_scenario"]
     lines += ["", f"#### Duration hints: durations correlate with input size (residual spread "
@@ -921,11 +965,15 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{a['requests']:.2f} | **{vs:.3f}x** | {a['ratio_to_oracle']:.3f} | {late} "
                 f"| {p95s} |")
     acc = result["acceptance"]["issue_18"]
-    lines += ["", "Issue 18 acceptance (x oracle on the same tasks at the same delay; hints: "
-              "requests vs the seed with every kind's p95 no worse): " + "; ".join(
+    lines += ["", "Issue 18 acceptance (x oracle: real scheduler on the same tasks at the "
+              "same delay [in expectation with the warm fit held fixed]; hints: requests vs "
+              "the seed with every kind's p95 no worse, at 5 % / 3 % late targets): "
+              + "; ".join(
                   f"{seed}: p95 mode {v['p95_mode_ratio_to_oracle_on_tasks']:.3f}x "
+                  f"[{v['p95_mode_ratio_in_expectation']:.3f}x] "
                   f"({'ok' if v['p95_mode_ok'] else 'FAIL'}), mean mode "
                   f"{v['mean_mode_ratio_to_oracle_on_tasks']:.3f}x "
+                  f"[{v['mean_mode_ratio_in_expectation']:.3f}x] "
                   f"({'ok' if v['mean_mode_ok'] else 'FAIL'}), hints "
                   f"{v['hinted_vs_seed']:.3f}x / {v['hinted_margin_vs_seed']:.3f}x seed "
                   f"({'ok' if v['hinted_ok'] else 'FAIL'})"
