@@ -754,7 +754,10 @@ class AdaptivePollPolicy(PollPolicy):
                                     initial=min(fallback.initial, bound))
         return attrs.evolve(self, fallback=fallback,
                             estimator=client.completion_stats.for_kind(kind),
-                            clock=anyio.current_time, plans={}, schedules={})
+                            clock=anyio.current_time,
+                            # Shared with every binding of this policy: a schedule depends
+                            # only on the fit and the policy's own settings, not on the kind.
+                            plans=self._plans, schedules=self._schedules)
 
     def current_fit(self, hint: DurationHint | None = None) -> DurationFit | None:
         """The fit this policy schedules by now (for a task of size ``hint``); None while it
