@@ -25,6 +25,7 @@ from ._handle import TaskHandle
 from ._hooks import RequestHooks
 from ._models import (
     DubbingResult,
+    DurationHint,
     Language,
     StatusResult,
     TaskKind,
@@ -56,6 +57,7 @@ __all__ = [
     "CambError",
     "DubResource",
     "DubbingResult",
+    "DurationHint",
     "ClientClosedError",
     "CompletionStats",
     "InternalServerError",

@@ -62,6 +62,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._handle import TaskHandle
+    from ._models import DurationHint
     from ._polling import PolicyArg
 
 __all__ = ["AsyncCambClient", "DEFAULT_BASE_URL"]
@@ -672,9 +673,12 @@ class AsyncCambClient:
                 f"{', '.join(k.value for k in self._resources)}"
             ) from None
 
-    def task(self, kind: TaskKind | str, task_id: str) -> TaskHandle:
-        """A handle on an existing task of any kind; makes no request."""
-        return self.resource(kind).task(task_id)
+    def task(self, kind: TaskKind | str, task_id: str, *,
+             hint: DurationHint | float | None = None) -> TaskHandle:
+        """A handle on an existing task of any kind; makes no request. ``hint``: what you know
+        of its input size (a ``DurationHint``, or a number in the kind's natural unit:
+        characters for TTS and translation, media seconds for dubbing and transcription)."""
+        return self.resource(kind).task(task_id, hint=hint)
 
     async def gather_statuses(
         self,

@@ -16,7 +16,7 @@ from ._errors import (
     TaskFailedError,
     WaitTimeoutError,
 )
-from ._models import StatusResult, TaskKind
+from ._models import DurationHint, StatusResult, TaskKind, as_hint
 from ._polling import PollPolicy, is_transient
 
 if TYPE_CHECKING:
@@ -31,16 +31,20 @@ class TaskHandle:
     ``await handle`` polls with the kind's default ``PollPolicy`` until the task is terminal
     and returns its final ``StatusResult``. ``created_at`` (the event loop's clock) is set for
     handles returned by ``create()``; it tells polling policies how old the task is.
+    ``hint`` (a ``DurationHint``, or a number in the kind's natural unit) is what is known of
+    the task's input size; adaptive policies use it to expect the task's duration.
     """
 
-    __slots__ = ("_client", "kind", "task_id", "created_at")
+    __slots__ = ("_client", "kind", "task_id", "created_at", "hint")
 
     def __init__(self, client: AsyncCambClient, kind: TaskKind, task_id: str,
-                 created_at: float | None = None) -> None:
+                 created_at: float | None = None,
+                 hint: DurationHint | float | None = None) -> None:
         self._client = client
         self.kind = kind
         self.task_id = task_id
         self.created_at = created_at
+        self.hint: DurationHint | None = as_hint(kind, hint)
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.kind.value} {self.task_id!r}>"
@@ -77,8 +81,9 @@ class TaskHandle:
         stats = self._client.completion_stats
         known_start = self.created_at is not None
         start = self.created_at if self.created_at is not None else anyio.current_time()
+        hint = self.hint
         if known_start:
-            first = policy.first_interval(anyio.current_time() - start)
+            first = policy.first_interval(anyio.current_time() - start, hint)
             if first > 0:
                 await self._client._sleep(first)
         polls = errors = 0
@@ -94,27 +99,27 @@ class TaskHandle:
                         raise
                     errors += 1
                     await self._client._sleep(
-                        policy.next_interval(polls + errors, anyio.current_time() - start))
+                        policy.next_interval(polls + errors, anyio.current_time() - start, hint))
                     continue
                 polls += 1
                 errors = 0
                 age = anyio.current_time() - start
                 if result.is_terminal:
                     stats.completed(kind, start, last_pending if polls > 1 else 0.0, age,
-                                    known_start=known_start, tracked=watching)
+                                    known_start=known_start, tracked=watching, hint=hint)
                     watching = False
                     yield result
                     return
                 if not watching:
-                    stats.started(kind, start)
+                    stats.started(kind, start, hint)
                     watching = True
                 last_pending = age
                 yield result
                 await self._client._sleep(
-                    policy.next_interval(polls, anyio.current_time() - start))
+                    policy.next_interval(polls, anyio.current_time() - start, hint))
         finally:
             if watching:  # stopped while pending (timeout, cancel, error): it ran longer
-                stats.abandoned(kind, start, last_pending)
+                stats.abandoned(kind, start, last_pending, hint)
 
     async def wait(self, timeout: float | None = None, *,
                    policy: PollPolicy | None = None) -> StatusResult:

@@ -435,3 +435,49 @@ def parse_batch(data: Any, requested: Collection[int], parse_one: Callable[[Any]
             except ModelError as exc:
                 raise ModelError(f"run {run_id}: {exc}") from None
     return out
+
+
+# ------------------------------------------------------------------------ duration hints
+
+#: Units a ``DurationHint`` may be in. A kind's durations are related to one unit at a time
+#: (characters do not predict what bytes do), so each unit has its own learned relation.
+HINT_UNITS = ("chars", "bytes", "seconds")
+
+
+def _hint_size(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"hint size must be a number, got {type(value).__name__}")
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"hint size must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+@attrs.frozen(slots=True)
+class DurationHint:
+    """What is known of a task's input, so polling can expect how long it will take.
+
+    ``size`` is in ``unit``: ``"chars"`` (text to speak or translate), ``"bytes"`` (an
+    uploaded file) or ``"seconds"`` (media duration). Handles from ``create()`` carry one
+    when the input tells (text length, upload size); pass your own to ``create(hint=...)``
+    or ``client.task(kind, id, hint=...)``. A bare number means the kind's natural unit:
+    characters for TTS and translation, media seconds for dubbing and transcription. The
+    adaptive policies learn, per kind and unit, how duration grows with size.
+    """
+
+    size: float = attrs.field(converter=_hint_size)
+    unit: str = attrs.field(default="seconds",
+                            validator=attrs.validators.in_(HINT_UNITS))
+
+
+_NATURAL_UNIT = {TaskKind.TTS: "chars", TaskKind.TRANSLATION: "chars",
+                 TaskKind.DUB: "seconds", TaskKind.TRANSCRIPTION: "seconds"}
+
+
+def as_hint(kind: TaskKind, hint: DurationHint | float | None) -> DurationHint | None:
+    """``hint=`` as the callers may give it: a ``DurationHint``, a number (the kind's natural
+    unit) or ``None``."""
+    if hint is None or isinstance(hint, DurationHint):
+        return hint
+    if isinstance(hint, bool) or not isinstance(hint, (int, float)):
+        raise TypeError(f"hint must be a DurationHint or a number, got {type(hint).__name__}")
+    return DurationHint(hint, _NATURAL_UNIT[kind])

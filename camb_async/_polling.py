@@ -35,7 +35,7 @@ from ._errors import (
     InternalServerError,
     RateLimitError,
 )
-from ._models import StatusResult, TaskKind, TaskStatus
+from ._models import DurationHint, StatusResult, TaskKind, TaskStatus
 from ._resources import check_task_id
 
 if TYPE_CHECKING:
@@ -94,8 +94,10 @@ class PollPolicy:
             schedule = schedule[: schedule.index(self.max_interval) + 1]
         object.__setattr__(self, "_schedule", tuple(schedule))
 
-    def next_interval(self, polls: int, age: float = 0.0) -> float:
-        """Seconds to wait after the ``polls``-th poll (1-based) of a task ``age`` seconds old."""
+    def next_interval(self, polls: int, age: float = 0.0,
+                      hint: DurationHint | None = None) -> float:
+        """Seconds to wait after the ``polls``-th poll (1-based) of a task ``age`` seconds old
+        (``hint``: what is known of its input size; plain policies ignore it)."""
         schedule = self._schedule
         base = schedule[polls - 1] if polls <= len(schedule) else schedule[-1]
         if self.jitter:
@@ -119,9 +121,18 @@ class PollPolicy:
         tail: float = 0.01,
         jitter: float = 0.1,
         max_errors: int = 5,
+        p95_delay: float | None = None,
+        delay_quantile: float = 0.95,
     ) -> PollPolicy:
         """A policy that learns each kind's durations (per client) and polls where
         completion is likely; see ``camb_async._adaptive.AdaptivePollPolicy``.
+
+        ``p95_delay=D`` switches to quantile mode: the fewest requests such that
+        ``delay_quantile`` (0.95) of completions are seen within ``D`` seconds; the other 5 %
+        are the tasks finishing in the kind's dead start or far tail, where polling every
+        ``D`` would cost the most for the least (gaps there reach ``max(max_delay, D)``, and
+        the first poll may wait longer). Both modes use a task's ``DurationHint``, once
+        learned, to expect its duration from its size.
 
         ``max_delay`` bounds every gap between polls (so any completion is seen within it);
         ``request_cost`` (default ``max_delay / 15``: about the requests of a fixed
@@ -137,6 +148,7 @@ class PollPolicy:
             initial=min(1.0, max_delay), factor=2.0, max_interval=max_delay, jitter=jitter,
             max_errors=max_errors, max_delay=max_delay, request_cost=request_cost,
             min_interval=min_interval, min_samples=min_samples, fallback=fallback, tail=tail,
+            p95_delay=p95_delay, delay_quantile=delay_quantile,
         )
 
     # Hooks for policies that learn (``AdaptivePollPolicy``); plain policies learn nothing.
@@ -145,11 +157,12 @@ class PollPolicy:
         """The policy to use for ``kind`` on ``client`` (adaptive ones attach its stats)."""
         return self
 
-    def first_interval(self, age: float) -> float:
+    def first_interval(self, age: float, hint: DurationHint | None = None) -> float:
         """Seconds to wait before the first poll of a task known to be ``age`` seconds old."""
         return 0.0
 
-    def _previous_gap(self, polls: int, age: float) -> float:
+    def _previous_gap(self, polls: int, age: float, hint: DurationHint | None = None
+                      ) -> float:
         """About how long before the ``polls``-th poll the previous one was (no jitter)."""
         schedule = self._schedule
         return schedule[polls - 2] if polls - 1 <= len(schedule) else schedule[-1]
@@ -197,14 +210,15 @@ class _Task:
     """One tracked task. Slotted and small: 100,000 of these must be cheap."""
 
     __slots__ = ("kind", "task_id", "policy", "first_seen", "polls", "errors", "last", "error",
-                 "done")
+                 "done", "hint")
 
-    def __init__(self, kind: TaskKind, task_id: str, policy: PollPolicy, first_seen: float
-                 ) -> None:
+    def __init__(self, kind: TaskKind, task_id: str, policy: PollPolicy, first_seen: float,
+                 hint: DurationHint | None = None) -> None:
         self.kind = kind
         self.task_id = task_id
         self.policy = policy
         self.first_seen = first_seen
+        self.hint = hint
         self.polls = 0
         self.errors = 0
         self.last: StatusResult | None = None
@@ -299,11 +313,12 @@ class _Poller:
                 kind, task_id = item.kind, item.task_id
                 created = item.created_at
                 first_seen = now if created is None else created
+                hint = item.hint
             elif isinstance(item, str):
                 if self.default_kind is None:
                     raise TypeError("task ids need kind=...; or pass TaskHandles")
                 kind, task_id, first_seen = self.default_kind, item, now
-                created = None
+                created = hint = None
             else:
                 raise TypeError(
                     f"tasks must be task id strings or TaskHandles, got {type(item).__name__}"
@@ -328,11 +343,11 @@ class _Poller:
                               or PollPolicy.for_kind(kind))
                     policy = policies[kind] = chosen._bind(client, kind)
                 if created is None:
-                    task = by_key[key] = _Task(kind, task_id, policy, first_seen)
+                    task = by_key[key] = _Task(kind, task_id, policy, first_seen, hint)
                     due = now
                 else:
-                    task = by_key[key] = _CreatedTask(kind, task_id, policy, first_seen)
-                    due = now + policy.first_interval(now - first_seen)
+                    task = by_key[key] = _CreatedTask(kind, task_id, policy, first_seen, hint)
+                    due = now + policy.first_interval(now - first_seen, hint)
                 self.unique.append(task)
                 self.heap.append((due, next(self.seq), task))
             order.append(task)
@@ -371,7 +386,7 @@ class _Poller:
         now = anyio.current_time() if now is None else now
         for task in self.unique:
             if not task.done and task.polls and task.error is None:
-                stats.abandoned(task.kind, task.first_seen, now - task.first_seen)
+                stats.abandoned(task.kind, task.first_seen, now - task.first_seen, task.hint)
 
     async def outcomes(self) -> list[StatusResult | BaseException]:
         """Every input slot's outcome, built in chunks so 100,000 don't stall the loop."""
@@ -482,8 +497,8 @@ class _Poller:
         else:
             age = anyio.current_time() - task.first_seen
             if task.polls == 1:
-                self.stats.started(task.kind, task.first_seen)
-            self._schedule(task, task.policy.next_interval(task.polls, age))
+                self.stats.started(task.kind, task.first_seen, task.hint)
+            self._schedule(task, task.policy.next_interval(task.polls, age, task.hint))
         if self.on_update is not None:
             ret = self.on_update(result)
             if inspect.isawaitable(ret):
@@ -493,8 +508,9 @@ class _Poller:
         """Report a completion: it happened after the previous poll and by this one."""
         hi = anyio.current_time() - task.first_seen
         polls = task.polls
-        lo = 0.0 if polls == 1 else max(hi - task.policy._previous_gap(polls, hi), 0.0)
-        self.stats.completed(task.kind, task.first_seen, lo, hi,
+        lo = 0.0 if polls == 1 else max(
+            hi - task.policy._previous_gap(polls, hi, task.hint), 0.0)
+        self.stats.completed(task.kind, task.first_seen, lo, hi, hint=task.hint,
                              known_start=type(task) is _CreatedTask, tracked=polls > 1)
 
     def _failed(self, task: _Task, exc: CambError) -> None:
@@ -503,11 +519,12 @@ class _Poller:
         if is_transient(exc) and task.errors < task.policy.max_errors:
             task.errors += 1
             age = anyio.current_time() - task.first_seen
-            self._schedule(task, task.policy.next_interval(task.polls + task.errors, age))
+            self._schedule(task, task.policy.next_interval(task.polls + task.errors, age,
+                                                           task.hint))
             return
         exc.kind, exc.task_id = task.kind, task.task_id
         if task.polls and self.wait:
-            self.stats.forget(task.kind, task.first_seen)
+            self.stats.forget(task.kind, task.first_seen, task.hint)
         if not self.return_exceptions:
             task.done = True  # not reported as abandoned by _censor_unfinished
             raise exc

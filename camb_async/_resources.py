@@ -23,12 +23,14 @@ from ._download import save_atomically
 from ._errors import CambError
 from ._models import (
     DubbingOutcome,
+    DurationHint,
     ModelError,
     StatusResult,
     TaskKind,
     TranscriptionResult,
     TranslationResult,
     TTSResult,
+    as_hint,
     parse_batch,
     parse_created,
     parse_dubbing_result,
@@ -131,11 +133,12 @@ class TaskResource:
             preacquired=preacquired,
         )
 
-    def task(self, task_id: str) -> TaskHandle:
-        """A handle on task ``task_id``; makes no request."""
+    def task(self, task_id: str, *, hint: DurationHint | float | None = None) -> TaskHandle:
+        """A handle on task ``task_id``; makes no request. ``hint``: what you know of its input
+        size (``DurationHint``, or a number in the kind's natural unit), for polling."""
         from ._handle import TaskHandle
 
-        return TaskHandle(self._client, self.kind, check_task_id(task_id))
+        return TaskHandle(self._client, self.kind, check_task_id(task_id), hint=hint)
 
     # ------------------------------------------------------------- results (issue 4)
 
@@ -212,21 +215,24 @@ class TaskResource:
 
     async def _create(self, path: str, *, json_body: Any = None, files: Any = None,
                       retry_unsafe: bool = False, max_retries: int | None = None,
-                      reopen_body: Callable[[], Awaitable[Any]] | None = None) -> TaskHandle:
+                      reopen_body: Callable[[], Awaitable[Any]] | None = None,
+                      hint: DurationHint | float | None = None) -> TaskHandle:
         """POST a create request and wrap the new task id in a handle.
 
         Not idempotent: unless ``retry_unsafe``, only failures that prove the server never saw
         the request (no connection, 429) are retried, so a lost answer cannot make two jobs.
         ``created_at`` is taken before sending: the task is at least that old, never younger.
+        ``hint`` (what the input says of the task's size) is checked before sending too.
         """
         from ._handle import TaskHandle
 
+        hint = as_hint(self.kind, hint)
         created_at = anyio.current_time()
         created = await self._client._request(
             "POST", path, _parse_task_id, json_body=json_body, files=files,
             idempotent=retry_unsafe, max_retries=max_retries, reopen_body=reopen_body,
         )
-        return TaskHandle(self._client, self.kind, created, created_at=created_at)
+        return TaskHandle(self._client, self.kind, created, created_at=created_at, hint=hint)
 
 
 # ---------------------------------------------------------------------------- per kind
@@ -267,6 +273,7 @@ class DubResource(TaskResource):
         source_transcript: str | None = None,
         target_transcripts: Mapping[LanguageArg, str] | None = None,
         retry_unsafe: bool = False,
+        hint: DurationHint | float | None = None,
     ) -> TaskHandle:
         """``POST /dub``: start dubbing ``video_url``; returns a handle on the new task.
 
@@ -276,7 +283,9 @@ class DubResource(TaskResource):
         and ``target_transcripts`` (``{language: srt_text}``) are inline SRT text. Omitted
         options are left out of the request, so the server's defaults apply. Everything is
         checked before a request is made. ``retry_unsafe=True`` also retries read timeouts
-        and 5xx answers, at the risk of a duplicate job when an answer was lost.
+        and 5xx answers, at the risk of a duplicate job when an answer was lost. ``hint``:
+        the video's duration in seconds (or a ``DurationHint``), if you know it; adaptive
+        polling then expects the job's duration from it.
         """
         body: dict[str, Any] = {
             "video_url": _required_str(video_url, "video_url"),
@@ -314,7 +323,7 @@ class DubResource(TaskResource):
             ]
         _check_flag(retry_unsafe)
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe)
+                                  retry_unsafe=retry_unsafe, hint=hint)
 
 
 class TTSResource(TaskResource):
@@ -385,11 +394,13 @@ class TTSResource(TaskResource):
         project_description: str | None = None,
         folder_id: int | None = None,
         retry_unsafe: bool = False,
+        hint: DurationHint | float | None = None,
     ) -> TaskHandle:
         """``POST /tts``: speak ``text`` with voice ``voice_id``; returns a handle.
 
         ``language`` is an integer id (``int`` or ``Language``): this endpoint takes no
-        locale strings. Omitted options are left out of the request.
+        locale strings. Omitted options are left out of the request. The handle's duration
+        hint is the text's length in characters unless ``hint`` says otherwise.
         """
         body: dict[str, Any] = {
             "text": _required_str(text, "text"),
@@ -400,8 +411,10 @@ class TTSResource(TaskResource):
         _put(body, "age", _opt_int(age, "age"))
         body.update(_project_fields(project_name, project_description, folder_id))
         _check_flag(retry_unsafe)
+        if hint is None and text:
+            hint = DurationHint(len(text), "chars")
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe)
+                                  retry_unsafe=retry_unsafe, hint=hint)
 
 
 class TranslationResource(TaskResource):
@@ -432,10 +445,12 @@ class TranslationResource(TaskResource):
         project_description: str | None = None,
         folder_id: int | None = None,
         retry_unsafe: bool = False,
+        hint: DurationHint | float | None = None,
     ) -> TaskHandle:
         """``POST /translate``: translate ``texts``; returns a handle.
 
-        ``target_language`` must be a concrete language (not ``"auto"``).
+        ``target_language`` must be a concrete language (not ``"auto"``). The handle's
+        duration hint is the texts' total length in characters unless ``hint`` is given.
         """
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
             raise TypeError("texts must be a list of strings, not a single string")
@@ -455,8 +470,11 @@ class TranslationResource(TaskResource):
              _opt_int_list(chosen_dictionaries, "chosen_dictionaries"))
         body.update(_project_fields(project_name, project_description, folder_id))
         _check_flag(retry_unsafe)
+        chars = sum(len(t) for t in body["texts"])
+        if hint is None and chars:
+            hint = DurationHint(chars, "chars")
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe)
+                                  retry_unsafe=retry_unsafe, hint=hint)
 
 
 class TranscriptionResource(TaskResource):
@@ -489,6 +507,7 @@ class TranscriptionResource(TaskResource):
         include_music_in_fg: bool | None = None,
         formatting_options: Mapping[str, Any] | str | None = None,
         retry_unsafe: bool = False,
+        hint: DurationHint | float | None = None,
     ) -> TaskHandle:
         """``POST /transcribe`` as multipart form data; returns a handle.
 
@@ -498,6 +517,8 @@ class TranscriptionResource(TaskResource):
         a path is reopened for a retry, a file object is rewound (one that cannot seek is
         sent once, without retries). ``language`` may be ``"auto"`` (detect).
         ``formatting_options`` is a mapping (sent as JSON text) or ready JSON text.
+        ``hint``: the media's duration in seconds (or a ``DurationHint``) if you know it;
+        otherwise an uploaded file's size in bytes is the handle's duration hint.
         """
         fields: list[tuple[str, str]] = [
             ("language", str(check_language(language, "language", allow_auto=True))),
@@ -521,13 +542,17 @@ class TranscriptionResource(TaskResource):
         parts: list[tuple[str, Any]] = [(name, (None, value)) for name, value in fields]
         path = _ROUTES[self.kind].create_path
         if file is None:
-            return await self._create(path, files=parts, retry_unsafe=retry_unsafe)
+            return await self._create(path, files=parts, retry_unsafe=retry_unsafe,
+                                      hint=hint)
         upload = _Upload.prepare(file, filename, content_type)
         try:
+            if hint is None:
+                size = upload.size()
+                hint = DurationHint(size, "bytes") if size else None
             return await self._create(
                 path, files=[*parts, upload.part()], retry_unsafe=retry_unsafe,
                 max_retries=None if upload.resendable else 0,
-                reopen_body=lambda: upload.reopen(parts),
+                reopen_body=lambda: upload.reopen(parts), hint=hint,
             )
         finally:
             upload.close()
@@ -783,6 +808,27 @@ class _Upload:
         seekable = getattr(fobj, "seekable", None)
         resendable = bool(seekable()) if callable(seekable) else False
         return cls(name, content_type or _guess_type(name), None, None, fobj, resendable)
+
+    def size(self) -> int | None:
+        """Bytes to upload, if known without reading (a duration hint), else None."""
+        if self._data is not None:
+            return len(self._data)
+        fobj = self._file
+        if fobj is None:
+            return None
+        try:
+            return os.fstat(fobj.fileno()).st_size
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass
+        if not self.resendable:  # cannot seek: the size is unknown until it is sent
+            return None
+        try:  # httpx rewinds the file before sending, so the position needn't be kept
+            here = fobj.tell()
+            end = fobj.seek(0, io.SEEK_END)
+            fobj.seek(here)
+            return end
+        except (AttributeError, OSError, ValueError):
+            return None
 
     def part(self) -> tuple[str, tuple[str, Any, str]]:
         body: Any = self._data if self._data is not None else self._file
