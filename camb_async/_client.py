@@ -503,7 +503,8 @@ class AsyncCambClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client. Requests still in flight end with ``ClientClosedError``.
+        """Close the client. Requests still in flight or waiting for the budget end with
+        ``ClientClosedError``.
 
         Closing twice is fine. A caller's own ``http_client`` is left open.
         """
@@ -531,6 +532,22 @@ class AsyncCambClient:
             self._scopes.discard(scope)
         if self._closed:
             raise ClientClosedError("the AsyncCambClient was closed while waiting to poll")
+
+    async def _acquire(self, budget: Budget) -> None:
+        """``budget.acquire()`` inside a scope ``aclose()`` cancels: a call parked behind a
+        429 pause, rate pacing, a full concurrency limit or a fleet budget's backend ends at
+        shutdown with ``ClientClosedError``, not when its wait would have ended."""
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                await budget.acquire()
+        finally:
+            self._scopes.discard(scope)
+        if scope.cancelled_caught or self._closed:
+            if not scope.cancelled_caught:  # granted, but too late to use
+                budget.release()
+            raise ClientClosedError("the AsyncCambClient was closed while waiting for the budget")
 
     # ------------------------------------------------------------------ the request path
 
@@ -598,7 +615,7 @@ class AsyncCambClient:
             if preacquired:
                 preacquired = False
             else:
-                await budget.acquire()
+                await self._acquire(budget)
             # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
             # server trickling a byte per read (or an in-process transport, which has none)
             # could otherwise hold the call forever. Uploads keep only the per-phase timeouts.
