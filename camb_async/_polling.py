@@ -17,6 +17,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -608,7 +609,7 @@ class StatusIterator:
     """
 
     __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout",
-                 "_group", "_receive", "_raised", "_last_time")
+                 "_group", "_receive", "_raised", "_last_time", "_driving")
 
     def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle], *,
                  timeout: float | None, **kwargs: Any) -> None:
@@ -623,6 +624,9 @@ class StatusIterator:
         self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._raised = False
         self._last_time = 0.0
+        #: ``async with`` mode: the scope of the polling alone, which ``aclose()`` cancels.
+        #: Never the group's own scope: that one also covers the caller's code in the block.
+        self._driving: anyio.CancelScope | None = None
 
     def __aiter__(self) -> StatusIterator:
         return self
@@ -689,10 +693,9 @@ class StatusIterator:
         """Stop: no further polls, no further items."""
         self._buffer.clear()
         if self._group is not None:  # `async with` mode: the run's own end reports the rest
-            self._done = True
-            self._group.cancel_scope.cancel()
-            if self._receive is not None:
-                self._receive.close()
+            self._done = True  # __anext__ yields nothing more; the block's exit frees the rest
+            if self._driving is not None:
+                self._driving.cancel()
         else:
             self._finish()
 
@@ -712,24 +715,34 @@ class StatusIterator:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group, self._receive = group, receive
-        group.start_soon(self._drive, poller, send)
+        self._driving = anyio.CancelScope()
+        group.start_soon(self._drive, poller, send, self._driving)
         return self
 
-    async def _drive(self, poller: _Poller,
-                     send: MemoryObjectSendStream[Any]) -> None:
+    async def _drive(self, poller: _Poller, send: MemoryObjectSendStream[Any],
+                     driving: anyio.CancelScope) -> None:
         # Never raises (a fatal error is stored and raised by __anext__), so nothing from
         # here can cancel the caller's code inside the ``async with`` block.
-        with send:
+        with send, driving:
             with anyio.move_on_after(self._deadline - anyio.current_time()):
                 await poller.run()
-            if poller.fatal is None:
+            if poller.fatal is None and not self._done:
                 await poller.emit_unfinished()
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         group, self._group = self._group, None
-        if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(None, None, None)
-        if self._receive is not None:
-            self._receive.close()
-        self._done = True
+        try:
+            if group is not None:
+                group.cancel_scope.cancel()
+                # A cancellation goes to the group, whose scope absorbs it if it is its own
+                # (an enclosing scope's passes on); anything else leaves the block as itself,
+                # not wrapped in an exception group.
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    return await group.__aexit__(exc_type, exc, tb)
+                await group.__aexit__(None, None, None)
+            return None
+        finally:
+            if self._receive is not None:
+                self._receive.close()
+            self._done = True

@@ -437,3 +437,67 @@ async def test_aclose_ends_calls_waiting_on_the_budget(wait: str) -> None:
     if isinstance(client.budget, RateBudget):
         assert client.budget.in_flight == 0
     assert running_tasks() == baseline
+
+
+@pytest.mark.parametrize("closer", ["stream", "client"])
+async def test_aclose_inside_iter_statuses_block_leaves_the_callers_code_running(
+        closer: str) -> None:
+    """``stream.aclose()`` (or the client's) inside ``async with iter_statuses(...)`` stops
+    the polling, not the caller: the block's own awaits after it still run, and nothing
+    (no ``Cancelled``) escapes the block."""
+    api = FakeCambAPI(api_key=API_KEY)
+    ids = [api.add_task("dub", after=0)] + [api.add_task("dub", after=1e6) for _ in range(5)]
+    client = AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
+                             transport=httpx.ASGITransport(app=api))
+    reached: list[str] = []
+    async with iter_statuses(client, ids, kind="dub", policy=POLICY) as stream:
+        async for first in stream:
+            assert first.is_success
+            break
+        if closer == "stream":
+            await stream.aclose()
+        else:
+            await client.aclose()
+        await anyio.sleep(1)  # the caller's own code after aclose(): not cancelled
+        reached.append("slept")
+        if closer == "stream":
+            assert [r async for r in stream] == []  # closed: no further items
+        else:
+            with pytest.raises(ClientClosedError):
+                await stream.__anext__()
+        requests = len(api.log)
+        await anyio.sleep(60)
+        assert len(api.log) == requests  # polling stopped
+        reached.append("end of block")
+    reached.append("after the block")
+    assert reached == ["slept", "end of block", "after the block"]
+    await client.aclose()
+
+
+async def test_iter_statuses_block_passes_exceptions_and_cancellation_through() -> None:
+    """What leaves the ``async with`` block is what the caller raised (not an exception
+    group), and a cancellation of an enclosing scope is caught by that scope."""
+    api = FakeCambAPI(api_key=API_KEY)
+    ids = [api.add_task("dub", after=1e6) for _ in range(5)]
+    async with AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
+                               transport=httpx.ASGITransport(app=api)) as client:
+
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom):
+            async with iter_statuses(client, ids, kind="dub", policy=POLICY) as stream:
+                await stream.aclose()
+                await anyio.sleep(1)
+                raise Boom
+        with anyio.CancelScope() as outer:
+            async with iter_statuses(client, ids, kind="dub", policy=POLICY):
+                outer.cancel()
+                await anyio.sleep(1)
+                raise AssertionError("not cancelled")  # pragma: no cover
+        assert outer.cancelled_caught
+        with anyio.move_on_after(5) as deadline:
+            async with iter_statuses(client, ids, kind="dub", policy=POLICY) as stream:
+                async for _ in stream:
+                    raise AssertionError("nothing finishes")  # pragma: no cover
+        assert deadline.cancelled_caught
