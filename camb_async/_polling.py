@@ -173,6 +173,29 @@ DEFAULT_POLICIES: dict[TaskKind, PollPolicy] = {
 PolicyArg = PollPolicy | Mapping[TaskKind, PollPolicy] | Mapping[str, PollPolicy] | None
 
 
+#: The last-chance poll before a caller's deadline goes out this long before it (at most a
+#: tenth of the timeout), so that it lands in time: the deadline itself stays hard.
+_FINAL_POLL_LEAD = 1.0
+
+
+def final_poll_time(timeout: float | None, now: float) -> float:
+    """When to poll a task one last time if its schedule would skip past the deadline of a
+    ``timeout`` starting ``now``: without it, a dub task done at 0.3 s and a 10 s deadline
+    would be reported PENDING because dub's next poll is due at ~10 s."""
+    if timeout is None:
+        return math.inf
+    return now + timeout - min(_FINAL_POLL_LEAD, 0.1 * timeout)
+
+
+def next_poll_delay(delay: float, final_at: float) -> float:
+    """``delay``, or the wait until ``final_at`` if the poll would come after it."""
+    if final_at != math.inf:
+        now = anyio.current_time()
+        if now + delay > final_at > now:
+            return final_at - now
+    return delay
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors worth another poll later: throttling, 5xx, no answer, or a garbled 2xx answer."""
     if isinstance(exc, (RateLimitError, InternalServerError, APIConnectionError)):
@@ -271,6 +294,9 @@ class _Poller:
         self.in_flight = 0
         self.fatal: BaseException | None = None
         self.stopping = False
+        #: The caller's deadline, and the last-chance poll before it (see final_poll_time).
+        self.deadline = math.inf
+        self.final_at = math.inf
         self._acquiring: anyio.CancelScope | None = None
         self._wake: anyio.Event | None = None
         self._lock = anyio.Lock()
@@ -315,7 +341,8 @@ class _Poller:
                     due = now
                 else:
                     task = by_key[key] = _CreatedTask(kind, task_id, policy, first_seen)
-                    due = now + policy.first_interval(now - first_seen)
+                    due = now + next_poll_delay(policy.first_interval(now - first_seen),
+                                                self.final_at)
                 self.unique.append(task)
                 self.heap.append((due, next(self.seq), task))
             order.append(task)
@@ -445,7 +472,12 @@ class _Poller:
             event.set()
 
     def _schedule(self, task: _Task, delay: float) -> None:
-        heapq.heappush(self.heap, (anyio.current_time() + delay, next(self.seq), task))
+        now = anyio.current_time()
+        due = now + delay
+        final_at = self.final_at
+        if due > final_at > now:  # the schedule would skip the deadline: one last poll
+            due = final_at
+        heapq.heappush(self.heap, (due, next(self.seq), task))
 
     async def _observed(self, task: _Task, result: StatusResult) -> None:
         task.polls += 1
@@ -530,6 +562,11 @@ async def _make_poller(
         raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
     poller = _Poller(client, tasks, kind=kind, wait=wait, policy=policy,
                      return_exceptions=return_exceptions, on_update=on_update)
+    if timeout is not None:
+        now = anyio.current_time()
+        poller.deadline = now + timeout
+        if wait:
+            poller.final_at = final_poll_time(timeout, now)
     await poller.prepare()
     return poller
 
@@ -552,7 +589,8 @@ async def gather_statuses(
     for every task, or a mapping ``{kind: PollPolicy}`` (kinds left out keep their defaults).
     ``wait=False`` takes one snapshot each. ``timeout`` is an overall deadline: tasks still
     pending then come back with their last observed status (``PENDING`` if they were never
-    reached), not as an error.
+    reached), not as an error; a task whose next poll would come after the deadline is polled
+    once more just before it (budget permitting).
     ``return_exceptions=True`` puts a task's own error (404, 422, retries exhausted) in its
     slot; otherwise the first one cancels the rest and is raised. ``AuthenticationError``
     always raises at once. ``on_update`` sees every observed status (it may be async).
@@ -560,7 +598,7 @@ async def gather_statuses(
     poller = await _make_poller(client, tasks, kind=kind, wait=wait, policy=policy,
                                 return_exceptions=return_exceptions, on_update=on_update,
                                 timeout=timeout)
-    with anyio.move_on_after(math.inf if timeout is None else timeout):
+    with anyio.move_on_at(poller.deadline):
         await poller.run()
     if poller.fatal is not None:
         raise poller.fatal
@@ -635,8 +673,7 @@ class StatusIterator:
         tasks, kwargs = self._args
         poller = self._poller = await _make_poller(self._client, tasks, timeout=self._timeout,
                                                    **kwargs)
-        if self._timeout is not None:
-            self._deadline = anyio.current_time() + self._timeout
+        self._deadline = poller.deadline
         return poller
 
     async def __anext__(self) -> Any:

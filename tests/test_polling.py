@@ -415,3 +415,22 @@ async def test_unfinished_tasks_are_reported_to_the_stats_exactly_once(
                 break
             assert [r async for r in stream] == []  # closed: no further items
     assert calls == ["abandoned"] * 3
+
+
+@pytest.mark.parametrize("mode", ["gather", "iter-bare", "iter-context"])
+async def test_bulk_timeout_polls_once_more_before_a_deadline_the_schedule_would_skip(
+        api: FakeCambAPI, client: AsyncCambClient, mode: str) -> None:
+    """Dub tasks done at 0.3 s, ``timeout=8``: dub's first gap (~10 s) lies past the
+    deadline, so each task is polled once more just before it, not reported PENDING."""
+    ids = [api.add_task("dub", after=0.3) for _ in range(5)]
+    start = anyio.current_time()
+    if mode == "gather":
+        out = await gather_statuses(client, ids, kind="dub", timeout=8)
+    elif mode == "iter-bare":
+        out = [r async for r in iter_statuses(client, ids, kind="dub", timeout=8)]
+    else:
+        async with iter_statuses(client, ids, kind="dub", timeout=8) as stream:
+            out = [r async for r in stream]
+    assert [r.status for r in out] == [TaskStatus.SUCCESS] * 5
+    assert anyio.current_time() - start <= 8
+    assert len(api.log) == 10
