@@ -432,6 +432,10 @@ class AsyncCambClient:
         #: Set by ``_open()`` when this client owns its HTTP client: requests then go straight
         #: to the transport (see ``_DirectSender``).
         self._direct: _DirectSender | None = None
+        #: Answers (of any status) the server has sent this client: a poll that failed to
+        #: connect while this did not move tells "server unreachable" from "this task's
+        #: problem" (the bulk poller and handles then stop instead of re-polling).
+        self._answers = 0
 
         self.dub = DubResource(self, TaskKind.DUB)
         self.tts = TTSResource(self, TaskKind.TTS)
@@ -674,6 +678,7 @@ class AsyncCambClient:
                 )
             else:
                 assert response is not None
+                self._answers += 1
                 status = response.status_code
                 if status < 300:
                     return self._decode(response, method, path, parse)

@@ -17,7 +17,13 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import StatusResult, TaskKind
-from ._polling import PollPolicy, final_poll_time, is_transient, next_poll_delay
+from ._polling import (
+    PollPolicy,
+    final_poll_time,
+    is_transient,
+    next_poll_delay,
+    unanswered,
+)
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
@@ -69,7 +75,8 @@ class TaskHandle:
 
         Transient failures (429, 5xx, connection problems, garbled answers) that outlast the
         client's own retries are retried at the policy's pace up to ``policy.max_errors``
-        times in a row before they are raised.
+        times in a row before they are raised; a connection failure while the server answered
+        nothing at all (unreachable) is raised at once.
         """
         return self._watch(policy, math.inf)
 
@@ -94,11 +101,13 @@ class TaskHandle:
         watching = False  # counted as pending in the completion statistics
         try:
             while True:
+                answers = self._client._answers
                 try:
                     result = await resource.status(self.task_id)
                 except CambError as exc:
                     if (isinstance(exc, ClientClosedError) or not is_transient(exc)
-                            or errors >= policy.max_errors):
+                            or errors >= policy.max_errors
+                            or unanswered(exc, self._client, answers)):
                         raise
                     errors += 1
                     await self._client._sleep(next_poll_delay(

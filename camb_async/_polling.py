@@ -203,6 +203,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.status_code < 300
 
 
+def unanswered(exc: BaseException, client: AsyncCambClient, answers: int) -> bool:
+    """A poll that got no usable answer while the server answered nothing at all (neither
+    this poll's attempts nor any other request of the client) since it started, when
+    ``client._answers`` was ``answers``: the server is unreachable (refused, down, a black
+    hole), which is no task's own problem. Re-polling every task on its schedule would take
+    minutes to say so; the call fails at once instead, retries of the request path done."""
+    return isinstance(exc, APIConnectionError) and client._answers == answers
+
+
 def _fatal(exc: BaseException) -> bool:
     """Errors that end the whole call at once: every other request would fail the same way."""
     return isinstance(exc, (AuthenticationError, ClientClosedError))
@@ -393,17 +402,19 @@ class _Poller:
     # -------------------------------------------------------------- worker side
 
     async def _worker(self, group: anyio.CancelScope) -> None:
-        resources = self.client._resources
+        client = self.client
+        resources = client._resources
         try:
             while True:
                 task = await self._take()
                 if task is None:
                     return
+                answers = client._answers
                 try:
                     result = await resources[task.kind]._fetch_status(task.task_id,
                                                                       preacquired=True)
                 except CambError as exc:
-                    self._failed(task, exc)
+                    self._failed(task, exc, answers)
                 except anyio.get_cancelled_exc_class():
                     # Cancelled mid-poll (deadline, caller, a fatal error elsewhere): put the
                     # task back, due now, so a later run polls it and nothing is lost.
@@ -509,9 +520,9 @@ class _Poller:
         self.stats.completed(task.kind, task.first_seen, lo, hi,
                              known_start=type(task) is _CreatedTask, tracked=polls > 1)
 
-    def _failed(self, task: _Task, exc: CambError) -> None:
-        if _fatal(exc):
-            raise exc
+    def _failed(self, task: _Task, exc: CambError, answers: int) -> None:
+        if _fatal(exc) or unanswered(exc, self.client, answers):
+            raise exc  # the whole call fails, return_exceptions or not
         if is_transient(exc) and task.errors < task.policy.max_errors:
             task.errors += 1
             age = anyio.current_time() - task.first_seen
@@ -593,7 +604,10 @@ async def gather_statuses(
     once more just before it (budget permitting).
     ``return_exceptions=True`` puts a task's own error (404, 422, retries exhausted) in its
     slot; otherwise the first one cancels the rest and is raised. ``AuthenticationError``
-    always raises at once. ``on_update`` sees every observed status (it may be async).
+    always raises at once, and so does ``APIConnectionError`` when the server answered nothing
+    at all (unreachable: no task's own error, so never put in a slot); tasks are re-polled
+    after connection failures only while the server answers something. ``on_update`` sees
+    every observed status (it may be async).
     """
     poller = await _make_poller(client, tasks, kind=kind, wait=wait, policy=policy,
                                 return_exceptions=return_exceptions, on_update=on_update,
