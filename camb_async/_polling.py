@@ -10,7 +10,9 @@ no coroutine, no timer each), which is what lets 100,000 of them fit in ~0.5 KB 
 
 from __future__ import annotations
 
+import builtins
 import heapq
+import importlib
 import inspect
 import itertools
 import math
@@ -212,6 +214,55 @@ def unanswered(exc: BaseException, client: AsyncCambClient, answers: int) -> boo
     return isinstance(exc, APIConnectionError) and client._answers == answers
 
 
+#: BaseExceptionGroup (built in from Python 3.11; anyio's ``exceptiongroup`` backport before).
+EXCEPTION_GROUP: type[BaseException] = (
+    getattr(builtins, "BaseExceptionGroup", None)
+    or importlib.import_module("exceptiongroup").BaseExceptionGroup)
+
+
+def lone_exception(group: BaseException) -> BaseException | None:
+    """The one exception inside a task group's exception group, or None if it holds more.
+
+    Trio's nurseries wrap even a lone exception, e.g. a ``KeyboardInterrupt`` trio delivers to
+    the main task while it waits on a task group; ``except KeyboardInterrupt`` would miss it.
+    Our calls re-raise it alone, as on asyncio.
+    """
+    exc = group
+    while isinstance(exc, EXCEPTION_GROUP):
+        members = exc.exceptions  # type: ignore[attr-defined]
+        if len(members) != 1:
+            return None
+        exc = members[0]
+    return exc
+
+
+class _UnwrappingTaskGroup:
+    """An anyio task group that re-raises a lone exception as itself (see lone_exception)."""
+
+    __slots__ = ("_group",)
+
+    def __init__(self) -> None:
+        self._group = anyio.create_task_group()
+
+    async def __aenter__(self) -> anyio.abc.TaskGroup:
+        return await self._group.__aenter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        try:
+            return await self._group.__aexit__(exc_type, exc, tb)
+        except EXCEPTION_GROUP as group:
+            lone = lone_exception(group)
+            if lone is None:
+                raise
+            raise lone from None
+
+
+def create_task_group() -> _UnwrappingTaskGroup:
+    """``anyio.create_task_group()`` for our calls: a lone exception leaves it unwrapped."""
+    return _UnwrappingTaskGroup()
+
+
 def _fatal(exc: BaseException) -> bool:
     """Errors that end the whole call at once: every other request would fail the same way."""
     return isinstance(exc, (AuthenticationError, ClientClosedError))
@@ -368,7 +419,7 @@ class _Poller:
                                len(self.unique)))
         scopes = self.client._scopes  # aclose() cancels these: workers between polls too
         try:
-            async with anyio.create_task_group() as tg:
+            async with create_task_group() as tg:
                 scopes.add(tg.cancel_scope)
                 for _ in range(n_workers):
                     tg.start_soon(self._worker, tg.cancel_scope)
@@ -789,9 +840,15 @@ class StatusIterator:
                 # A cancellation goes to the group, whose scope absorbs it if it is its own
                 # (an enclosing scope's passes on); anything else leaves the block as itself,
                 # not wrapped in an exception group.
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    return await group.__aexit__(exc_type, exc, tb)
-                await group.__aexit__(None, None, None)
+                try:
+                    if isinstance(exc, anyio.get_cancelled_exc_class()):
+                        return await group.__aexit__(exc_type, exc, tb)
+                    await group.__aexit__(None, None, None)
+                except EXCEPTION_GROUP as wrapped:  # e.g. Ctrl-C delivered while we waited
+                    lone = lone_exception(wrapped)
+                    if lone is None:
+                        raise
+                    raise lone from None
             return None
         finally:
             if self._receive is not None:
