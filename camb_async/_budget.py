@@ -13,11 +13,19 @@ lets a loaded server count more than ``rate`` in one of its windows.
 429 handling is AIMD, as in TCP: the whole budget pauses for the server's Retry-After and the
 rate is cut multiplicatively (at most once per window, so one burst of 429s from requests
 already in flight counts as one signal), then grows back linearly toward the configured rate.
+
+All those times are on the event loop's clock, and each event-loop run has its own (trio's
+starts at a random offset, virtual clocks at 0), as does its semaphore. So a budget notices
+the first use in a new run and starts afresh there: times from an older clock would stall it
+(or let everything through), and a semaphore of another loop fails. One budget serves one
+event loop at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import weakref
 from collections import deque
 from typing import Protocol, runtime_checkable
 
@@ -77,6 +85,7 @@ class RateBudget:
         "burst",
         "pauses",
         "cuts",
+        "_run",
     )
 
     def __init__(
@@ -129,6 +138,8 @@ class RateBudget:
             raise ValueError("burst must be >= 1")
         self.pauses = 0
         self.cuts = 0
+        #: The event-loop run this budget's times and semaphore belong to (see _in_this_run).
+        self._run: weakref.ref[object] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -166,7 +177,25 @@ class RateBudget:
     def paused_until(self) -> float:
         return self._paused_until
 
+    def _in_this_run(self) -> None:
+        """Start afresh on the first use in a new event-loop run (see the module doc)."""
+        run = _current_run()
+        previous = self._run
+        if previous is not None and previous() is run:
+            return
+        if self.in_flight:
+            raise RuntimeError(
+                f"this RateBudget has {self.in_flight} request(s) in flight in another event "
+                "loop; a budget serves one event loop at a time (make one per loop or thread)"
+            )
+        self._run = weakref.ref(run)
+        self._sem = anyio.Semaphore(self.max_concurrency)
+        self._starts.clear()
+        self._tat = self._paused_until = self._cut_at = -math.inf
+        self._rate = self._rate_at_cut = self._max_rate
+
     async def acquire(self) -> None:
+        self._in_this_run()
         await self._sem.acquire()
         try:
             await self._take_start()
@@ -178,6 +207,7 @@ class RateBudget:
         self._sem.release()
 
     def penalize(self, retry_after: float | None) -> None:
+        self._in_this_run()
         now = self._clock()
         pause = self.default_pause if retry_after is None else retry_after
         pause = min(max(pause, 0.0), self.max_pause)
@@ -219,3 +249,15 @@ class RateBudget:
                 return
             # The (len - limit)-th oldest start must leave the window before we may start.
             await anyio.sleep(starts[len(starts) - limit] - edge + _EPSILON)
+
+
+def _current_run() -> object:
+    """An object unique to the running event-loop run: asyncio's loop, or trio's root task."""
+    loop = asyncio._get_running_loop()  # public in asyncio.events.__all__; no exception cost
+    if loop is not None:
+        return loop
+    try:
+        import trio
+    except ImportError:
+        raise RuntimeError("RateBudget must be used inside an event loop") from None
+    return trio.lowlevel.current_root_task()

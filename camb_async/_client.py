@@ -637,6 +637,10 @@ class AsyncCambClient:
         #: Set by ``_open()`` when this client owns its HTTP client: requests then go straight
         #: to the transport (see ``_DirectSender``).
         self._direct: _DirectSender | None = None
+        #: Answers (of any status) the server has sent this client: a poll that failed to
+        #: connect while this did not move tells "server unreachable" from "this task's
+        #: problem" (the bulk poller and handles then stop instead of re-polling).
+        self._answers = 0
 
         self.dub = DubResource(self, TaskKind.DUB)
         self.tts = TTSResource(self, TaskKind.TTS)
@@ -715,7 +719,8 @@ class AsyncCambClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client. Requests still in flight end with ``ClientClosedError``.
+        """Close the client. Requests still in flight or waiting for the budget end with
+        ``ClientClosedError``.
 
         Closing twice is fine. A caller's own ``http_client`` is left open.
         """
@@ -743,6 +748,22 @@ class AsyncCambClient:
             self._scopes.discard(scope)
         if self._closed:
             raise ClientClosedError("the AsyncCambClient was closed while waiting to poll")
+
+    async def _acquire(self, budget: Budget) -> None:
+        """``budget.acquire()`` inside a scope ``aclose()`` cancels: a call parked behind a
+        429 pause, rate pacing, a full concurrency limit or a fleet budget's backend ends at
+        shutdown with ``ClientClosedError``, not when its wait would have ended."""
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                await budget.acquire()
+        finally:
+            self._scopes.discard(scope)
+        if scope.cancelled_caught or self._closed:
+            if not scope.cancelled_caught:  # granted, but too late to use
+                budget.release()
+            raise ClientClosedError("the AsyncCambClient was closed while waiting for the budget")
 
     # ------------------------------------------------------------------ the request path
 
@@ -819,7 +840,7 @@ class AsyncCambClient:
             if preacquired:
                 preacquired = False
             else:
-                await budget.acquire()
+                await self._acquire(budget)
             # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
             # server trickling a byte per read (or an in-process transport, which has none)
             # could otherwise hold the call forever. An upload may run while bytes flow (the
@@ -907,6 +928,7 @@ class AsyncCambClient:
                 )
             else:
                 assert response is not None
+                self._answers += 1
                 status = response.status_code
                 if status < 300:
                     if body is not None:

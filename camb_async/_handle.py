@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncGenerator, Generator
 from contextlib import aclosing
@@ -17,7 +18,13 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import DurationHint, StatusResult, TaskKind, as_hint
-from ._polling import PollPolicy, is_transient
+from ._polling import (
+    PollPolicy,
+    final_poll_time,
+    is_transient,
+    next_poll_delay,
+    unanswered,
+)
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
@@ -66,15 +73,23 @@ class TaskHandle:
         """One status check, no waiting."""
         return await self._client.resource(self.kind).status(self.task_id)
 
-    async def watch(
+    def watch(
         self, *, policy: PollPolicy | None = None
     ) -> AsyncGenerator[StatusResult, None]:
         """Yield every observed status until (and including) the terminal one.
 
         Transient failures (429, 5xx, connection problems, garbled answers) that outlast the
         client's own retries are retried at the policy's pace up to ``policy.max_errors``
-        times in a row before they are raised.
+        times in a row before they are raised; a connection failure while the server answered
+        nothing at all (unreachable) is raised at once.
         """
+        return self._watch(policy, math.inf)
+
+    async def _watch(
+        self, policy: PollPolicy | None, final_at: float
+    ) -> AsyncGenerator[StatusResult, None]:
+        # ``final_at``: a poll the policy would schedule after it goes out at ``final_at``
+        # instead (the last chance before ``wait``'s deadline; see final_poll_time).
         kind = self.kind
         policy = (policy or PollPolicy.for_kind(kind))._bind(self._client, kind)
         resource = self._client.resource(kind)
@@ -83,7 +98,8 @@ class TaskHandle:
         start = self.created_at if self.created_at is not None else anyio.current_time()
         hint = self.hint
         if known_start:
-            first = policy.first_interval(anyio.current_time() - start, hint)
+            first = next_poll_delay(policy.first_interval(anyio.current_time() - start, hint),
+                                    final_at)
             if first > 0:
                 await self._client._sleep(first)
         polls = errors = 0
@@ -91,15 +107,18 @@ class TaskHandle:
         watching = False  # counted as pending in the completion statistics
         try:
             while True:
+                answers = self._client._answers
                 try:
                     result = await resource.status(self.task_id)
                 except CambError as exc:
                     if (isinstance(exc, ClientClosedError) or not is_transient(exc)
-                            or errors >= policy.max_errors):
+                            or errors >= policy.max_errors
+                            or unanswered(exc, self._client, answers)):
                         raise
                     errors += 1
-                    await self._client._sleep(
-                        policy.next_interval(polls + errors, anyio.current_time() - start, hint))
+                    await self._client._sleep(next_poll_delay(
+                        policy.next_interval(polls + errors, anyio.current_time() - start, hint),
+                        final_at))
                     continue
                 polls += 1
                 errors = 0
@@ -115,8 +134,8 @@ class TaskHandle:
                     watching = True
                 last_pending = age
                 yield result
-                await self._client._sleep(
-                    policy.next_interval(polls, anyio.current_time() - start, hint))
+                await self._client._sleep(next_poll_delay(
+                    policy.next_interval(polls, anyio.current_time() - start, hint), final_at))
         finally:
             if watching:  # stopped while pending (timeout, cancel, error): it ran longer
                 stats.abandoned(kind, start, last_pending, hint)
@@ -126,15 +145,19 @@ class TaskHandle:
         """Poll until terminal and return the final status.
 
         Raises ``WaitTimeoutError`` (a ``TimeoutError``) carrying the last observed status if
-        ``timeout`` seconds pass first.
+        ``timeout`` seconds pass first. When the policy's next poll would come after the
+        deadline, the task is polled once more just before it (up to a second early), so a
+        task that finished during a long gap is not reported unfinished.
         """
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
         ):
             raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         last: StatusResult | None = None
-        with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-            async with aclosing(self.watch(policy=policy)) as statuses:
+        now = anyio.current_time()
+        final_at = final_poll_time(timeout, now)
+        with anyio.move_on_at(now + timeout if timeout is not None else math.inf) as scope:
+            async with aclosing(self._watch(policy, final_at)) as statuses:
                 async for last in statuses:  # noqa: B007
                     pass
         if scope.cancelled_caught or last is None or not last.is_terminal:

@@ -10,13 +10,16 @@ no coroutine, no timer each), which is what lets 100,000 of them fit in ~0.5 KB 
 
 from __future__ import annotations
 
+import builtins
 import heapq
+import importlib
 import inspect
 import itertools
 import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -185,6 +188,29 @@ DEFAULT_POLICIES: dict[TaskKind, PollPolicy] = {
 PolicyArg = PollPolicy | Mapping[TaskKind, PollPolicy] | Mapping[str, PollPolicy] | None
 
 
+#: The last-chance poll before a caller's deadline goes out this long before it (at most a
+#: tenth of the timeout), so that it lands in time: the deadline itself stays hard.
+_FINAL_POLL_LEAD = 1.0
+
+
+def final_poll_time(timeout: float | None, now: float) -> float:
+    """When to poll a task one last time if its schedule would skip past the deadline of a
+    ``timeout`` starting ``now``: without it, a dub task done at 0.3 s and a 10 s deadline
+    would be reported PENDING because dub's next poll is due at ~10 s."""
+    if timeout is None:
+        return math.inf
+    return now + timeout - min(_FINAL_POLL_LEAD, 0.1 * timeout)
+
+
+def next_poll_delay(delay: float, final_at: float) -> float:
+    """``delay``, or the wait until ``final_at`` if the poll would come after it."""
+    if final_at != math.inf:
+        now = anyio.current_time()
+        if now + delay > final_at > now:
+            return final_at - now
+    return delay
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors worth another poll later: throttling, 5xx, no answer, or a garbled 2xx answer."""
     if isinstance(exc, (RateLimitError, InternalServerError, APIConnectionError)):
@@ -196,6 +222,64 @@ def _for_task(exc: ValueError, kind: TaskKind, task_id: str) -> ValueError:
     """``exc`` with ``kind`` and ``task_id`` set, like a ``CambError`` reported for a task."""
     exc.kind, exc.task_id = kind, task_id  # type: ignore[attr-defined]
     return exc
+
+
+def unanswered(exc: BaseException, client: AsyncCambClient, answers: int) -> bool:
+    """A poll that got no usable answer while the server answered nothing at all (neither
+    this poll's attempts nor any other request of the client) since it started, when
+    ``client._answers`` was ``answers``: the server is unreachable (refused, down, a black
+    hole), which is no task's own problem. Re-polling every task on its schedule would take
+    minutes to say so; the call fails at once instead, retries of the request path done."""
+    return isinstance(exc, APIConnectionError) and client._answers == answers
+
+
+#: BaseExceptionGroup (built in from Python 3.11; anyio's ``exceptiongroup`` backport before).
+EXCEPTION_GROUP: type[BaseException] = (
+    getattr(builtins, "BaseExceptionGroup", None)
+    or importlib.import_module("exceptiongroup").BaseExceptionGroup)
+
+
+def lone_exception(group: BaseException) -> BaseException | None:
+    """The one exception inside a task group's exception group, or None if it holds more.
+
+    Trio's nurseries wrap even a lone exception, e.g. a ``KeyboardInterrupt`` trio delivers to
+    the main task while it waits on a task group; ``except KeyboardInterrupt`` would miss it.
+    Our calls re-raise it alone, as on asyncio.
+    """
+    exc = group
+    while isinstance(exc, EXCEPTION_GROUP):
+        members = exc.exceptions  # type: ignore[attr-defined]
+        if len(members) != 1:
+            return None
+        exc = members[0]
+    return exc
+
+
+class _UnwrappingTaskGroup:
+    """An anyio task group that re-raises a lone exception as itself (see lone_exception)."""
+
+    __slots__ = ("_group",)
+
+    def __init__(self) -> None:
+        self._group = anyio.create_task_group()
+
+    async def __aenter__(self) -> anyio.abc.TaskGroup:
+        return await self._group.__aenter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        try:
+            return await self._group.__aexit__(exc_type, exc, tb)
+        except EXCEPTION_GROUP as group:
+            lone = lone_exception(group)
+            if lone is None:
+                raise
+            raise lone from None
+
+
+def create_task_group() -> _UnwrappingTaskGroup:
+    """``anyio.create_task_group()`` for our calls: a lone exception leaves it unwrapped."""
+    return _UnwrappingTaskGroup()
 
 
 def _fatal(exc: BaseException) -> bool:
@@ -292,6 +376,9 @@ class _Poller:
         self.in_flight = 0
         self.fatal: BaseException | None = None
         self.stopping = False
+        #: The caller's deadline, and the last-chance poll before it (see final_poll_time).
+        self.deadline = math.inf
+        self.final_at = math.inf
         self._acquiring: anyio.CancelScope | None = None
         self._wake: anyio.Event | None = None
         self._lock = anyio.Lock()
@@ -347,7 +434,8 @@ class _Poller:
                     due = now
                 else:
                     task = by_key[key] = _CreatedTask(kind, task_id, policy, first_seen, hint)
-                    due = now + policy.first_interval(now - first_seen, hint)
+                    due = now + next_poll_delay(policy.first_interval(now - first_seen, hint),
+                                                self.final_at)
                 self.unique.append(task)
                 self.heap.append((due, next(self.seq), task))
             order.append(task)
@@ -367,7 +455,7 @@ class _Poller:
                                len(self.unique)))
         scopes = self.client._scopes  # aclose() cancels these: workers between polls too
         try:
-            async with anyio.create_task_group() as tg:
+            async with create_task_group() as tg:
                 scopes.add(tg.cancel_scope)
                 for _ in range(n_workers):
                     tg.start_soon(self._worker, tg.cancel_scope)
@@ -401,17 +489,19 @@ class _Poller:
     # -------------------------------------------------------------- worker side
 
     async def _worker(self, group: anyio.CancelScope) -> None:
-        resources = self.client._resources
+        client = self.client
+        resources = client._resources
         try:
             while True:
                 task = await self._take()
                 if task is None:
                     return
+                answers = client._answers
                 try:
                     result = await resources[task.kind]._fetch_status(task.task_id,
                                                                       preacquired=True)
                 except CambError as exc:
-                    self._failed(task, exc)
+                    self._failed(task, exc, answers)
                 except anyio.get_cancelled_exc_class():
                     # Cancelled mid-poll (deadline, caller, a fatal error elsewhere): put the
                     # task back, due now, so a later run polls it and nothing is lost.
@@ -480,7 +570,12 @@ class _Poller:
             event.set()
 
     def _schedule(self, task: _Task, delay: float) -> None:
-        heapq.heappush(self.heap, (anyio.current_time() + delay, next(self.seq), task))
+        now = anyio.current_time()
+        due = now + delay
+        final_at = self.final_at
+        if due > final_at > now:  # the schedule would skip the deadline: one last poll
+            due = final_at
+        heapq.heappush(self.heap, (due, next(self.seq), task))
 
     async def _observed(self, task: _Task, result: StatusResult) -> None:
         task.polls += 1
@@ -513,9 +608,9 @@ class _Poller:
         self.stats.completed(task.kind, task.first_seen, lo, hi, hint=task.hint,
                              known_start=type(task) is _CreatedTask, tracked=polls > 1)
 
-    def _failed(self, task: _Task, exc: CambError) -> None:
-        if _fatal(exc):
-            raise exc
+    def _failed(self, task: _Task, exc: CambError, answers: int) -> None:
+        if _fatal(exc) or unanswered(exc, self.client, answers):
+            raise exc  # the whole call fails, return_exceptions or not
         if is_transient(exc) and task.errors < task.policy.max_errors:
             task.errors += 1
             age = anyio.current_time() - task.first_seen
@@ -567,6 +662,11 @@ async def _make_poller(
         raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
     poller = _Poller(client, tasks, kind=kind, wait=wait, policy=policy,
                      return_exceptions=return_exceptions, on_update=on_update)
+    if timeout is not None:
+        now = anyio.current_time()
+        poller.deadline = now + timeout
+        if wait:
+            poller.final_at = final_poll_time(timeout, now)
     await poller.prepare()
     return poller
 
@@ -589,15 +689,19 @@ async def gather_statuses(
     for every task, or a mapping ``{kind: PollPolicy}`` (kinds left out keep their defaults).
     ``wait=False`` takes one snapshot each. ``timeout`` is an overall deadline: tasks still
     pending then come back with their last observed status (``PENDING`` if they were never
-    reached), not as an error.
+    reached), not as an error; a task whose next poll would come after the deadline is polled
+    once more just before it (budget permitting).
     ``return_exceptions=True`` puts a task's own error (404, 422, retries exhausted) in its
     slot; otherwise the first one cancels the rest and is raised. ``AuthenticationError``
-    always raises at once. ``on_update`` sees every observed status (it may be async).
+    always raises at once, and so does ``APIConnectionError`` when the server answered nothing
+    at all (unreachable: no task's own error, so never put in a slot); tasks are re-polled
+    after connection failures only while the server answers something. ``on_update`` sees
+    every observed status (it may be async).
     """
     poller = await _make_poller(client, tasks, kind=kind, wait=wait, policy=policy,
                                 return_exceptions=return_exceptions, on_update=on_update,
                                 timeout=timeout)
-    with anyio.move_on_after(math.inf if timeout is None else timeout):
+    with anyio.move_on_at(poller.deadline):
         await poller.run()
     if poller.fatal is not None:
         raise poller.fatal
@@ -646,7 +750,7 @@ class StatusIterator:
     """
 
     __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout",
-                 "_group", "_receive", "_raised", "_last_time")
+                 "_group", "_receive", "_raised", "_last_time", "_driving")
 
     def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle], *,
                  timeout: float | None, **kwargs: Any) -> None:
@@ -661,6 +765,9 @@ class StatusIterator:
         self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._raised = False
         self._last_time = 0.0
+        #: ``async with`` mode: the scope of the polling alone, which ``aclose()`` cancels.
+        #: Never the group's own scope: that one also covers the caller's code in the block.
+        self._driving: anyio.CancelScope | None = None
 
     def __aiter__(self) -> StatusIterator:
         return self
@@ -669,8 +776,7 @@ class StatusIterator:
         tasks, kwargs = self._args
         poller = self._poller = await _make_poller(self._client, tasks, timeout=self._timeout,
                                                    **kwargs)
-        if self._timeout is not None:
-            self._deadline = anyio.current_time() + self._timeout
+        self._deadline = poller.deadline
         return poller
 
     async def __anext__(self) -> Any:
@@ -727,10 +833,9 @@ class StatusIterator:
         """Stop: no further polls, no further items."""
         self._buffer.clear()
         if self._group is not None:  # `async with` mode: the run's own end reports the rest
-            self._done = True
-            self._group.cancel_scope.cancel()
-            if self._receive is not None:
-                self._receive.close()
+            self._done = True  # __anext__ yields nothing more; the block's exit frees the rest
+            if self._driving is not None:
+                self._driving.cancel()
         else:
             self._finish()
 
@@ -750,24 +855,40 @@ class StatusIterator:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group, self._receive = group, receive
-        group.start_soon(self._drive, poller, send)
+        self._driving = anyio.CancelScope()
+        group.start_soon(self._drive, poller, send, self._driving)
         return self
 
-    async def _drive(self, poller: _Poller,
-                     send: MemoryObjectSendStream[Any]) -> None:
+    async def _drive(self, poller: _Poller, send: MemoryObjectSendStream[Any],
+                     driving: anyio.CancelScope) -> None:
         # Never raises (a fatal error is stored and raised by __anext__), so nothing from
         # here can cancel the caller's code inside the ``async with`` block.
-        with send:
+        with send, driving:
             with anyio.move_on_after(self._deadline - anyio.current_time()):
                 await poller.run()
-            if poller.fatal is None:
+            if poller.fatal is None and not self._done:
                 await poller.emit_unfinished()
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         group, self._group = self._group, None
-        if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(None, None, None)
-        if self._receive is not None:
-            self._receive.close()
-        self._done = True
+        try:
+            if group is not None:
+                group.cancel_scope.cancel()
+                # A cancellation goes to the group, whose scope absorbs it if it is its own
+                # (an enclosing scope's passes on); anything else leaves the block as itself,
+                # not wrapped in an exception group.
+                try:
+                    if isinstance(exc, anyio.get_cancelled_exc_class()):
+                        return await group.__aexit__(exc_type, exc, tb)
+                    await group.__aexit__(None, None, None)
+                except EXCEPTION_GROUP as wrapped:  # e.g. Ctrl-C delivered while we waited
+                    lone = lone_exception(wrapped)
+                    if lone is None:
+                        raise
+                    raise lone from None
+            return None
+        finally:
+            if self._receive is not None:
+                self._receive.close()
+            self._done = True

@@ -18,7 +18,7 @@ import anyio
 from ._errors import CambError, WaitTimeoutError
 from ._handle import TaskHandle, run_id_of
 from ._models import StatusResult, TaskKind
-from ._polling import PolicyArg, _fatal, iter_statuses
+from ._polling import PolicyArg, _fatal, create_task_group, iter_statuses
 from ._resources import DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ async def gather_results(
             return
         fetched.setdefault(result_kind, {}).update(got)
 
-    async with anyio.create_task_group() as tg:
+    async with create_task_group() as tg:
         statuses = iter_statuses(
             client, items, kind=kind, wait=True, timeout=timeout, policy=policy,
             return_exceptions=True, on_update=on_update)
@@ -167,7 +167,7 @@ async def _fetch_kind(client: AsyncCambClient, kind: TaskKind, run_ids: list[int
                 scope.cancel()
 
     errors: list[BaseException] = []
-    async with anyio.create_task_group() as tg:
+    async with create_task_group() as tg:
         for run_id in missing:
             tg.start_soon(one, run_id, tg.cancel_scope)
     if errors:

@@ -351,3 +351,153 @@ async def test_aclose_while_the_caller_holds_a_watched_status() -> None:
             await statuses.__anext__()
     assert anyio.current_time() - started < 1.0
     assert len(api.log) == 1
+
+
+class _BlockingBudget:
+    """A budget backend (as a fleet budget may be) whose grant never comes."""
+
+    max_concurrency = 4
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.held = 0
+
+    async def acquire(self) -> None:
+        self.waiting += 1
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:  # pragma: no cover - never granted
+        self.held -= 1
+
+    def penalize(self, retry_after: float | None) -> None:
+        pass
+
+
+BUDGET_WAITS = ["429-pause", "pacing", "concurrency", "backend"]
+
+
+@pytest.mark.parametrize("wait", BUDGET_WAITS)
+async def test_aclose_ends_calls_waiting_on_the_budget(wait: str) -> None:
+    """Calls parked in ``budget.acquire()`` (a 429 pause, rate pacing, a full concurrency
+    limit, a budget backend) end with ``ClientClosedError`` within 1 s of ``aclose()``,
+    whatever the call: single status checks, handle waits and bulk polls."""
+    api = FakeCambAPI(api_key=API_KEY)
+    ids = [api.add_task("dub", f"t{i}", after=1e6) for i in range(6)]
+    options: dict[str, Any] = {"rate_limit": None, "max_concurrency": 4}
+    if wait == "429-pause":
+        api.inject(status=429, retry_after="20")
+        options["rate_limit"] = 50
+    elif wait == "pacing":
+        options["rate_limit"] = 1 / 100  # one request per 100 s: everyone else waits
+        options["max_concurrency"] = 16
+    elif wait == "concurrency":
+        api.inject(status=None, delay=1e6, count=1)  # the one slot is held for good
+        options["max_concurrency"] = 1
+    else:
+        options = {"budget": _BlockingBudget()}
+    client = AsyncCambClient(API_KEY, base_url="http://localhost", timeout=1e5,
+                             transport=httpx.ASGITransport(app=api), **options)
+    baseline = running_tasks()
+    outcomes: list[BaseException | None] = []
+    ended: list[float] = []
+
+    async def run(call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await call()
+        except BaseException as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+        ended.append(anyio.current_time())
+
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        *(functools.partial(client.dub.status, task_id) for task_id in ids[:3]),
+        client.dub.task(ids[3]).wait,
+        functools.partial(gather_statuses, client, ids[4:], kind="dub"),
+        functools.partial(client.dub.results, [1, 2]),
+    ]
+    with anyio.fail_after(60):  # virtual time: the 429 pause and the pacing end well before
+        async with anyio.create_task_group() as tg:
+            for call in calls:
+                tg.start_soon(run, call)
+            await anyio.sleep(2)  # everyone is parked behind the budget by now
+            # With pacing, the first request was let through (its call may have ended); the
+            # others wait ~100 s each.
+            assert outcomes in (([], [None]) if wait == "pacing" else ([],))
+            before = len(outcomes)
+            started = anyio.current_time()
+            await client.aclose()
+    assert len(outcomes) == len(calls)
+    assert max(ended) - started < 1.0
+    assert all(isinstance(e, ClientClosedError) for e in outcomes[before:]), outcomes
+    assert not client._scopes
+    if isinstance(client.budget, RateBudget):
+        assert client.budget.in_flight == 0
+    assert running_tasks() == baseline
+
+
+@pytest.mark.parametrize("closer", ["stream", "client"])
+async def test_aclose_inside_iter_statuses_block_leaves_the_callers_code_running(
+        closer: str) -> None:
+    """``stream.aclose()`` (or the client's) inside ``async with iter_statuses(...)`` stops
+    the polling, not the caller: the block's own awaits after it still run, and nothing
+    (no ``Cancelled``) escapes the block."""
+    api = FakeCambAPI(api_key=API_KEY)
+    ids = [api.add_task("dub", after=0)] + [api.add_task("dub", after=1e6) for _ in range(5)]
+    client = AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
+                             transport=httpx.ASGITransport(app=api))
+    reached: list[str] = []
+    async with iter_statuses(client, ids, kind="dub", policy=POLICY) as stream:
+        async for first in stream:
+            assert first.is_success
+            break
+        if closer == "stream":
+            await stream.aclose()
+        else:
+            await client.aclose()
+        await anyio.sleep(1)  # the caller's own code after aclose(): not cancelled
+        reached.append("slept")
+        if closer == "stream":
+            assert [r async for r in stream] == []  # closed: no further items
+        else:
+            with pytest.raises(ClientClosedError):
+                await stream.__anext__()
+        requests = len(api.log)
+        await anyio.sleep(60)
+        assert len(api.log) == requests  # polling stopped
+        reached.append("end of block")
+    reached.append("after the block")
+    assert reached == ["slept", "end of block", "after the block"]
+    await client.aclose()
+
+
+async def test_iter_statuses_block_passes_exceptions_and_cancellation_through() -> None:
+    """What leaves the ``async with`` block is what the caller raised (not an exception
+    group), and a cancellation of an enclosing scope is caught by that scope."""
+    api = FakeCambAPI(api_key=API_KEY)
+    ids = [api.add_task("dub", after=1e6) for _ in range(5)]
+    async with AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
+                               transport=httpx.ASGITransport(app=api)) as client:
+
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom):
+            async with iter_statuses(client, ids, kind="dub", policy=POLICY) as stream:
+                await stream.aclose()
+                await anyio.sleep(1)
+                raise Boom
+        with anyio.CancelScope() as outer:
+            async with iter_statuses(client, ids, kind="dub", policy=POLICY):
+                outer.cancel()
+                await anyio.sleep(1)
+                raise AssertionError("not cancelled")  # pragma: no cover
+        assert outer.cancelled_caught
+        with anyio.move_on_after(5) as deadline:
+            async with iter_statuses(client, ids, kind="dub", policy=POLICY) as stream:
+                async for _ in stream:
+                    raise AssertionError("nothing finishes")  # pragma: no cover
+        assert deadline.cancelled_caught

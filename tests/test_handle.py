@@ -118,3 +118,32 @@ def test_poll_policy_validation() -> None:
     assert [policy.next_interval(n) for n in range(1, 6)] == [0.5, 1.5, 4.5, 10, 10]
     constant = PollPolicy(initial=2, factor=1, max_interval=2, jitter=0)
     assert constant.next_interval(1000) == 2
+
+
+@pytest.mark.parametrize("timeout", [8.0, 10.0, 25.0])
+async def test_wait_polls_once_more_before_a_deadline_the_schedule_would_skip(
+        api: FakeCambAPI, client: AsyncCambClient, timeout: float) -> None:
+    """A dub task done at 0.3 s: dub's first gap is ~10 s (and the next ~15 s), past the
+    deadline, so ``wait`` polls once more just before the deadline instead of timing out
+    with the PENDING it saw at 0 s. The deadline stays hard."""
+    task_id = api.add_task("dub", after=0.3)
+    start = anyio.current_time()
+    final = await client.dub.task(task_id).wait(timeout=timeout)
+    assert final.is_success
+    assert anyio.current_time() - start <= timeout
+    assert len(api.log) <= 3
+
+
+async def test_wait_deadline_poll_then_timeout(api: FakeCambAPI, client: AsyncCambClient
+                                               ) -> None:
+    """Still pending at that last poll: ``WaitTimeoutError`` exactly at the deadline, with
+    that poll's status; the poll went out before the deadline (within its last second)."""
+    task_id = api.add_task("dub", after=1e6)
+    start = anyio.current_time()
+    with pytest.raises(WaitTimeoutError) as info:
+        await client.dub.task(task_id).wait(timeout=10)
+    assert anyio.current_time() - start == pytest.approx(10, abs=1e-6)
+    assert info.value.last is not None and info.value.last.status is TaskStatus.PENDING
+    times = [r.time - start for r in api.log]
+    assert len(times) == 2 and times[0] == pytest.approx(0, abs=1e-6)
+    assert 9 <= times[1] < 10

@@ -206,9 +206,14 @@ async def test_bulk_polling_under_hostile_answers_ends_by_its_deadline(
                                         return_exceptions=True,
                                         policy=PollPolicy(initial=1, max_interval=8,
                                                           max_errors=2))
-        except CambError as exc:  # only an authentication error ends the whole call
+        except CambError as exc:
+            # Only an authentication error ends the whole call, or a poll that got no answer
+            # while the server answered nothing at all (unreachable; here: interim answers).
             check_error(exc)
-            assert isinstance(exc, APIError) and exc.status_code in (401, 403)
+            if isinstance(exc, APIConnectionError):
+                assert any(100 <= status < 200 for status, _, _ in script)
+            else:
+                assert isinstance(exc, APIError) and exc.status_code in (401, 403)
         else:
             assert len(out) == len(ids)
             for task_id, item in zip(ids, out, strict=True):

@@ -380,20 +380,24 @@ async def test_bare_iteration_is_not_held_back_by_budget_waits(
 
 @pytest.mark.parametrize("mode", ["bare-deadline", "bare-break", "context-aclose"])
 async def test_unfinished_tasks_are_reported_to_the_stats_exactly_once(
-        api: FakeCambAPI, client: AsyncCambClient, monkeypatch: pytest.MonkeyPatch,
-        mode: str) -> None:
+        api: FakeCambAPI, make_client: ClientFactory, mode: str) -> None:
     import gc
 
     from camb_async import CompletionStats
 
     calls: list[str] = []
-    original = CompletionStats.abandoned
 
-    def spy(self: CompletionStats, *args: Any, **kwargs: Any) -> None:
-        calls.append("abandoned")
-        original(self, *args, **kwargs)
+    class SpyStats(CompletionStats):
+        """Counts this client's reports only: iterators that earlier tests left for the
+        garbage collector report to their own clients' stats, never to this one."""
 
-    monkeypatch.setattr(CompletionStats, "abandoned", spy)
+        __slots__ = ()
+
+        def abandoned(self, *args: Any, **kwargs: Any) -> None:
+            calls.append("abandoned")
+            super().abandoned(*args, **kwargs)
+
+    client = make_client(completion_stats=SpyStats())
     ids = [api.add_task("dub", after=1000) for _ in range(3)] + [api.add_task("dub", after=0)]
     if mode == "bare-deadline":
         got = [r async for r in iter_statuses(client, ids, kind="dub", timeout=10, policy=FAST)]
@@ -411,3 +415,22 @@ async def test_unfinished_tasks_are_reported_to_the_stats_exactly_once(
                 break
             assert [r async for r in stream] == []  # closed: no further items
     assert calls == ["abandoned"] * 3
+
+
+@pytest.mark.parametrize("mode", ["gather", "iter-bare", "iter-context"])
+async def test_bulk_timeout_polls_once_more_before_a_deadline_the_schedule_would_skip(
+        api: FakeCambAPI, client: AsyncCambClient, mode: str) -> None:
+    """Dub tasks done at 0.3 s, ``timeout=8``: dub's first gap (~10 s) lies past the
+    deadline, so each task is polled once more just before it, not reported PENDING."""
+    ids = [api.add_task("dub", after=0.3) for _ in range(5)]
+    start = anyio.current_time()
+    if mode == "gather":
+        out = await gather_statuses(client, ids, kind="dub", timeout=8)
+    elif mode == "iter-bare":
+        out = [r async for r in iter_statuses(client, ids, kind="dub", timeout=8)]
+    else:
+        async with iter_statuses(client, ids, kind="dub", timeout=8) as stream:
+            out = [r async for r in stream]
+    assert [r.status for r in out] == [TaskStatus.SUCCESS] * 5
+    assert anyio.current_time() - start <= 8
+    assert len(api.log) == 10
