@@ -16,11 +16,13 @@ import logging
 import math
 import os
 import re
+import sys
 import time
+import urllib.request
 import weakref
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 import backoff
@@ -31,6 +33,7 @@ from ._adaptive import CompletionStats
 from ._budget import Budget, RateBudget
 from ._errors import (
     MIN_ECHO,
+    REDACTED,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -45,9 +48,13 @@ from ._errors import (
 )
 from ._hooks import RequestHooks
 from ._models import (
+    DubbingOutcome,
     ModelError,
     StatusResult,
     TaskKind,
+    TranscriptionResult,
+    TranslationResult,
+    TTSResult,
     ValidationDetail,
     parse_validation_details,
 )
@@ -61,6 +68,7 @@ from ._resources import (
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._errors import CambError
     from ._handle import TaskHandle
     from ._models import DurationHint
     from ._polling import PolicyArg
@@ -106,6 +114,59 @@ _KEY_FILTER = _KeyFilter()
 for _name in ("camb_async", "httpx", "httpcore.connection", "httpcore.http11",
               "httpcore.http2", "httpcore.proxy", "httpcore.socks", "aiohttp.client"):
     logging.getLogger(_name).addFilter(_KEY_FILTER)
+
+
+#: Response headers that carry the server's id of a request, most specific first: what a
+#: support ticket needs. CAMB.AI's API sits behind AWS and Cloudflare; both stamp their own.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-amz-request-id",
+                      "x-amz-cf-id", "cf-ray")
+#: Response headers worth keeping on an error (the rest are noise in a ticket).
+_KEPT_HEADERS = frozenset({*REQUEST_ID_HEADERS, "content-type", "content-length", "date",
+                           "server", "retry-after", "retry-after-ms", "via",
+                           "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"})
+_LOG_HANDLER: logging.Handler | None = None
+
+
+def _setup_logging(value: str | None = None) -> None:
+    """``CAMB_LOG=debug|info``: the library's log lines to stderr, as ``OPENAI_LOG`` does.
+
+    Runs at every client construction (the variable may be set after import) but adds its
+    handler once; an unknown value is ignored. The handler carries the key filter, so no log
+    line it writes holds a client's key.
+    """
+    global _LOG_HANDLER
+    value = (os.environ.get("CAMB_LOG") if value is None else value) or ""
+    level = {"debug": logging.DEBUG, "info": logging.INFO}.get(value.strip().lower())
+    if level is None:
+        return
+    root = logging.getLogger("camb_async")
+    if _LOG_HANDLER is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s %(levelname)s %(name)s] %(message)s"))
+        handler.addFilter(_KEY_FILTER)
+        _LOG_HANDLER = handler
+    if _LOG_HANDLER not in root.handlers:
+        root.addHandler(_LOG_HANDLER)
+    root.setLevel(level)
+
+
+def _env_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``/
+    ``ALL_PROXY``, honouring ``NO_PROXY``), as httpx would pick it; ``None`` for none.
+
+    Loopback hosts never go through an environment proxy: the proxy's loopback is not ours.
+    """
+    if _is_loopback(url.host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = url.host if url.port is None else f"{url.host}:{url.port}"
+    if urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
+        return None
+    return proxy
 
 
 def _is_loopback(host: str) -> bool:
@@ -323,7 +384,8 @@ class _ShardedTransport(httpx.AsyncBaseTransport):
                                  max_keepalive_connections=math.ceil(keepalive / shards),
                                  keepalive_expiry=limits.keepalive_expiry)
         # One TLS context for all shards: loading the CA bundle costs ~50 ms each time.
-        context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        # trust_env: SSL_CERT_FILE / SSL_CERT_DIR name the CA bundle, as httpx's default does.
+        context = httpx.create_ssl_context(verify=verify, trust_env=True)
         self._pools = [httpx.AsyncHTTPTransport(verify=context, limits=per_shard,
                                                 trust_env=False) for _ in range(shards)]
         self._load = [0] * shards
@@ -490,10 +552,15 @@ class _DirectSender:
     async def send(self, method: str, url: str, json_body: Any,
                    params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
                    files: Any, stream: bool = False,
-                   uploaded: Callable[[], None] | None = None) -> httpx.Response:
+                   uploaded: Callable[[], None] | None = None,
+                   extra_headers: Mapping[str, str] | None = None) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        request = httpx.Request(method, httpx.URL(url), params=params, headers=self._headers,
+        headers: Any = self._headers
+        if extra_headers:
+            headers = httpx.Headers(headers)
+            headers.update(extra_headers)
+        request = httpx.Request(method, httpx.URL(url), params=params, headers=headers,
                                 json=json_body, data=data, files=files,
                                 extensions={"timeout": self._timeout})
         if uploaded is not None:
@@ -531,12 +598,47 @@ class AsyncCambClient:
     at once. So one call, retries included, takes at most
     ``(max_retries + 1) * timeout + max_retries * max(max_retry_wait, 8)`` seconds plus any
     wait for the rate budget (whose 429 pause is capped at its own ``max_pause``).
+
+    Proxies and CA bundles come from the environment as httpx takes them by default
+    (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` with ``NO_PROXY``; ``SSL_CERT_FILE``,
+    ``SSL_CERT_DIR``), or ``proxy=``. When a proxy applies, requests go through httpx's own
+    transport with that proxy (on asyncio too). ``CAMB_LOG=debug|info`` sends the library's
+    log lines to stderr.
+
+    Args:
+        api_key: the API key; ``None`` reads ``CAMB_API_KEY``.
+        base_url: the API's root; ``None`` reads ``CAMB_BASE_URL``, else CAMB.AI's.
+        timeout: seconds each attempt may take at most.
+        max_retries: retries of a failed attempt (429, 5xx, connection failures).
+        rate_limit: requests per second this client starts at most; ``None``: no limit.
+        max_concurrency: requests in flight at most.
+        budget: a shared ``Budget`` (e.g. ``RedisRateBudget``), in place of ``rate_limit``
+            and ``max_concurrency``. ``async with client`` enters the budget's own
+            ``async with`` when it has one and no one has entered it yet.
+        http_client: your own ``httpx.AsyncClient`` (left open by ``aclose()``).
+        transport: an httpx transport for the client's own ``httpx.AsyncClient``.
+        allow_insecure: allow a plain-http ``base_url`` (or proxy) on a remote host, which
+            sends the key in clear text.
+        verify: verify the server's TLS certificate.
+        hooks: request hooks for metrics and tracing.
+        completion_stats: task durations learned earlier (``CompletionStats.from_dict``).
+        max_response_bytes: largest JSON answer read, after decompression.
+        max_retry_wait: longest Retry-After slept on; a longer one raises at once.
+        proxy: a proxy URL (or ``httpx.Proxy``) for every request, in place of the
+            environment's; not with ``http_client`` or ``transport``.
     """
 
     dub: DubResource
     tts: TTSResource
     translation: TranslationResource
     transcription: TranscriptionResource
+    base_url: str
+    timeout: float
+    max_retries: int
+    max_response_bytes: int
+    max_retry_wait: float
+    budget: Budget
+    completion_stats: CompletionStats
 
     def __init__(
         self,
@@ -556,7 +658,9 @@ class AsyncCambClient:
         completion_stats: CompletionStats | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_retry_wait: float = MAX_RETRY_AFTER,
+        proxy: str | httpx.Proxy | None = None,
     ) -> None:
+        _setup_logging()
         key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
         if key is None or not isinstance(key, str) or not key.strip():
             raise ValueError(
@@ -591,6 +695,23 @@ class AsyncCambClient:
                 or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
             raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
                              f"{max_retry_wait!r}")
+        if proxy is not None:
+            if http_client is not None or transport is not None:
+                raise ValueError("proxy= is for the client's own transport; configure it on "
+                                 "your http_client or transport instead")
+            if not isinstance(proxy, httpx.Proxy):
+                if not isinstance(proxy, str):
+                    raise TypeError("proxy must be a URL string or an httpx.Proxy")
+                proxy = httpx.Proxy(proxy)
+        if proxy is None and http_client is None and transport is None:
+            from_env = _env_proxy(parsed)  # read once, like httpx's own trust_env
+            proxy = None if from_env is None else httpx.Proxy(from_env)
+        if (proxy is not None and parsed.scheme == "http" and proxy.url.scheme == "http"
+                and not allow_insecure and not _is_loopback(proxy.url.host)):
+            raise ValueError(
+                f"refusing to send the API key over plain http to the proxy "
+                f"{proxy.url.host!r}; use an https base_url, a loopback proxy, or pass "
+                "allow_insecure=True")
         if budget is None:
             budget = RateBudget(rate_limit, max_concurrency)
         elif not isinstance(budget, Budget):
@@ -613,6 +734,13 @@ class AsyncCambClient:
         self.max_retry_wait = float(max_retry_wait)
         self.budget: Budget = budget
         self._verify = verify
+        self._allow_insecure = allow_insecure
+        self._proxy: httpx.Proxy | None = proxy
+        #: The client a ``with_options`` view belongs to (``None``: this is no view).
+        self._parent: AsyncCambClient | None = None
+        self._views: weakref.WeakSet[AsyncCambClient] = weakref.WeakSet()
+        #: The budget's own ``async with``, when ``async with client`` entered it.
+        self._budget_entered = False
         if hooks is not None and not isinstance(hooks, RequestHooks):
             raise TypeError("hooks must be a RequestHooks")
         #: Request hooks for metrics/tracing; ``None`` costs one check per attempt.
@@ -646,7 +774,7 @@ class AsyncCambClient:
         self.tts = TTSResource(self, TaskKind.TTS)
         self.translation = TranslationResource(self, TaskKind.TRANSLATION)
         self.transcription = TranscriptionResource(self, TaskKind.TRANSCRIPTION)
-        self._resources = {
+        self._resources: dict[TaskKind, TaskResource[Any]] = {
             TaskKind.DUB: self.dub,
             TaskKind.TTS: self.tts,
             TaskKind.TRANSLATION: self.translation,
@@ -665,10 +793,32 @@ class AsyncCambClient:
 
     @property
     def closed(self) -> bool:
+        """Whether ``aclose()`` ran (for a ``with_options`` view: its own or its parent's)."""
         return self._closed
 
-    def resource(self, kind: TaskKind | str) -> TaskResource:
-        """The resource for ``kind`` (a ``TaskKind`` or its path word)."""
+    @overload
+    def resource(self, kind: Literal[TaskKind.DUB, "dub"]) -> DubResource: ...
+
+    @overload
+    def resource(self, kind: Literal[TaskKind.TTS, "tts"]) -> TTSResource: ...
+
+    @overload
+    def resource(self, kind: Literal[TaskKind.TRANSLATION, "translate"]) -> TranslationResource: ...
+
+    @overload
+    def resource(self, kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"]
+                 ) -> TranscriptionResource: ...
+
+    @overload
+    def resource(self, kind: TaskKind | str) -> TaskResource[Any]: ...
+
+    def resource(self, kind: TaskKind | str) -> TaskResource[Any]:
+        """The resource for ``kind`` (a ``TaskKind`` or its path word).
+
+        Args:
+            kind: a ``TaskKind`` or its path word (``"dub"``, ``"tts"``, ``"translate"``,
+                ``"transcribe"``).
+        """
         try:
             return self._resources[TaskKind(kind)]
         except ValueError:
@@ -677,16 +827,141 @@ class AsyncCambClient:
                 f"{', '.join(k.value for k in self._resources)}"
             ) from None
 
+    @overload
+    def task(self, kind: Literal[TaskKind.DUB, "dub"], task_id: str, *,
+             hint: DurationHint | float | None = None) -> TaskHandle[DubbingOutcome]: ...
+
+    @overload
+    def task(self, kind: Literal[TaskKind.TTS, "tts"], task_id: str, *,
+             hint: DurationHint | float | None = None) -> TaskHandle[TTSResult]: ...
+
+    @overload
+    def task(self, kind: Literal[TaskKind.TRANSLATION, "translate"], task_id: str, *,
+             hint: DurationHint | float | None = None) -> TaskHandle[TranslationResult]: ...
+
+    @overload
+    def task(self, kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"], task_id: str, *,
+             hint: DurationHint | float | None = None) -> TaskHandle[TranscriptionResult]: ...
+
+    @overload
     def task(self, kind: TaskKind | str, task_id: str, *,
-             hint: DurationHint | float | None = None) -> TaskHandle:
-        """A handle on an existing task of any kind; makes no request. ``hint``: what you know
-        of its input size (a ``DurationHint``, or a number in the kind's natural unit:
-        characters for TTS and translation, media seconds for dubbing and transcription)."""
+             hint: DurationHint | float | None = None) -> TaskHandle[Any]: ...
+
+    def task(self, kind: TaskKind | str, task_id: str, *,
+             hint: DurationHint | float | None = None) -> TaskHandle[Any]:
+        """A handle on an existing task of any kind; makes no request.
+
+        Typed per kind when ``kind`` is a literal: ``client.task("tts", id)`` is a
+        ``TaskHandle[TTSResult]``.
+
+        Args:
+            kind: a ``TaskKind`` or its path word.
+            task_id: the task's id.
+            hint: what you know of its input size (a ``DurationHint``, or a number in the
+                kind's natural unit: characters for TTS and translation, media seconds for
+                dubbing and transcription).
+        """
         return self.resource(kind).task(task_id, hint=hint)
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        max_retry_wait: float | None = None,
+        max_response_bytes: int | None = None,
+    ) -> AsyncCambClient:
+        """A light view of this client with other per-request settings.
+
+        The view shares this client's connection pool, rate budget, hooks and completion
+        statistics; only the settings given here differ. Closing the view ends its own calls
+        and leaves this client open; closing this client ends the views' calls too.
+        ``client.with_options(timeout=5).dub.status(id)`` is the usual shape.
+
+        Args:
+            timeout: seconds each attempt may take at most.
+            max_retries: retries of a failed attempt.
+            max_retry_wait: longest Retry-After slept on.
+            max_response_bytes: largest JSON answer read, after decompression.
+        """
+        if self._closed:
+            raise ClientClosedError("this AsyncCambClient is closed; create a new one")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if max_retries is not None and (isinstance(max_retries, bool)
+                                        or not isinstance(max_retries, int) or max_retries < 0):
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if max_response_bytes is not None and (
+                isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+                or max_response_bytes < 1):
+            raise ValueError("max_response_bytes must be a positive integer, got "
+                             f"{max_response_bytes!r}")
+        if max_retry_wait is not None and (
+                isinstance(max_retry_wait, bool) or not isinstance(max_retry_wait, (int, float))
+                or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
+            raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
+                             f"{max_retry_wait!r}")
+        root = self._parent or self
+        view: AsyncCambClient = object.__new__(AsyncCambClient)
+        view.__dict__.update(self.__dict__)
+        if timeout is not None:
+            view.timeout = float(timeout)
+        if max_retries is not None:
+            view.max_retries = max_retries
+        if max_retry_wait is not None:
+            view.max_retry_wait = float(max_retry_wait)
+        if max_response_bytes is not None:
+            view.max_response_bytes = max_response_bytes
+        view._parent = root
+        view._views = weakref.WeakSet()
+        view._owns_http = False  # the pool is the parent's: a view never closes it
+        view._budget_entered = False
+        view._scopes = set()
+        view._http = None  # opened through the parent (see _open)
+        view._direct = None
+        view.dub = DubResource(view, TaskKind.DUB)
+        view.tts = TTSResource(view, TaskKind.TTS)
+        view.translation = TranslationResource(view, TaskKind.TRANSLATION)
+        view.transcription = TranscriptionResource(view, TaskKind.TRANSCRIPTION)
+        view._resources = {
+            TaskKind.DUB: view.dub,
+            TaskKind.TTS: view.tts,
+            TaskKind.TRANSLATION: view.translation,
+            TaskKind.TRANSCRIPTION: view.transcription,
+        }
+        root._views.add(view)
+        return view
+
+    @overload
+    async def gather_statuses(
+        self,
+        tasks: Iterable[str | TaskHandle[Any]],
+        *,
+        kind: TaskKind | str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        policy: PolicyArg = None,
+        return_exceptions: Literal[False] = False,
+        on_update: Callable[[StatusResult], object] | None = None,
+    ) -> list[StatusResult]: ...
+
+    @overload
+    async def gather_statuses(
+        self,
+        tasks: Iterable[str | TaskHandle[Any]],
+        *,
+        kind: TaskKind | str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        policy: PolicyArg = None,
+        return_exceptions: bool,
+        on_update: Callable[[StatusResult], object] | None = None,
+    ) -> list[StatusResult | CambError | ValueError]: ...
 
     async def gather_statuses(
         self,
-        tasks: Iterable[str | TaskHandle],
+        tasks: Iterable[str | TaskHandle[Any]],
         *,
         kind: TaskKind | str | None = None,
         wait: bool = True,
@@ -694,8 +969,18 @@ class AsyncCambClient:
         policy: PolicyArg = None,
         return_exceptions: bool = False,
         on_update: Callable[[StatusResult], object] | None = None,
-    ) -> list[Any]:
-        """``gather_statuses(self, ...)``; see that function."""
+    ) -> list[StatusResult] | list[StatusResult | CambError | ValueError]:
+        """``gather_statuses(self, ...)``; see that function for the arguments.
+
+        Args:
+            tasks: task ids (with ``kind``) or ``TaskHandle`` objects.
+            kind: the kind of every task id.
+            wait: poll until terminal; ``False`` takes one snapshot each.
+            timeout: overall deadline in seconds.
+            policy: a ``PollPolicy`` or ``{kind: PollPolicy}``.
+            return_exceptions: put a task's own error in its slot instead of raising it.
+            on_update: called with every observed status (may be async).
+        """
         from ._polling import gather_statuses
 
         return await gather_statuses(
@@ -710,13 +995,29 @@ class AsyncCambClient:
         )
 
     async def __aenter__(self) -> AsyncCambClient:
+        """Open the HTTP client and, when the budget has an ``async with`` of its own that no
+        one has entered (``RedisRateBudget`` holds its Redis connections open in one), enter
+        it for the client's block."""
         if self._closed:
             raise ClientClosedError("this AsyncCambClient is closed; create a new one")
         self._open()
+        budget: Any = self.budget
+        if (self._parent is None and callable(getattr(budget, "__aenter__", None))
+                and callable(getattr(budget, "__aexit__", None))
+                and getattr(budget, "entered", True) is False):
+            await budget.__aenter__()
+            self._budget_entered = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        """``aclose()``, then leave the budget's ``async with`` if ``__aenter__`` entered it."""
+        try:
+            await self.aclose()
+        finally:
+            if self._budget_entered:
+                self._budget_entered = False
+                budget: Any = self.budget
+                await budget.__aexit__(*exc_info)
 
     async def aclose(self) -> None:
         """Close the client. Requests still in flight or waiting for the budget end with
@@ -729,6 +1030,8 @@ class AsyncCambClient:
         self._closed = True
         for scope in list(self._scopes):
             scope.cancel()
+        for view in list(self._views):  # their calls use this client's pool: they end too
+            await view.aclose()
         http, self._http = self._http, None
         if http is not None and self._owns_http:
             with anyio.CancelScope(shield=True):
@@ -770,15 +1073,30 @@ class AsyncCambClient:
     def _open(self) -> httpx.AsyncClient:
         if self._closed:
             raise ClientClosedError("this AsyncCambClient is closed; create a new one")
+        parent = self._parent
+        if parent is not None:  # a view: the parent's pool, this view's settings
+            if self._http is None:
+                http = parent._open()
+                if parent._direct is not None:
+                    self._direct = _DirectSender(http, parent._direct._transport, self._headers,
+                                                 self.timeout, self.max_response_bytes)
+                self._http = http
+            return self._http
         if self._http is None:
             limits = httpx.Limits(
                 max_connections=None,
                 max_keepalive_connections=max(20, getattr(self.budget, "max_concurrency", 20)),
             )
+            proxy = self._proxy
+            if proxy is not None and self._transport is None:
+                # httpx's own transport speaks to proxies (CONNECT for https) on every loop.
+                self._transport = httpx.AsyncHTTPTransport(
+                    verify=httpx.create_ssl_context(verify=self._verify, trust_env=True),
+                    limits=limits, proxy=proxy, trust_env=False)
             transport = (self._transport
                          or _default_transport(verify=self._verify, limits=limits)
                          or httpx.AsyncHTTPTransport(verify=self._verify, limits=limits,
-                                                     trust_env=False))
+                                                     trust_env=True))
             # Our headers (the key among them) live only in the direct sender, which sends
             # every request of an owned client; this AsyncClient just owns the transport.
             self._http = httpx.AsyncClient(
@@ -808,6 +1126,9 @@ class AsyncCambClient:
         max_retries: int | None = None,
         reopen_body: Callable[[], Awaitable[Any]] | None = None,
         stream: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str | int] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> T:
         """Send one logical request (with retries) and return ``parse(decoded JSON)``.
 
@@ -823,9 +1144,24 @@ class AsyncCambClient:
         been received is raised, so a lost answer cannot create a second job.
         ``preacquired=True`` means the caller already holds one budget acquisition for the
         first attempt (the bulk poller acquires in due order, then hands the slot over).
+
+        ``extra_headers``, ``extra_query`` and ``extra_body`` (fields the SDK does not know
+        yet) are added to the request: the body's to its JSON object, or as form fields of a
+        multipart body. ``x-api-key`` cannot be set or replaced through ``extra_headers``.
         """
         url = self.base_url + path
         budget = self.budget
+        if extra_headers or extra_query or extra_body:
+            try:
+                headers, params, json_body, files, reopen_body = self._with_extras(
+                    extra_headers, extra_query, extra_body, params, json_body, files,
+                    reopen_body)
+            except BaseException:
+                if preacquired:
+                    budget.release()
+                raise
+        else:
+            headers = self._headers
         retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
         waits: Any = None
@@ -860,10 +1196,11 @@ class AsyncCambClient:
                 with scope:
                     if stream:
                         response, body = await self._send_streaming(http, direct, method,
-                                                                    url, path, params)
+                                                                    url, path, params, headers)
                     elif direct is not None:
-                        response = await direct.send(method, url, json_body, params, data,
-                                                     files, uploaded=uploaded)
+                        response = await direct.send(
+                            method, url, json_body, params, data, files, uploaded=uploaded,
+                            extra_headers=None if headers is self._headers else headers)
                     else:
                         request = http.build_request(
                             method,
@@ -872,7 +1209,7 @@ class AsyncCambClient:
                             params=params,
                             data=data,
                             files=files,
-                            headers=self._headers,  # a caller's client has none of ours
+                            headers=headers,  # a caller's client has none of ours
                         )
                         if uploaded is not None:
                             request.stream = _UploadStream(
@@ -915,13 +1252,14 @@ class AsyncCambClient:
                     f"{method} {path}: answer {too_large.status_code} is larger than "
                     f"max_response_bytes ({too_large.limit} bytes)",
                     status_code=too_large.status_code, method=method, path=path,
+                    url=self._redact(url),
                 )
             if response is None and failure is None:  # the attempt's deadline expired
                 failure = httpx.ReadTimeout(f"no complete answer within {self.timeout}s")
 
             retry_after: float | None = None
             if failure is not None:
-                error: Exception = self._transport_error(failure, method, path)
+                error: Exception = self._transport_error(failure, method, path, url)
                 # Safe to resend only if the request cannot have reached the server.
                 retryable = idempotent or isinstance(
                     failure, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -973,15 +1311,19 @@ class AsyncCambClient:
 
     async def _send_streaming(self, http: httpx.AsyncClient, direct: _DirectSender | None,
                               method: str, url: str, path: str,
-                              params: Mapping[str, str | int] | None
+                              params: Mapping[str, str | int] | None,
+                              headers: Mapping[str, str] | None = None,
                               ) -> tuple[httpx.Response, BodyStream | None]:
         """One attempt of a streamed request: the answer and, for a 2xx answer, its body with
         the first chunk read. An error answer is read whole (it is small and mapped like any
         other); a failure before the first chunk closes the answer."""
         if direct is not None:
-            response = await direct.send(method, url, None, params, None, None, stream=True)
+            extra = None if headers is None or headers is self._headers else headers
+            response = await direct.send(method, url, None, params, None, None, stream=True,
+                                         extra_headers=extra)
         else:
-            request = http.build_request(method, url, params=params, headers=self._headers)
+            request = http.build_request(method, url, params=params,
+                                         headers=headers or self._headers)
             response = await http.send(request, stream=True, follow_redirects=False)
         try:
             if response.status_code >= 300:  # read like any answer: capped, then closed
@@ -1041,8 +1383,7 @@ class AsyncCambClient:
                 f"{snippet(body, secret=self.__key)!r}",
                 status_code=response.status_code,
                 body=snippet(body, secret=self.__key),
-                method=method,
-                path=path,
+                **self._answer_info(response, method, path),
             ) from None
         try:
             return parse(data)
@@ -1052,14 +1393,15 @@ class AsyncCambClient:
                 + repr(snippet(body, secret=self.__key)),
                 status_code=response.status_code,
                 body=snippet(body, secret=self.__key),
-                method=method,
-                path=path,
+                **self._answer_info(response, method, path),
             ) from None
 
-    def _transport_error(self, exc: Exception, method: str, path: str) -> APIConnectionError:
+    def _transport_error(self, exc: Exception, method: str, path: str,
+                         url: str = "") -> APIConnectionError:
         kind = type(exc).__name__
+        where = {"method": method, "url": self._redact(url or self.base_url + path)}
         if isinstance(exc, httpx.TimeoutException):
-            return APITimeoutError(f"{method} {path}: {kind} (request timed out)")
+            return APITimeoutError(f"{method} {path}: {kind} (request timed out)", **where)
         # httpx/httpcore/trio wrap the real reason (e.g. a failed TLS verification) in
         # exceptions with no text: report the first cause in the chain that has some.
         cause: BaseException | None = exc
@@ -1068,15 +1410,85 @@ class AsyncCambClient:
                 break
             cause = cause.__cause__ or cause.__context__
         detail = snippet(str(cause or ""), 120, self.__key)  # parser errors quote bytes
-        return APIConnectionError(f"{method} {path}: {kind}: {detail}")
+        return APIConnectionError(f"{method} {path}: {kind}: {detail}", **where)
+
+    def _answer_info(self, response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+        """What an error keeps of an answer for a support ticket: the full URL, the headers
+        and the server's request id, every value redacted (servers echo what they got)."""
+        try:
+            url = str(response.request.url)
+        except RuntimeError:  # a Response built without its request (tests)
+            url = self.base_url + path
+        headers: dict[str, str] = {}
+        for name, value in response.headers.items():
+            name = name.lower()
+            if name in ("set-cookie", "authorization", "proxy-authorization", "x-api-key"):
+                value = REDACTED
+            headers[name] = self._redact(value)
+        request_id = next((headers[h] for h in REQUEST_ID_HEADERS if headers.get(h)), None)
+        return {"method": method, "path": path, "url": self._redact(url),
+                "headers": headers, "request_id": request_id}
+
+    def _with_extras(
+        self,
+        extra_headers: Mapping[str, str] | None,
+        extra_query: Mapping[str, str | int] | None,
+        extra_body: Mapping[str, Any] | None,
+        params: Mapping[str, str | int] | None,
+        json_body: Any,
+        files: Any,
+        reopen_body: Callable[[], Awaitable[Any]] | None,
+    ) -> tuple[Mapping[str, str], Mapping[str, str | int] | None, Any, Any,
+               Callable[[], Awaitable[Any]] | None]:
+        """The request's headers, query, body and multipart parts with a caller's extra
+        fields added (``extra_*`` on the public calls). The key header is never theirs."""
+        headers: Mapping[str, str] = self._headers
+        if extra_headers:
+            if not isinstance(extra_headers, Mapping):
+                raise TypeError("extra_headers must be a mapping of header names to values")
+            merged = dict(self._headers)
+            for name, value in extra_headers.items():
+                if not isinstance(name, str) or not isinstance(value, str):
+                    raise TypeError("extra_headers names and values must be strings")
+                if name.strip().lower() == "x-api-key":
+                    raise ValueError("extra_headers cannot set x-api-key; pass api_key= to "
+                                     "the client")
+                merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
+                merged[name] = value
+            headers = merged
+        if extra_query:
+            if not isinstance(extra_query, Mapping):
+                raise TypeError("extra_query must be a mapping")
+            params = {**(params or {}), **extra_query}
+        if extra_body:
+            if not isinstance(extra_body, Mapping):
+                raise TypeError("extra_body must be a mapping")
+            if files is not None:
+                form = [(str(name), (None, value if isinstance(value, str)
+                                     else json.dumps(value)))
+                        for name, value in extra_body.items()]
+                files = [*files, *form]
+                if reopen_body is not None:
+                    reopen = reopen_body
+
+                    async def reopen_with_extras() -> Any:
+                        return [*(await reopen()), *form]
+                    reopen_body = reopen_with_extras
+            elif json_body is None:
+                json_body = dict(extra_body)
+            elif isinstance(json_body, Mapping):
+                json_body = {**json_body, **extra_body}
+            else:
+                raise TypeError("extra_body needs a JSON object body")
+        return headers, params, json_body, files, reopen_body
 
     def _status_error(
         self, response: httpx.Response, method: str, path: str, retry_after: float | None
     ) -> APIError:
         status = response.status_code
         body = snippet(response.content, secret=self.__key)
-        common: dict[str, Any] = {"status_code": status, "body": body, "method": method,
-                                  "path": path}
+        common: dict[str, Any] = {"status_code": status, "body": body,
+                                  **self._answer_info(response, method, path)}
         message = f"{method} {path}: HTTP {status}: {body!r}"
         if status in (401, 403):
             return AuthenticationError(message, **common)

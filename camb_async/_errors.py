@@ -18,6 +18,7 @@ Messages carry at most a short snippet of a response body and never the API key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -108,20 +109,50 @@ class CambError(Exception):
 
 
 class APIError(CambError):
-    """The API answered with an error status, or with a body this client cannot use."""
+    """The API answered with an error status, or with a body this client cannot use.
+
+    Carries what a support ticket needs: ``method``, the full ``url`` (query included; the
+    key is a header, and any echo of it is redacted anyway), ``status_code``, the response
+    ``headers`` (redacted) and ``request_id``, the server's id of the request when it sent
+    one (``x-request-id``, ``x-amzn-requestid``, ``cf-ray``, ...). ``str(error)`` ends with
+    ``[request_id: ...]`` when there is one.
+
+    Args:
+        message: what went wrong (already free of the key).
+        status_code: the answer's HTTP status.
+        body: a bounded snippet of the answer's body.
+        method: the request's method.
+        path: the request's path below the base URL.
+        url: the request's full URL.
+        headers: the answer's headers, redacted.
+        request_id: the server's id of the request, if it sent one.
+    """
 
     status_code: int
     body: str
     method: str
     path: str
+    url: str
+    headers: Mapping[str, str]
+    request_id: str | None
 
     def __init__(self, message: str, *, status_code: int, body: str = "", method: str = "",
-                 path: str = "") -> None:
+                 path: str = "", url: str = "", headers: Mapping[str, str] | None = None,
+                 request_id: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.body = body  # already a bounded snippet
         self.method = method
         self.path = path
+        self.url = url
+        self.headers = dict(headers) if headers else {}
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.request_id:
+            text += f" [request_id: {self.request_id}]"
+        return text
 
 
 class AuthenticationError(APIError):
@@ -133,7 +164,13 @@ class NotFoundError(APIError):
 
 
 class UnprocessableEntityError(APIError):
-    """422: the API rejected the request's parameters; ``detail`` lists why."""
+    """422: the API rejected the request's parameters; ``detail`` lists why.
+
+    Args:
+        message: what went wrong.
+        detail: the API's reasons, one per rejected field.
+        **kwargs: as for ``APIError``.
+    """
 
     detail: list[ValidationDetail]
 
@@ -144,7 +181,13 @@ class UnprocessableEntityError(APIError):
 
 
 class RateLimitError(APIError):
-    """429 that persisted through every retry."""
+    """429 that persisted through every retry.
+
+    Args:
+        message: what went wrong.
+        retry_after: seconds the server asked to wait, if it said.
+        **kwargs: as for ``APIError``.
+    """
 
     retry_after: float | None
 
@@ -158,7 +201,23 @@ class InternalServerError(APIError):
 
 
 class APIConnectionError(CambError):
-    """The request got no usable answer (connection refused or reset, protocol error)."""
+    """The request got no usable answer (connection refused or reset, protocol error).
+
+    ``method`` and ``url`` say which request (empty when unknown).
+
+    Args:
+        message: what went wrong (already free of the key).
+        method: the request's method.
+        url: the request's full URL.
+    """
+
+    method: str
+    url: str
+
+    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
 
 
 class APITimeoutError(APIConnectionError):
@@ -166,7 +225,11 @@ class APITimeoutError(APIConnectionError):
 
 
 class TaskFailedError(CambError):
-    """The task reached a terminal status other than SUCCESS; ``status`` is its final result."""
+    """The task reached a terminal status other than SUCCESS; ``status`` is its final result.
+
+    Args:
+        status: the task's final status.
+    """
 
     status: StatusResult
 
@@ -181,15 +244,22 @@ class TaskFailedError(CambError):
 
     @property
     def message(self) -> str | dict[str, Any] | None:
+        """The API's message for the failed task (``status.message``)."""
         return self.status.message
 
     @property
     def exception_reason(self) -> str | None:
+        """The API's reason for the failure (``status.exception_reason``)."""
         return self.status.exception_reason
 
 
 class WaitTimeoutError(CambError, TimeoutError):
-    """``TaskHandle.wait(timeout=...)`` expired; ``last`` is the last observed status, if any."""
+    """``TaskHandle.wait(timeout=...)`` expired; ``last`` is the last observed status, if any.
+
+    Args:
+        message: what expired.
+        last: the last observed status, ``None`` if the task was never polled.
+    """
 
     last: StatusResult | None
 

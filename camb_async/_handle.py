@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Mapping
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
 
@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskHandle"]
 
+#: The result type of a handle's task: ``TTSResult`` for ``client.tts``, and so on.
+R_co = TypeVar("R_co", covariant=True)
 
-class TaskHandle:
+
+class TaskHandle(Generic[R_co]):
     """One task of one kind on one client.
 
     ``await handle`` polls with the kind's default ``PollPolicy`` until the task is terminal
@@ -40,6 +43,19 @@ class TaskHandle:
     handles returned by ``create()``; it tells polling policies how old the task is.
     ``hint`` (a ``DurationHint``, or a number in the kind's natural unit) is what is known of
     the task's input size; adaptive policies use it to expect the task's duration.
+
+    Generic in its result type: ``client.tts.task(id)`` is a ``TaskHandle[TTSResult]``,
+    so ``await handle.result()`` is a ``TTSResult`` to a type checker. Handles come from
+    ``client.<kind>.task()``, ``client.task()`` and ``create()``; build one directly only
+    when the kind is known at run time (it is then ``TaskHandle[Any]``).
+
+    Args:
+        client: the client whose budget and connections the handle's requests use.
+        kind: the task's kind.
+        task_id: the id the API gave the task.
+        created_at: when the task was created, on the event loop's clock (``None`` if
+            unknown).
+        hint: what is known of the task's input size, for adaptive polling.
     """
 
     __slots__ = ("_client", "kind", "task_id", "created_at", "hint")
@@ -65,12 +81,17 @@ class TaskHandle:
     def __hash__(self) -> int:
         return hash((id(self._client), self.kind, self.task_id))
 
+    kind: TaskKind
+    task_id: str
+    created_at: float | None
+
     @property
     def client(self) -> AsyncCambClient:
+        """The client this handle polls through."""
         return self._client
 
     async def status(self) -> StatusResult:
-        """One status check, no waiting."""
+        """One status check, no waiting: ``GET /{kind}/{task_id}``."""
         return await self._client.resource(self.kind).status(self.task_id)
 
     def watch(
@@ -82,6 +103,9 @@ class TaskHandle:
         client's own retries are retried at the policy's pace up to ``policy.max_errors``
         times in a row before they are raised; a connection failure while the server answered
         nothing at all (unreachable) is raised at once.
+
+        Args:
+            policy: the polling schedule; the kind's default ``PollPolicy`` if ``None``.
         """
         return self._watch(policy, math.inf)
 
@@ -148,6 +172,10 @@ class TaskHandle:
         ``timeout`` seconds pass first. When the policy's next poll would come after the
         deadline, the task is polled once more just before it (up to a second early), so a
         task that finished during a long gap is not reported unfinished.
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits as long as the task runs.
+            policy: the polling schedule; the kind's default ``PollPolicy`` if ``None``.
         """
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
@@ -173,7 +201,9 @@ class TaskHandle:
         return self.wait().__await__()
 
     async def result(self, timeout: float | None = None, *,
-                     policy: PollPolicy | None = None) -> Any:
+                     policy: PollPolicy | None = None,
+                     extra_headers: Mapping[str, str] | None = None,
+                     extra_query: Mapping[str, str | int] | None = None) -> R_co:
         """Wait until the task is terminal, then fetch its result (one more request).
 
         Returns the kind's result model: ``DubbingResult`` (or a per-language map of them),
@@ -181,19 +211,39 @@ class TaskHandle:
         the wait (``WaitTimeoutError``); the fetch is one ordinary request. A task that ended
         ERROR, TIMEOUT or PAYMENT_REQUIRED raises ``TaskFailedError`` carrying its final
         status, so callers never mistake a failed job for a missing result.
+
+        Args:
+            timeout: seconds to wait for the task at most (the fetch is not counted).
+            policy: the polling schedule; the kind's default ``PollPolicy`` if ``None``.
+            extra_headers: headers added to the result request (never ``x-api-key``).
+            extra_query: query parameters added to the result request.
         """
         final = await self.wait(timeout, policy=policy)
-        return await self._client.resource(self.kind)._result(run_id_of(final))
+        result = await self._client.resource(self.kind)._result(
+            run_id_of(final), extra_headers=extra_headers, extra_query=extra_query)
+        return cast(R_co, result)
 
     async def save_audio(self, path: str | os.PathLike[str], timeout: float | None = None, *,
-                         policy: PollPolicy | None = None) -> int:
+                         policy: PollPolicy | None = None,
+                         extra_headers: Mapping[str, str] | None = None,
+                         extra_query: Mapping[str, str | int] | None = None) -> int:
         """TTS tasks: wait until terminal, then stream the FLAC audio to ``path`` (see
         ``client.tts.save_audio``); returns the bytes written. ``TaskFailedError`` and
-        ``WaitTimeoutError`` as for ``result()``."""
+        ``WaitTimeoutError`` as for ``result()``.
+
+        Args:
+            path: where the audio ends up (written beside it first, renamed when complete).
+            timeout: seconds to wait for the task at most.
+            policy: the polling schedule; the kind's default ``PollPolicy`` if ``None``.
+            extra_headers: headers added to the audio request (never ``x-api-key``).
+            extra_query: query parameters added to the audio request.
+        """
         if self.kind is not TaskKind.TTS:
             raise TypeError(f"save_audio() is for text-to-speech tasks, not {self.kind.value}")
         final = await self.wait(timeout, policy=policy)
-        return await self._client.tts.save_audio(run_id_of(final), path)
+        return await self._client.tts.save_audio(run_id_of(final), path,
+                                                 extra_headers=extra_headers,
+                                                 extra_query=extra_query)
 
 
 def run_id_of(final: StatusResult) -> int:

@@ -20,7 +20,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -335,7 +335,7 @@ class _Poller:
     def __init__(
         self,
         client: AsyncCambClient,
-        tasks: Iterable[str | TaskHandle],
+        tasks: Iterable[str | TaskHandle[Any]],
         *,
         kind: TaskKind | str | None,
         wait: bool,
@@ -645,7 +645,7 @@ class _Poller:
 
 async def _make_poller(
     client: AsyncCambClient,
-    tasks: Iterable[str | TaskHandle],
+    tasks: Iterable[str | TaskHandle[Any]],
     *,
     kind: TaskKind | str | None,
     wait: bool,
@@ -671,9 +671,42 @@ async def _make_poller(
     return poller
 
 
+#: What a bulk call puts in a failed task's slot with ``return_exceptions=True``: the task's
+#: own error, or the ``ValueError`` that refused its id before any request.
+T_co = TypeVar("T_co", covariant=True)
+
+
+@overload
 async def gather_statuses(
     client: AsyncCambClient,
-    tasks: Iterable[str | TaskHandle],
+    tasks: Iterable[str | TaskHandle[Any]],
+    *,
+    kind: TaskKind | str | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: Literal[False] = False,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[StatusResult]: ...
+
+
+@overload
+async def gather_statuses(
+    client: AsyncCambClient,
+    tasks: Iterable[str | TaskHandle[Any]],
+    *,
+    kind: TaskKind | str | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[StatusResult | CambError | ValueError]: ...
+
+
+async def gather_statuses(
+    client: AsyncCambClient,
+    tasks: Iterable[str | TaskHandle[Any]],
     *,
     kind: TaskKind | str | None = None,
     wait: bool = True,
@@ -681,7 +714,7 @@ async def gather_statuses(
     policy: PolicyArg = None,
     return_exceptions: bool = False,
     on_update: Callable[[StatusResult], object] | None = None,
-) -> list[Any]:
+) -> list[StatusResult] | list[StatusResult | CambError | ValueError]:
     """Poll many tasks under the client's budget; return their statuses in input order.
 
     ``tasks`` are task ids (``kind`` required) or ``TaskHandle``s (kinds may mix). A repeated
@@ -697,6 +730,17 @@ async def gather_statuses(
     at all (unreachable: no task's own error, so never put in a slot); tasks are re-polled
     after connection failures only while the server answers something. ``on_update`` sees
     every observed status (it may be async).
+
+    Args:
+        client: the client whose budget the polls share.
+        tasks: task ids (with ``kind``) or ``TaskHandle`` objects.
+        kind: the kind of every task id.
+        wait: poll until terminal; ``False`` takes one snapshot each.
+        timeout: overall deadline in seconds.
+        policy: a ``PollPolicy`` or ``{kind: PollPolicy}``.
+        return_exceptions: put a task's own error (a ``CambError``, or the ``ValueError``
+            that refused its id) in its slot instead of raising it.
+        on_update: called with every observed status (may be async).
     """
     poller = await _make_poller(client, tasks, kind=kind, wait=wait, policy=policy,
                                 return_exceptions=return_exceptions, on_update=on_update,
@@ -705,12 +749,41 @@ async def gather_statuses(
         await poller.run()
     if poller.fatal is not None:
         raise poller.fatal
-    return await poller.outcomes()
+    outcomes: list[Any] = await poller.outcomes()
+    return outcomes
+
+
+@overload
+def iter_statuses(
+    client: AsyncCambClient,
+    tasks: Iterable[str | TaskHandle[Any]],
+    *,
+    kind: TaskKind | str | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: Literal[False] = False,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> StatusIterator[StatusResult]: ...
+
+
+@overload
+def iter_statuses(
+    client: AsyncCambClient,
+    tasks: Iterable[str | TaskHandle[Any]],
+    *,
+    kind: TaskKind | str | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> StatusIterator[StatusResult | CambError | ValueError]: ...
 
 
 def iter_statuses(
     client: AsyncCambClient,
-    tasks: Iterable[str | TaskHandle],
+    tasks: Iterable[str | TaskHandle[Any]],
     *,
     kind: TaskKind | str | None = None,
     wait: bool = True,
@@ -718,7 +791,7 @@ def iter_statuses(
     policy: PolicyArg = None,
     return_exceptions: bool = False,
     on_update: Callable[[StatusResult], object] | None = None,
-) -> StatusIterator:
+) -> StatusIterator[Any]:
     """Like ``gather_statuses``, but yield each task's final status the moment it is known.
 
     With ``wait=False`` every snapshot is yielded as it arrives. A repeated task is yielded
@@ -727,12 +800,22 @@ def iter_statuses(
     ``__anext__``. Prefer ``async with iter_statuses(...) as stream: async for r in stream``:
     polling goes on while you handle each item. A bare ``async for`` works too and leaving it
     early is always safe (no ``aclosing`` needed); see ``StatusIterator``.
+
+    Args:
+        client: the client whose budget the polls share.
+        tasks: task ids (with ``kind``) or ``TaskHandle`` objects.
+        kind: the kind of every task id.
+        wait: poll until terminal; ``False`` yields every snapshot.
+        timeout: overall deadline in seconds.
+        policy: a ``PollPolicy`` or ``{kind: PollPolicy}``.
+        return_exceptions: yield a task's own error in its place instead of raising it.
+        on_update: called with every observed status (may be async).
     """
     return StatusIterator(client, tasks, kind=kind, wait=wait, timeout=timeout, policy=policy,
                           return_exceptions=return_exceptions, on_update=on_update)
 
 
-class StatusIterator:
+class StatusIterator(Generic[T_co]):
     """The async iterator ``iter_statuses`` returns. Two ways to use it:
 
     ``async with iter_statuses(...) as stream: async for r in stream: ...`` — the fast way:
@@ -747,12 +830,21 @@ class StatusIterator:
     and an early ``break`` then leaves a cancel scope open in the caller's task (on asyncio,
     closed later from another task). Polling pauses while the caller handles an item; the
     per-task schedule and the deadline are absolute, so nothing drifts.
+
+    Yields ``StatusResult``; with ``return_exceptions=True`` also a failed task's error
+    (``CambError``, or ``ValueError`` for a refused id). Made by ``iter_statuses``.
+
+    Args:
+        client: the client whose budget the polls share.
+        tasks: task ids or handles.
+        timeout: overall deadline in seconds.
+        **kwargs: the other arguments of ``iter_statuses``.
     """
 
     __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout",
                  "_group", "_receive", "_raised", "_last_time", "_driving")
 
-    def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle], *,
+    def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle[Any]], *,
                  timeout: float | None, **kwargs: Any) -> None:
         self._client = client
         self._args = (tasks, kwargs)
@@ -769,7 +861,8 @@ class StatusIterator:
         #: Never the group's own scope: that one also covers the caller's code in the block.
         self._driving: anyio.CancelScope | None = None
 
-    def __aiter__(self) -> StatusIterator:
+    def __aiter__(self) -> StatusIterator[T_co]:
+        """The iterator itself."""
         return self
 
     async def _start(self) -> _Poller:
@@ -779,11 +872,13 @@ class StatusIterator:
         self._deadline = poller.deadline
         return poller
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> T_co:
+        """The next final status (or error), as soon as it is known."""
         if self._receive is not None:
             if self._done:
                 raise StopAsyncIteration
-            return await self._next_streamed(self._receive)
+            item: T_co = await self._next_streamed(self._receive)
+            return item
         buffer = self._buffer
         while not buffer:
             if self._done:
@@ -804,7 +899,8 @@ class StatusIterator:
                 await poller.emit_unfinished()
             elif not poller.stopping:  # ran to the end: every task reported
                 self._finish()
-        return buffer.popleft()
+        first: T_co = buffer.popleft()
+        return first
 
     async def _next_streamed(self, receive: MemoryObjectReceiveStream[Any]) -> Any:
         try:
@@ -846,7 +942,8 @@ class StatusIterator:
         if not self._done and self._poller is not None and self._group is None:
             self._finish(self._last_time)
 
-    async def __aenter__(self) -> StatusIterator:
+    async def __aenter__(self) -> StatusIterator[T_co]:
+        """Start polling in a task group owned by this block (the fast mode)."""
         if self._poller is not None or self._group is not None:
             raise RuntimeError("enter iter_statuses(...) with `async with` before iterating it")
         poller = await self._start()
@@ -871,6 +968,7 @@ class StatusIterator:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        """Stop polling; nothing keeps running after the block."""
         group, self._group = self._group, None
         try:
             if group is not None:

@@ -14,7 +14,7 @@ import mimetypes
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import quote
 
 import anyio
@@ -98,8 +98,22 @@ def encode_segment(value: str) -> str:
     return quote(value, safe="-_.~")
 
 
-class TaskResource:
-    """The calls for one task kind, e.g. ``client.dub``."""
+#: A kind's result type: ``DubbingOutcome``, ``TTSResult``, ...
+R = TypeVar("R")
+_Headers = Mapping[str, str] | None
+_Query = Mapping[str, "str | int"] | None
+_Body = Mapping[str, Any] | None
+
+
+class TaskResource(Generic[R]):
+    """The calls for one task kind, e.g. ``client.dub``; generic in the kind's result type.
+
+    Args:
+        client: the client whose requests these are.
+        kind: the task kind.
+    """
+
+    kind: TaskKind
 
     __slots__ = ("_client", "kind", "_status_prefix")
 
@@ -112,10 +126,19 @@ class TaskResource:
         return f"<TaskResource {self.kind.value}>"
 
     def status_path(self, task_id: str) -> str:
+        """The checked, percent-encoded path of ``task_id``'s status.
+
+        Args:
+            task_id: the task's id.
+        """
         return self._status_prefix + encode_segment(check_task_id(task_id))
 
     async def status(self, task_id: str) -> StatusResult:
-        """One status check: ``GET /{kind}/{task_id}``."""
+        """One status check: ``GET /{kind}/{task_id}``.
+
+        Args:
+            task_id: the task's id.
+        """
         return await self._fetch_status(task_id)
 
     async def _fetch_status(self, task_id: str, *, preacquired: bool = False) -> StatusResult:
@@ -133,40 +156,71 @@ class TaskResource:
             preacquired=preacquired,
         )
 
-    def task(self, task_id: str, *, hint: DurationHint | float | None = None) -> TaskHandle:
-        """A handle on task ``task_id``; makes no request. ``hint``: what you know of its input
-        size (``DurationHint``, or a number in the kind's natural unit), for polling."""
+    def task(self, task_id: str, *, hint: DurationHint | float | None = None) -> TaskHandle[R]:
+        """A handle on task ``task_id``; makes no request.
+
+        Args:
+            task_id: the task's id.
+            hint: what you know of its input size (``DurationHint``, or a number in the
+                kind's natural unit), for polling.
+        """
         from ._handle import TaskHandle
 
         return TaskHandle(self._client, self.kind, check_task_id(task_id), hint=hint)
 
     # ------------------------------------------------------------- results (issue 4)
 
-    async def result(self, run_id: int) -> Any:
-        """The result of run ``run_id`` as the kind's model (each kind narrows the type)."""
-        return await self._result(run_id)
+    async def result(self, run_id: int, *, extra_headers: _Headers = None,
+                     extra_query: _Query = None) -> R:
+        """The result of run ``run_id`` as the kind's model: ``GET /{kind}-result/{run_id}``.
 
-    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE
-                      ) -> dict[int, Any]:
-        """``{run_id: result}`` through the kind's batch endpoint (each kind narrows it)."""
-        return await self._results(run_ids, chunk_size=chunk_size)
+        Args:
+            run_id: the run id a successful status carries.
+            extra_headers: headers added to the request (never ``x-api-key``).
+            extra_query: query parameters added to the request.
+        """
+        return cast(R, await self._result(run_id, extra_headers=extra_headers,
+                                          extra_query=extra_query))
 
-    async def _result(self, run_id: int) -> Any:
+    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      extra_headers: _Headers = None, extra_query: _Query = None,
+                      extra_body: _Body = None) -> dict[int, R]:
+        """``{run_id: result}`` through the kind's batch endpoint, in chunks of ``chunk_size``
+        run ids sent concurrently under the client's budget. Runs the API does not answer
+        for are absent.
+
+        Args:
+            run_ids: the runs to fetch (duplicates are fetched once).
+            chunk_size: run ids per request, 1 to 1000.
+            extra_headers: headers added to every request (never ``x-api-key``).
+            extra_query: query parameters added to every request.
+            extra_body: fields added to every request's JSON body.
+        """
+        return await self._results(run_ids, chunk_size=chunk_size, extra_headers=extra_headers,
+                                   extra_query=extra_query, extra_body=extra_body)
+
+    async def _result(self, run_id: int, *, extra_headers: _Headers = None,
+                      extra_query: _Query = None) -> Any:
         """``GET /{kind}-result/{run_id}``, parsed into the kind's result model."""
         route = _ROUTES[self.kind]
         return await self._client._request(
             "GET", route.result_prefix + str(check_run_id(run_id)), route.parse,
-            params=route.result_params,
+            params=route.result_params, extra_headers=extra_headers, extra_query=extra_query,
         )
 
-    async def _results(self, run_ids: Iterable[int], *, chunk_size: int = 100) -> dict[int, Any]:
+    async def _results(self, run_ids: Iterable[int], *, chunk_size: int = 100,
+                       extra_headers: _Headers = None, extra_query: _Query = None,
+                       extra_body: _Body = None) -> dict[int, R]:
         ids = check_run_ids(run_ids)
         got = await self._fetch_batches(ids, check_chunk_size(chunk_size),
-                                        collect_errors=False)
+                                        collect_errors=False, extra_headers=extra_headers,
+                                        extra_query=extra_query, extra_body=extra_body)
         return {run_id: got[run_id] for run_id in ids if run_id in got}  # caller's order
 
     async def _fetch_batches(self, ids: Sequence[int], chunk_size: int, *,
-                             collect_errors: bool) -> dict[int, Any]:
+                             collect_errors: bool, extra_headers: _Headers = None,
+                             extra_query: _Query = None, extra_body: _Body = None
+                             ) -> dict[int, Any]:
         """Fetch ``ids`` through the kind's batch endpoint, ``chunk_size`` ids a request.
 
         Chunks go out concurrently, as many at once as the budget lets requests be in flight;
@@ -194,7 +248,10 @@ class TaskResource:
 
                 try:
                     got = await client._request("POST", route.batch_path, parse,
-                                                json_body={"run_ids": chunk})
+                                                json_body={"run_ids": chunk},
+                                                extra_headers=extra_headers,
+                                                extra_query=extra_query,
+                                                extra_body=extra_body)
                 except Exception as exc:  # stored, then raised alone: never an ExceptionGroup
                     from ._polling import _fatal
 
@@ -216,7 +273,9 @@ class TaskResource:
     async def _create(self, path: str, *, json_body: Any = None, files: Any = None,
                       retry_unsafe: bool = False, max_retries: int | None = None,
                       reopen_body: Callable[[], Awaitable[Any]] | None = None,
-                      hint: DurationHint | float | None = None) -> TaskHandle:
+                      hint: DurationHint | float | None = None,
+                      extra_headers: _Headers = None, extra_query: _Query = None,
+                      extra_body: _Body = None) -> TaskHandle[R]:
         """POST a create request and wrap the new task id in a handle.
 
         Not idempotent: unless ``retry_unsafe``, only failures that prove the server never saw
@@ -231,6 +290,7 @@ class TaskResource:
         created = await self._client._request(
             "POST", path, _parse_task_id, json_body=json_body, files=files,
             idempotent=retry_unsafe, max_retries=max_retries, reopen_body=reopen_body,
+            extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body,
         )
         return TaskHandle(self._client, self.kind, created, created_at=created_at, hint=hint)
 
@@ -238,22 +298,16 @@ class TaskResource:
 # ---------------------------------------------------------------------------- per kind
 
 
-class DubResource(TaskResource):
-    """``client.dub``: create dubbing tasks, check them, fetch their results."""
+class DubResource(TaskResource[DubbingOutcome]):
+    """``client.dub``: create dubbing tasks, check them, fetch their results.
+
+    A dubbing result (``DubbingOutcome``) is a ``DubbingResult``, or for a run with several
+    target languages a ``{language key: DubbingResult}`` map (the API's two shapes).
+    """
 
     __slots__ = ()
 
-    async def result(self, run_id: int) -> DubbingOutcome:
-        """``GET /dub-result/{run_id}``: a ``DubbingResult``, or for a run with several target
-        languages a ``{language key: DubbingResult}`` map (the API's two shapes)."""
-        return cast(DubbingOutcome, await self._result(run_id))
 
-    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE
-                      ) -> dict[int, DubbingOutcome]:
-        """``POST /dubbing-results`` in chunks of ``chunk_size`` run ids, sent concurrently
-        under the client's budget; ``{run_id: result}``. Runs the API does not answer for
-        are absent."""
-        return await self._results(run_ids, chunk_size=chunk_size)
 
     async def create(
         self,
@@ -274,7 +328,10 @@ class DubResource(TaskResource):
         target_transcripts: Mapping[LanguageArg, str] | None = None,
         retry_unsafe: bool = False,
         hint: DurationHint | float | None = None,
-    ) -> TaskHandle:
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> TaskHandle[DubbingOutcome]:
         """``POST /dub``: start dubbing ``video_url``; returns a handle on the new task.
 
         Give exactly one of ``target_language`` / ``target_languages``. Languages are API ids
@@ -323,10 +380,12 @@ class DubResource(TaskResource):
             ]
         _check_flag(retry_unsafe)
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe, hint=hint)
+                                  retry_unsafe=retry_unsafe, hint=hint,
+                                  extra_headers=extra_headers, extra_query=extra_query,
+                                  extra_body=extra_body)
 
 
-class TTSResource(TaskResource):
+class TTSResource(TaskResource[TTSResult]):
     """``client.tts``: the legacy polled text-to-speech flow.
 
     CAMB.AI's reference marks create-then-poll TTS as deprecated in favour of streaming TTS
@@ -341,19 +400,22 @@ class TTSResource(TaskResource):
 
     __slots__ = ()
 
-    async def result(self, run_id: int) -> TTSResult:
-        """``GET /tts-result/{run_id}?output_type=file_url`` -> ``TTSResult(output_url)``."""
-        return cast(TTSResult, await self._result(run_id))
 
-    async def audio(self, run_id: int) -> AsyncIterator[bytes]:
+    async def audio(self, run_id: int, *, extra_headers: _Headers = None,
+                    extra_query: _Query = None) -> AsyncIterator[bytes]:
         """The FLAC audio of run ``run_id`` as it arrives: ``async for chunk in ...``.
 
         ``GET /tts-result/{run_id}?output_type=raw_bytes``. Retried (budget, back-off) only
         until the first byte arrives; a connection lost after that raises
         ``APIConnectionError``. Close the iterator (``contextlib.aclosing``) if you stop
         early, so the connection is returned at once.
+
+        Args:
+            run_id: the run id a successful status carries.
+            extra_headers: headers added to the request (never ``x-api-key``).
+            extra_query: query parameters added to the request.
         """
-        body = await self._audio_body(run_id)
+        body = await self._audio_body(run_id, extra_headers, extra_query)
         try:
             async for chunk in body:
                 yield chunk
@@ -361,26 +423,32 @@ class TTSResource(TaskResource):
             with anyio.CancelScope(shield=True):
                 await body.aclose()
 
-    async def save_audio(self, run_id: int, path: str | os.PathLike[str]) -> int:
+    async def save_audio(self, run_id: int, path: str | os.PathLike[str], *,
+                         extra_headers: _Headers = None, extra_query: _Query = None) -> int:
         """Stream the FLAC audio of run ``run_id`` to ``path``; returns the bytes written.
 
         Written to a temporary file beside ``path`` and renamed over it only when complete:
         a dropped connection, an error or cancellation leaves no partial file at ``path``
         (and whatever was there before untouched). Never holds the audio in memory.
+
+        Args:
+            run_id: the run id a successful status carries.
+            path: where the audio ends up.
+            extra_headers: headers added to the request (never ``x-api-key``).
+            extra_query: query parameters added to the request.
         """
         run_id = check_run_id(run_id)
-        return await save_atomically(path, lambda: self._audio_body(run_id))
+        return await save_atomically(
+            path, lambda: self._audio_body(run_id, extra_headers, extra_query))
 
-    async def _audio_body(self, run_id: int) -> BodyStream:
+    async def _audio_body(self, run_id: int, extra_headers: _Headers = None,
+                          extra_query: _Query = None) -> BodyStream:
         path = _ROUTES[self.kind].result_prefix + str(check_run_id(run_id))
         body: BodyStream = await self._client._request(
-            "GET", path, _as_body, params=_RAW_AUDIO, stream=True)
+            "GET", path, _as_body, params=_RAW_AUDIO, stream=True,
+            extra_headers=extra_headers, extra_query=extra_query)
         return body
 
-    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE
-                      ) -> dict[int, TTSResult]:
-        """``POST /tts-results`` in concurrent chunks; ``{run_id: TTSResult}``."""
-        return await self._results(run_ids, chunk_size=chunk_size)
 
     async def create(
         self,
@@ -395,7 +463,10 @@ class TTSResource(TaskResource):
         folder_id: int | None = None,
         retry_unsafe: bool = False,
         hint: DurationHint | float | None = None,
-    ) -> TaskHandle:
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> TaskHandle[TTSResult]:
         """``POST /tts``: speak ``text`` with voice ``voice_id``; returns a handle.
 
         ``language`` is an integer id (``int`` or ``Language``): this endpoint takes no
@@ -414,22 +485,17 @@ class TTSResource(TaskResource):
         if hint is None and text:
             hint = DurationHint(len(text), "chars")
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe, hint=hint)
+                                  retry_unsafe=retry_unsafe, hint=hint,
+                                  extra_headers=extra_headers, extra_query=extra_query,
+                                  extra_body=extra_body)
 
 
-class TranslationResource(TaskResource):
+class TranslationResource(TaskResource[TranslationResult]):
     """``client.translation``: translate batches of texts."""
 
     __slots__ = ()
 
-    async def result(self, run_id: int) -> TranslationResult:
-        """``GET /translation-result/{run_id}`` -> ``TranslationResult(texts)``."""
-        return cast(TranslationResult, await self._result(run_id))
 
-    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE
-                      ) -> dict[int, TranslationResult]:
-        """``POST /translation-results`` in concurrent chunks; ``{run_id: result}``."""
-        return await self._results(run_ids, chunk_size=chunk_size)
 
     async def create(
         self,
@@ -446,7 +512,10 @@ class TranslationResource(TaskResource):
         folder_id: int | None = None,
         retry_unsafe: bool = False,
         hint: DurationHint | float | None = None,
-    ) -> TaskHandle:
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> TaskHandle[TranslationResult]:
         """``POST /translate``: translate ``texts``; returns a handle.
 
         ``target_language`` must be a concrete language (not ``"auto"``). The handle's
@@ -474,22 +543,17 @@ class TranslationResource(TaskResource):
         if hint is None and chars:
             hint = DurationHint(chars, "chars")
         return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe, hint=hint)
+                                  retry_unsafe=retry_unsafe, hint=hint,
+                                  extra_headers=extra_headers, extra_query=extra_query,
+                                  extra_body=extra_body)
 
 
-class TranscriptionResource(TaskResource):
+class TranscriptionResource(TaskResource[TranscriptionResult]):
     """``client.transcription``: transcribe media from a URL or an uploaded file."""
 
     __slots__ = ()
 
-    async def result(self, run_id: int) -> TranscriptionResult:
-        """``GET /transcription-result/{run_id}`` -> ``TranscriptionResult(transcript)``."""
-        return cast(TranscriptionResult, await self._result(run_id))
 
-    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE
-                      ) -> dict[int, TranscriptionResult]:
-        """``POST /transcription-results`` in concurrent chunks; ``{run_id: result}``."""
-        return await self._results(run_ids, chunk_size=chunk_size)
 
     async def create(
         self,
@@ -508,7 +572,10 @@ class TranscriptionResource(TaskResource):
         formatting_options: Mapping[str, Any] | str | None = None,
         retry_unsafe: bool = False,
         hint: DurationHint | float | None = None,
-    ) -> TaskHandle:
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> TaskHandle[TranscriptionResult]:
         """``POST /transcribe`` as multipart form data; returns a handle.
 
         The media is ``media_url=`` or ``file=`` (exactly one): a path (``str`` or
@@ -543,7 +610,8 @@ class TranscriptionResource(TaskResource):
         path = _ROUTES[self.kind].create_path
         if file is None:
             return await self._create(path, files=parts, retry_unsafe=retry_unsafe,
-                                      hint=hint)
+                                      hint=hint, extra_headers=extra_headers,
+                                      extra_query=extra_query, extra_body=extra_body)
         upload = _Upload.prepare(file, filename, content_type)
         try:
             if hint is None:
@@ -553,6 +621,7 @@ class TranscriptionResource(TaskResource):
                 path, files=[*parts, upload.part()], retry_unsafe=retry_unsafe,
                 max_retries=None if upload.resendable else 0,
                 reopen_body=lambda: upload.reopen(parts), hint=hint,
+                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body,
             )
         finally:
             upload.close()

@@ -11,7 +11,7 @@ slot gets either its result or the API's own error for that run (usually ``NotFo
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 
@@ -27,9 +27,54 @@ if TYPE_CHECKING:
 __all__ = ["gather_results"]
 
 
+R = TypeVar("R")
+
+
+@overload
 async def gather_results(
     client: AsyncCambClient,
-    tasks: Iterable[str | TaskHandle],
+    tasks: Iterable[TaskHandle[R]],
+    *,
+    kind: None = None,
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: Literal[False] = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[R]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[TaskHandle[R]],
+    *,
+    kind: None = None,
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[R | CambError | ValueError]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str | TaskHandle[Any]],
+    *,
+    kind: TaskKind | str | None = None,
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[Any]: ...
+
+
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str | TaskHandle[Any]],
     *,
     kind: TaskKind | str | None = None,
     timeout: float | None = None,
@@ -48,6 +93,20 @@ async def gather_results(
     observed stops everything and is raised, like ``gather_statuses``.
     ``AuthenticationError`` always raises. Results are fetched ``chunk_size`` run ids a
     request, per kind, while the other tasks are still being polled.
+
+    Typed by the handles: ``gather_results(client, [client.tts.task(i) for i in ids])`` is
+    a ``list[TTSResult]`` (task ids with ``kind=`` give ``list[Any]``).
+
+    Args:
+        client: the client whose budget the polls and fetches share.
+        tasks: ``TaskHandle`` objects, or task ids with ``kind``.
+        kind: the kind of every task id.
+        timeout: deadline of the polling, in seconds.
+        policy: a ``PollPolicy`` or ``{kind: PollPolicy}``.
+        return_exceptions: put a task's error (``TaskFailedError``, ``WaitTimeoutError``,
+            a request error, or the ``ValueError`` that refused its id) in its slot.
+        chunk_size: run ids per batch-result request.
+        on_update: called with every observed status (may be async).
     """
     chunk_size = check_chunk_size(chunk_size)
     if isinstance(tasks, (str, bytes)):
@@ -116,13 +175,13 @@ async def gather_results(
         raise failures[0]
 
     out: list[Any] = []
-    for item in items:
-        if isinstance(item, TaskHandle):
-            key = (item.kind, item.task_id)
+    for task in items:
+        if isinstance(task, TaskHandle):
+            slot_key: tuple[TaskKind | None, str] = (task.kind, task.task_id)
         else:
             assert default_kind is not None  # iter_statuses refused ids without a kind
-            key = (default_kind, item)
-        slot = outcomes[key]
+            slot_key = (default_kind, task)
+        slot = outcomes[slot_key]
         if isinstance(slot, tuple):
             slot = fetched[slot[0]][slot[1]]
         out.append(slot)

@@ -503,7 +503,7 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
     plain = not live and not args.json
     final: dict[tuple[TaskKind, str], StatusResult | BaseException] = {}
     async with _client(args, meter) as client:
-        handles: list[TaskHandle] = [client.task(k, i) for k, i in targets]
+        handles: list[TaskHandle[Any]] = [client.task(k, i) for k, i in targets]
         budget = getattr(client.budget, "rate", None)
         progress = Progress(len(set(targets)), budget, meter,
                             f"camb-async watch: {len(set(targets))} tasks")
@@ -513,7 +513,8 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
                                      return_exceptions=True,
                                      on_update=progress.update) as stream:
                 async for item in stream:
-                    final[(item.kind, item.task_id)] = item  # errors carry kind and task_id
+                    # errors carry kind and task_id, refused ids' ValueErrors included
+                    final[(getattr(item, "kind"), getattr(item, "task_id"))] = item  # noqa: B009
                     progress.finish(item)
                     if plain:
                         sys.stdout.write(_plain_line(item) + "\n")
