@@ -4,7 +4,7 @@ Poll hundreds to hundreds of thousands of dubbing, text-to-speech, translation a
 transcription tasks under one rate budget. See README.md for the tour.
 """
 
-from ._adaptive import CompletionStats
+from ._adaptive import AdaptivePollPolicy, CompletionStats
 from ._budget import Budget, RateBudget
 from ._client import AsyncCambClient
 from ._errors import (
@@ -24,6 +24,7 @@ from ._errors import (
 from ._handle import TaskHandle
 from ._hooks import RequestHooks
 from ._models import (
+    DubbingOutcome,
     DubbingResult,
     DurationHint,
     Language,
@@ -47,19 +48,22 @@ from ._resources import (
 from ._results import gather_results
 from ._version import __version__
 
+# Sorted (plain code-point order) and pinned by tests/test_public_api.py.
 __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AdaptivePollPolicy",
     "AsyncCambClient",
     "AuthenticationError",
     "Budget",
     "CambError",
-    "DubResource",
-    "DubbingResult",
-    "DurationHint",
     "ClientClosedError",
     "CompletionStats",
+    "DubResource",
+    "DubbingOutcome",
+    "DubbingResult",
+    "DurationHint",
     "InternalServerError",
     "Language",
     "NotFoundError",

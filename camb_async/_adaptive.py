@@ -114,6 +114,11 @@ class DurationFit:
         return math.exp(self.mu + self.sigma * 0.5 * (lo + hi))
 
     def log_survival(self, t: float) -> float:
+        """Log of the probability that a task is still running at age ``t``.
+
+        Args:
+            t: the age in seconds.
+        """
         if t <= 0.0:
             return 0.0
         return _log_q((math.log(t) - self.mu) / self.sigma)
@@ -213,6 +218,12 @@ class DurationEstimator:
             self._pending = merged
 
     def untrack(self, start: float, hint: DurationHint | None = None) -> None:
+        """Undo one ``track`` (the task finished or was forgotten).
+
+        Args:
+            start: the task's start time.
+            hint: its input size, if known.
+        """
         if hint is not None:
             model = self._hinted.get(hint.unit)
             if model is not None:
@@ -288,6 +299,7 @@ class DurationEstimator:
     # ------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict[str, Any]:
+        """The observations as JSON-ready data (``load`` reads it back)."""
         rows = [[None if a == _NEG else a, None if b == _POS else b, round(w, 6)]
                 for (a, b), w in sorted(self._obs.items())]
         out: dict[str, Any] = {"bins": rows, "completions": round(self._completions, 6)}
@@ -403,6 +415,13 @@ class HintModel:
         return self._completions
 
     def observe(self, xbin: int, i_lo: int, i_hi: int) -> None:
+        """Count one completion of size bin ``xbin`` seen between bins ``i_lo`` and ``i_hi``.
+
+        Args:
+            xbin: the size bin.
+            i_lo: the duration bin it was last seen pending in.
+            i_hi: the duration bin it was seen done in.
+        """
         key = (xbin, i_lo, i_hi)
         self._obs[key] = self._obs.get(key, 0.0) + 1.0
         self._weight += 1.0
@@ -415,6 +434,12 @@ class HintModel:
             self._fit_weight *= 0.5
 
     def track(self, start: float, xbin: int) -> None:
+        """Count one task of size bin ``xbin`` started at ``start`` as running.
+
+        Args:
+            start: its start time.
+            xbin: its size bin.
+        """
         key = (math.floor(start / self._pending_res), xbin)
         pending = self._pending
         pending[key] = pending.get(key, 0) + 1
@@ -426,6 +451,12 @@ class HintModel:
             self._pending = merged
 
     def untrack(self, start: float, xbin: int) -> None:
+        """Undo one ``track`` (the task finished or was forgotten).
+
+        Args:
+            start: its start time.
+            xbin: its size bin.
+        """
         key = (math.floor(start / self._pending_res), xbin)
         n = self._pending.get(key, 0)
         if n <= 1:
@@ -452,6 +483,12 @@ class HintModel:
         return fit
 
     def fit_at(self, now: float, size: float) -> DurationFit | None:
+        """The duration distribution expected for a task of ``size``, or ``None`` while unknown.
+
+        Args:
+            now: the current time (running tasks count as censored).
+            size: the task's input size.
+        """
         coef = self.coefficients(now)
         if coef is None:
             return None
@@ -522,10 +559,16 @@ class HintModel:
         return a0, b0, sd
 
     def to_rows(self) -> list[list[Any]]:
+        """The observations as JSON-ready rows ``[size, lo, hi, weight]``."""
         return [[x, None if a == _NEG else a, None if b == _POS else b, round(w, 6)]
                 for (x, a, b), w in sorted(self._obs.items())]
 
     def load_rows(self, rows: Any) -> None:
+        """Add rows written by ``to_rows``.
+
+        Args:
+            rows: a list of ``[size, lo, hi, weight]``.
+        """
         if not isinstance(rows, list):
             raise ValueError("hinted bins must be a list of [size, lo, hi, weight]")
         for row in rows:
@@ -580,6 +623,11 @@ class CompletionStats:
         return f"<CompletionStats {parts}>"
 
     def for_kind(self, kind: TaskKind) -> DurationEstimator:
+        """The duration estimator of ``kind`` (made on first use).
+
+        Args:
+            kind: the task kind.
+        """
         est = self._kinds.get(kind)
         if est is None:
             est = self._kinds[kind] = DurationEstimator()
@@ -595,10 +643,28 @@ class CompletionStats:
     # else the first-seen time; ``lo``/``hi`` are ages relative to it.
 
     def started(self, kind: TaskKind, start: float, hint: DurationHint | None = None) -> None:
+        """Record that a task of ``kind`` is running.
+
+        Args:
+            kind: the task kind.
+            start: its start time.
+            hint: its input size, if known.
+        """
         self.for_kind(kind).track(start, hint)
 
     def completed(self, kind: TaskKind, start: float, lo: float, hi: float, *,
                   known_start: bool, tracked: bool, hint: DurationHint | None = None) -> None:
+        """Record a completion seen between ages ``lo`` and ``hi``.
+
+        Args:
+            kind: the task kind.
+            start: its start time.
+            lo: the age at which it was last seen pending.
+            hi: the age at which it was seen done.
+            known_start: whether ``start`` is its creation time.
+            tracked: whether ``started`` was called for it.
+            hint: its input size, if known.
+        """
         est = self.for_kind(kind)
         if tracked:
             est.untrack(start, hint)
@@ -644,6 +710,11 @@ class CompletionStats:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompletionStats:
+        """Statistics saved by ``to_dict`` (e.g. across a restart).
+
+        Args:
+            data: what ``to_dict`` returned.
+        """
         stats = cls()
         stats.load(data)
         return stats
@@ -773,6 +844,13 @@ class AdaptivePollPolicy(PollPolicy):
 
     def next_interval(self, polls: int, age: float = 0.0,
                       hint: DurationHint | None = None) -> float:
+        """Seconds until the next poll, from the learned duration distribution.
+
+        Args:
+            polls: polls made so far.
+            age: the task's age in seconds.
+            hint: the task's input size, if known.
+        """
         fit = self.current_fit(hint)
         if fit is None:
             fallback = self.fallback
@@ -790,6 +868,12 @@ class AdaptivePollPolicy(PollPolicy):
         return min(max(gap, self.min_interval), limit)
 
     def first_interval(self, age: float, hint: DurationHint | None = None) -> float:
+        """Seconds until the first poll of a task already ``age`` seconds old.
+
+        Args:
+            age: the task's age in seconds.
+            hint: the task's input size, if known.
+        """
         fit = self.current_fit(hint)
         if fit is None:
             fallback = self.fallback or self

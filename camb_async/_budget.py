@@ -48,11 +48,21 @@ class Budget(Protocol):
     ``penalize`` reports a 429 with its Retry-After in seconds (``None`` if absent).
     """
 
-    async def acquire(self) -> None: ...
+    async def acquire(self) -> None:
+        """Wait until one request may start."""
+        ...
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Give back what one ``acquire`` took (its concurrency slot)."""
+        ...
 
-    def penalize(self, retry_after: float | None) -> None: ...
+    def penalize(self, retry_after: float | None) -> None:
+        """Report a 429.
+
+        Args:
+            retry_after: the server's Retry-After in seconds, ``None`` if absent.
+        """
+        ...
 
 
 class RateBudget:
@@ -64,6 +74,16 @@ class RateBudget:
     loaded machine) cannot make the server count more than ``rate`` in one of its windows;
     it costs that much throughput.
     """
+
+    max_concurrency: int
+    min_rate: float
+    decrease: float
+    recovery: float
+    default_pause: float
+    max_pause: float
+    burst: float
+    pauses: int
+    cuts: int
 
     __slots__ = (
         "_max_rate",
@@ -195,6 +215,7 @@ class RateBudget:
         self._rate = self._rate_at_cut = self._max_rate
 
     async def acquire(self) -> None:
+        """Wait until one request may start (a concurrency slot and a unit of rate)."""
         self._in_this_run()
         await self._sem.acquire()
         try:
@@ -204,9 +225,15 @@ class RateBudget:
             raise
 
     def release(self) -> None:
+        """Give back the concurrency slot of one ``acquire``."""
         self._sem.release()
 
     def penalize(self, retry_after: float | None) -> None:
+        """Report a 429: pause the whole budget and cut the rate.
+
+        Args:
+            retry_after: the server's Retry-After in seconds, ``None`` if absent.
+        """
         self._in_this_run()
         now = self._clock()
         pause = self.default_pause if retry_after is None else retry_after

@@ -42,6 +42,7 @@ from ._models import DurationHint, StatusResult, TaskKind, TaskStatus
 from ._resources import check_task_id
 
 if TYPE_CHECKING:
+    from ._adaptive import AdaptivePollPolicy
     from ._client import AsyncCambClient
     from ._handle import TaskHandle
 
@@ -126,7 +127,7 @@ class PollPolicy:
         max_errors: int = 5,
         p95_delay: float | None = None,
         delay_quantile: float = 0.95,
-    ) -> PollPolicy:
+    ) -> AdaptivePollPolicy:
         """A policy that learns each kind's durations (per client) and polls where
         completion is likely; see ``camb_async._adaptive.AdaptivePollPolicy``.
 
@@ -144,6 +145,18 @@ class PollPolicy:
         the kind's default policy, capped at ``max_delay``) is used. ``tail`` (0.01) lets
         ``max_delay`` be exceeded with about that probability, so gaps may stretch where the
         task is unlikely to finish (a long job's first minutes); ``tail=0`` makes it hard.
+
+        Args:
+            max_delay: longest gap between polls, in seconds.
+            request_cost: the mean delay (seconds) one request is worth.
+            min_interval: shortest gap between polls.
+            min_samples: completions a kind needs before its durations are used.
+            fallback: the policy until then (default: the kind's, capped at ``max_delay``).
+            tail: probability with which ``max_delay`` may be exceeded.
+            jitter: relative random spread of each gap.
+            max_errors: transient errors in a row tolerated per task.
+            p95_delay: quantile mode: completions seen within this many seconds.
+            delay_quantile: the share of completions ``p95_delay`` covers.
         """
         from ._adaptive import AdaptivePollPolicy
 

@@ -105,7 +105,7 @@ _STATUS_STYLES = {
     "UNKNOWN": "cyan",
 }
 
-logger = logging.getLogger("camb_async")
+logger: logging.Logger = logging.getLogger("camb_async")
 
 
 class UsageError(Exception):
@@ -126,6 +126,11 @@ class MissingKeyError(Exception):
 class RequestMeter:
     """Counts the client's HTTP attempts through ``RequestHooks``; O(1) per request."""
 
+    requests: int
+    throttles: int
+    retries: int
+    failures: int
+
     def __init__(self) -> None:
         self.requests = 0
         self.throttles = 0
@@ -134,6 +139,7 @@ class RequestMeter:
         self._recent: collections.deque[float] = collections.deque()
 
     def hooks(self) -> RequestHooks:
+        """The ``RequestHooks`` that feed this meter."""
         return RequestHooks(on_request_start=self._start, on_request_end=self._end,
                             on_retry=self._retry, on_throttle=self._throttle)
 
@@ -372,6 +378,11 @@ def _report(code: int, error: str, detail: str, *, as_json: bool,
 class Progress:
     """Live counts per status, fed by ``on_update``; rendered by rich or as plain lines."""
 
+    finished: int
+    errors: int
+    started: float
+    peak_rate: int
+
     def __init__(self, total: int, budget: float | None, meter: RequestMeter,
                  title: str) -> None:
         self.total = total
@@ -385,9 +396,19 @@ class Progress:
         self.peak_rate = 0
 
     def update(self, result: StatusResult) -> None:
+        """Note an observed status.
+
+        Args:
+            result: the status.
+        """
         self.latest[(result.kind, result.task_id)] = result.raw_status
 
     def finish(self, item: StatusResult | BaseException) -> None:
+        """Note a task's final status or error.
+
+        Args:
+            item: the final status or error.
+        """
         self.finished += 1
         if not isinstance(item, StatusResult):
             self.errors += 1
@@ -396,6 +417,7 @@ class Progress:
                 self.latest.pop((kind, task_id), None)
 
     def counts(self) -> dict[str, int]:
+        """Tasks per status."""
         counts = collections.Counter(self.latest.values())
         unseen = self.total - len(self.latest) - self.errors
         if unseen > 0:
@@ -405,14 +427,17 @@ class Progress:
         return dict(counts)
 
     def elapsed(self) -> float:
+        """Seconds since the start."""
         return time.monotonic() - self.started
 
     def rate(self) -> int:
+        """Requests in the last second."""
         rate = self.meter.rate()
         self.peak_rate = max(self.peak_rate, rate)
         return rate
 
     def line(self) -> str:
+        """A one-line summary."""
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))
         budget = "unlimited" if self.budget is None else f"{self.budget:g}"
         failed = f" ({self.meter.failures} failed)" if self.meter.failures else ""

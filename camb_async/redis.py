@@ -124,7 +124,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["RedisBudgetUnavailableError", "RedisRateBudget", "RedisReplyError"]
 
-logger = logging.getLogger("camb_async")
+logger: logging.Logger = logging.getLogger("camb_async")
 
 OnRedisError = Literal["wait", "local", "raise"]
 
@@ -248,6 +248,23 @@ class RedisRateBudget:
     that name, which the client and the bulk poller read, is this process' own limit
     (``local_concurrency``); the fleet limit is ``fleet_concurrency``.
     """
+
+    redis_timeout: float
+    give_back_timeout: float
+    recovery: float
+    min_rate: float
+    lease_ttl: float
+    retry_interval: float
+    poll_interval: float
+    reset_hold: float
+    grants: int
+    local_grants: int
+    pauses: int
+    redis_errors: int
+    outages: int
+    resets_seen: int
+    redis_calls: int
+    give_backs: int
 
     def __init__(
         self,
@@ -456,6 +473,7 @@ class RedisRateBudget:
     # ------------------------------------------------------------------ the Budget protocol
 
     async def acquire(self) -> None:
+        """Wait until one request may start, fleet-wide."""
         await self._sem.acquire()
         try:
             await self._take()
@@ -464,6 +482,7 @@ class RedisRateBudget:
             raise
 
     def release(self) -> None:
+        """Give back the lease of one ``acquire``."""
         if self._unleased:
             self._unleased -= 1
         elif self._held:

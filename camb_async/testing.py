@@ -62,12 +62,24 @@ class FakeTask:
     result: Any = None
 
     def is_done(self, now: float, epoch: float) -> bool:
+        """Whether the task has finished.
+
+        Args:
+            now: the current time.
+            epoch: when the fake API started.
+        """
         if self.polls is not None:
             return self.seen > self.polls
         start = self.created_at if self.created_at is not None else epoch
         return now >= start + self.after
 
     def body(self, now: float, epoch: float) -> dict[str, Any]:
+        """The status answer for the task.
+
+        Args:
+            now: the current time.
+            epoch: when the fake API started.
+        """
         if not self.is_done(now, epoch):
             return {"status": self.pending_status, "run_id": None}
         out: dict[str, Any] = {"status": self.status, "run_id": self.run_id}
@@ -110,6 +122,8 @@ TRANSIENT_FAULTS: tuple[Fault, ...] = (
 
 @attrs.frozen
 class LoggedRequest:
+    """One request the fake API received: when, what, and how it answered."""
+
     time: float
     method: str
     path: str
@@ -155,6 +169,9 @@ class FakeCambAPI:
     typed), refused with 422 and FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` body.
     Malformed input of any kind is answered 4xx, never an exception inside the app.
     """
+
+    prefix: str
+    faults: tuple[Fault, ...]
 
     def __init__(
         self,
@@ -226,6 +243,7 @@ class FakeCambAPI:
         self._queued.extend([(fault, path)] * count)
 
     def requests(self, method: str | None = None, path_prefix: str = "") -> list[LoggedRequest]:
+        """The requests the fake API received, in order."""
         return [r for r in self.log
                 if (method is None or r.method == method) and r.path.startswith(path_prefix)]
 
@@ -1062,6 +1080,8 @@ class serve_in_thread:  # lower case: used like a function, `with serve_in_threa
     and stopped when it ends. Real sockets, same process: for tests and the demo. Benchmarks
     that must not share the client's GIL run ``camb-async fake-server`` in a subprocess.
     """
+
+    port: int
 
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0,
                  log_level: str = "warning", lifespan: Literal["on", "off", "auto"] = "off",
