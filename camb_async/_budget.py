@@ -73,6 +73,20 @@ class RateBudget:
     its arrival there (event-loop scheduling, connection setup, a busy CPU: tens of ms on a
     loaded machine) cannot make the server count more than ``rate`` in one of its windows;
     it costs that much throughput.
+
+    Args:
+        rate: request starts per ``window`` at most; ``None``: no rate limit.
+        max_concurrency: requests in flight at most.
+        window: the window's length in seconds.
+        margin: how much wider than ``window`` the window really is (0.05: 5 %).
+        decrease: the factor a 429 cuts the rate by.
+        recovery: requests/s the rate grows back by per window (default: a tenth of
+            ``rate``).
+        min_rate: the rate a 429 never cuts below.
+        default_pause: the pause after a 429 without Retry-After, in seconds.
+        max_pause: the longest pause a 429 causes, in seconds.
+        burst: starts allowed at once before pacing applies (default: a tenth of ``rate``,
+            at least 1).
     """
 
     max_concurrency: int
@@ -174,6 +188,7 @@ class RateBudget:
 
     @property
     def in_flight(self) -> int:
+        """Requests holding a concurrency slot now."""
         return self.max_concurrency - int(self._sem.value)
 
     def current_rate(self, now: float | None = None) -> float | None:
@@ -195,6 +210,7 @@ class RateBudget:
 
     @property
     def paused_until(self) -> float:
+        """When the current 429 pause ends (event-loop clock; in the past if none)."""
         return self._paused_until
 
     def _in_this_run(self) -> None:

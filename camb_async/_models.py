@@ -65,6 +65,7 @@ class TaskStatus(str, enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
+        """SUCCESS, ERROR, TIMEOUT or PAYMENT_REQUIRED: the task will not change again."""
         return self in _TERMINAL
 
     def __str__(self) -> str:
@@ -96,10 +97,12 @@ class StatusResult:
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the task has finished (successfully or not)."""
         return self.status in _TERMINAL
 
     @property
     def is_success(self) -> bool:
+        """Whether the task finished with SUCCESS (its ``run_id`` names the result)."""
         return self.status is TaskStatus.SUCCESS
 
 

@@ -523,6 +523,12 @@ class RedisRateBudget:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.poll_interval + 1.0):
             await self.flush()
 
+    @property
+    def entered(self) -> bool:
+        """Whether an ``async with`` of this budget is open (``AsyncCambClient``'s
+        ``async with`` enters the budget's when it is not)."""
+        return self._session is not None
+
     async def __aenter__(self) -> RedisRateBudget:
         """Hold the Redis client open and run the courier (see ``_courier``) for the block."""
         if self._session is not None:

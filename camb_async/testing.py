@@ -168,6 +168,16 @@ class FakeCambAPI:
     and body (enums case-sensitive, ``run_id`` a strict integer, required fields present and
     typed), refused with 422 and FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` body.
     Malformed input of any kind is answered 4xx, never an exception inside the app.
+
+    Args:
+        api_key: the key requests must carry.
+        prefix: a path prefix the routes live under (e.g. ``"/apis"``).
+        rate_limit: the server's own limit in requests per second; ``None``: none.
+        rate_limit_retry_after: the ``Retry-After`` sent with its 429s.
+        fault_rate: probability that a request gets a random fault.
+        faults: the faults to draw from.
+        seed: the random generator's seed (reproducible faults).
+        clock: the time source (default: the event loop's clock).
     """
 
     prefix: str
@@ -1079,6 +1089,14 @@ class serve_in_thread:  # lower case: used like a function, `with serve_in_threa
     ``with serve_in_thread(api) as base_url: ...`` — the server is up when the block starts
     and stopped when it ends. Real sockets, same process: for tests and the demo. Benchmarks
     that must not share the client's GIL run ``camb-async fake-server`` in a subprocess.
+
+    Args:
+        app: the ASGI app (e.g. a ``FakeCambAPI``).
+        host: the address to listen on.
+        port: the port (0: a free one).
+        log_level: uvicorn's log level.
+        lifespan: uvicorn's lifespan mode.
+        **uvicorn_options: more ``uvicorn.Config`` options.
     """
 
     port: int
