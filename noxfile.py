@@ -28,6 +28,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[test,dev]")
     session.run("mypy", "camb_async")
+    session.run("bash", ".ci/typing", f"{session.bin}/python", external=True)
 
 
 @nox.session

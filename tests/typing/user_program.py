@@ -12,6 +12,7 @@ from camb_async import (
     AsyncCambClient,
     CambError,
     DubbingOutcome,
+    DubbingResult,
     DubResource,
     PollPolicy,
     StatusIterator,
@@ -49,7 +50,7 @@ async def main(ids: list[str], some_kind: TaskKind) -> None:
                                           target_language=2)
         assert_type(dubbing, TaskHandle[DubbingOutcome])
         assert_type(await client.dub.task("id").result(),
-                    "DubbingResult | dict[str, DubbingResult]")
+                    DubbingResult | dict[str, DubbingResult])
         translated = await client.translation.create(texts=["a"], source_language=1,
                                                      target_language=2)
         assert_type(await translated.result(), TranslationResult)
