@@ -17,7 +17,14 @@ import anyio
 
 from ._errors import CambError, WaitTimeoutError
 from ._handle import TaskHandle, run_id_of
-from ._models import StatusResult, TaskKind
+from ._models import (
+    DubbingOutcome,
+    StatusResult,
+    TaskKind,
+    TranscriptionResult,
+    TranslationResult,
+    TTSResult,
+)
 from ._polling import PolicyArg, _fatal, create_task_group, iter_statuses
 from ._resources import DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
 
@@ -61,6 +68,118 @@ async def gather_results(
 @overload
 async def gather_results(
     client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.DUB, "dub"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: Literal[False] = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[DubbingOutcome]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.DUB, "dub"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[DubbingOutcome | CambError | ValueError]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.TTS, "tts"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: Literal[False] = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[TTSResult]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.TTS, "tts"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[TTSResult | CambError | ValueError]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.TRANSLATION, "translate"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: Literal[False] = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[TranslationResult]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.TRANSLATION, "translate"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[TranslationResult | CambError | ValueError]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: Literal[False] = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[TranscriptionResult]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
+    tasks: Iterable[str],
+    *,
+    kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"],
+    timeout: float | None = None,
+    policy: PolicyArg = None,
+    return_exceptions: bool,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_update: Callable[[StatusResult], object] | None = None,
+) -> list[TranscriptionResult | CambError | ValueError]: ...
+
+
+@overload
+async def gather_results(
+    client: AsyncCambClient,
     tasks: Iterable[str | TaskHandle[Any]],
     *,
     kind: TaskKind | str | None = None,
@@ -95,7 +214,7 @@ async def gather_results(
     request, per kind, while the other tasks are still being polled.
 
     Typed by the handles: ``gather_results(client, [client.tts.task(i) for i in ids])`` is
-    a ``list[TTSResult]`` (task ids with ``kind=`` give ``list[Any]``).
+    a ``list[TTSResult]``, and so is ``gather_results(client, ids, kind="tts")``.
 
     Args:
         client: the client whose budget the polls and fetches share.

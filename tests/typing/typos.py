@@ -22,6 +22,8 @@ async def main(ids: list[str]) -> None:
         print(results[0].output_uri)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
         async for status in iter_statuses(client, ids, kind="tts"):
             print(status.runid)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+        by_id = await gather_results(client, ids, kind="transcribe")
+        print(by_id[0].transcrpit)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
         mixed = await gather_statuses(client, ids, kind="dub", return_exceptions=True)
         print(mixed[0].status)  # type: ignore[union-attr]  # pyright: ignore[reportAttributeAccessIssue]
         client.with_options(timeout="5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]

@@ -99,7 +99,12 @@ async def main(ids: list[str], some_kind: TaskKind) -> None:
         assert_type(await gather_results(client, handles), list[TTSResult])
         assert_type(await gather_results(client, handles, return_exceptions=True),
                     list[TTSResult | CambError | ValueError])
-        assert_type(await gather_results(client, ids, kind="tts"), list[Any])
+        assert_type(await gather_results(client, ids, kind="tts"), list[TTSResult])
+        assert_type(await gather_results(client, ids, kind=TaskKind.DUB, return_exceptions=True),
+                    list[DubbingOutcome | CambError | ValueError])
+        assert_type(await gather_results(client, ids, kind="translate"),
+                    list[TranslationResult])
+        assert_type(await gather_results(client, ids, kind=some_kind), list[Any])
 
         # per-request options
         fast = client.with_options(timeout=5, max_retries=0, max_retry_wait=1.0,
