@@ -406,7 +406,9 @@ class _Poller:
         order = self.order
         for count, item in enumerate(self._raw, 1):
             if isinstance(item, handle_type):
-                if item._client is not client:
+                # A with_options view and its client share one pool and budget: either's
+                # handles may be polled through the other.
+                if (item._client._parent or item._client) is not (client._parent or client):
                     raise ValueError(
                         f"handle for task {item.task_id!r} belongs to another AsyncCambClient"
                     )

@@ -170,6 +170,20 @@ async def test_closing_the_parent_ends_the_views(
         client.with_options(timeout=1)
 
 
+async def test_handles_of_a_view_poll_through_its_client(
+        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    client = make_client()
+    view = client.with_options(timeout=5)
+    handle = await view.tts.create(text="hi", voice_id=1, language=1)
+    assert handle.client is view
+    [status] = await client.gather_statuses([handle])
+    assert status.is_success
+    assert len(await camb_async.gather_results(view, [client.tts.task(handle.task_id)])) == 1
+    other = make_client()
+    with pytest.raises(ValueError, match="another AsyncCambClient"):
+        await other.gather_statuses([handle])
+
+
 @pytest.mark.parametrize("bad", [{"timeout": 0}, {"timeout": True}, {"max_retries": -1},
                                  {"max_response_bytes": 0}, {"max_retry_wait": float("inf")}])
 async def test_with_options_checks_its_values(make_client: ClientFactory,
