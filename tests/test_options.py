@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import attrs
 import httpx
 import pytest
@@ -168,6 +169,32 @@ async def test_closing_the_parent_ends_the_views(
         await view.dub.status("x")
     with pytest.raises(ClientClosedError):
         client.with_options(timeout=1)
+
+
+async def test_closing_the_parent_ends_a_call_in_flight_on_a_view(
+        make_client: ClientFactory) -> None:
+    started = anyio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    client = make_client(transport=httpx.MockTransport(hang), timeout=3600)
+    view = client.with_options(timeout=1800)
+    outcome: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await view.dub.status("x")
+        except ClientClosedError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await started.wait()
+        await client.aclose()
+    assert len(outcome) == 1 and view.closed
 
 
 async def test_handles_of_a_view_poll_through_its_client(
