@@ -95,7 +95,8 @@ from camb_async import (
     TaskKind,
     _polling,
 )
-from camb_async._adaptive import AdaptivePollPolicy, CompletionStats, DurationFit
+from camb_async import AdaptivePollPolicy, CompletionStats
+from camb_async.polling._fit import DurationFit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _oracle import LogNormal, evaluate, mean_grids, oracle_mean, oracle_quantile

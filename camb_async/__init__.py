@@ -4,7 +4,6 @@ Poll hundreds to hundreds of thousands of dubbing, text-to-speech, translation a
 transcription tasks under one rate budget. See README.md for the tour.
 """
 
-from ._adaptive import AdaptivePollPolicy, CompletionStats
 from ._budget import Budget, RateBudget
 from ._client import AsyncCambClient
 from ._errors import (
@@ -37,7 +36,6 @@ from ._models import (
     TTSResult,
     ValidationDetail,
 )
-from ._polling import PollPolicy, StatusIterator, gather_statuses, iter_statuses
 from ._resources import (
     DubResource,
     TaskResource,
@@ -45,8 +43,12 @@ from ._resources import (
     TranslationResource,
     TTSResource,
 )
-from ._results import gather_results
 from ._version import __version__
+from .polling._adaptive import AdaptivePollPolicy
+from .polling._policy import PollPolicy
+from .polling._results import gather_results
+from .polling._stats import CompletionStats
+from .polling._stream import StatusIterator, gather_statuses, iter_statuses
 
 # Sorted (plain code-point order) and pinned by tests/test_public_api.py.
 __all__ = [

@@ -29,7 +29,6 @@ import backoff
 import httpx
 import sniffio
 
-from ._adaptive import CompletionStats
 from ._budget import Budget, RateBudget
 from ._errors import (
     MIN_ECHO,
@@ -66,12 +65,14 @@ from ._resources import (
     TTSResource,
 )
 from ._version import __version__
+from .polling._stats import CompletionStats
+from .polling._stream import gather_statuses
 
 if TYPE_CHECKING:
     from ._errors import CambError
     from ._handle import TaskHandle
     from ._models import DurationHint
-    from ._polling import PolicyArg
+    from .polling._policy import PolicyArg
 
 __all__ = ["AsyncCambClient", "DEFAULT_BASE_URL"]
 
@@ -981,8 +982,6 @@ class AsyncCambClient:
             return_exceptions: put a task's own error in its slot instead of raising it.
             on_update: called with every observed status (may be async).
         """
-        from ._polling import gather_statuses
-
         return await gather_statuses(
             self,
             tasks,

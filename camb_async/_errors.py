@@ -270,3 +270,28 @@ class WaitTimeoutError(CambError, TimeoutError):
 
 class ClientClosedError(CambError, RuntimeError):
     """The client was closed (``aclose()`` or the end of its ``async with`` block)."""
+
+
+# ------------------------------------------------------------------ classification
+# How the polling layers treat an error a poll or a request ended with.
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth another poll later: throttling, 5xx, no answer, or a garbled 2xx answer."""
+    if isinstance(exc, (RateLimitError, InternalServerError, APIConnectionError)):
+        return True
+    return isinstance(exc, APIError) and exc.status_code < 300
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Errors that end the whole call at once: every other request would fail the same way."""
+    return isinstance(exc, (AuthenticationError, ClientClosedError))
+
+
+def unanswered(exc: BaseException, client: Any, answers: int) -> bool:
+    """A poll that got no usable answer while the server answered nothing at all (neither
+    this poll's attempts nor any other request of the client) since it started, when
+    ``client._answers`` was ``answers``: the server is unreachable (refused, down, a black
+    hole), which is no task's own problem. Re-polling every task on its schedule would take
+    minutes to say so; the call fails at once instead, retries of the request path done."""
+    return isinstance(exc, APIConnectionError) and client._answers == answers

@@ -16,15 +16,11 @@ from ._errors import (
     ClientClosedError,
     TaskFailedError,
     WaitTimeoutError,
-)
-from ._models import DurationHint, StatusResult, TaskKind, as_hint
-from ._polling import (
-    PollPolicy,
-    final_poll_time,
     is_transient,
-    next_poll_delay,
     unanswered,
 )
+from ._models import DurationHint, StatusResult, TaskKind, as_hint
+from .polling._policy import PollPolicy, final_poll_time, next_poll_delay
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient

@@ -12,7 +12,6 @@ import json
 import math
 import mimetypes
 import os
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import quote
@@ -20,7 +19,8 @@ from urllib.parse import quote
 import anyio
 
 from ._download import save_atomically
-from ._errors import CambError
+from ._errors import CambError, is_fatal
+from ._handle import TaskHandle
 from ._models import (
     DubbingOutcome,
     DurationHint,
@@ -39,10 +39,16 @@ from ._models import (
     parse_translation_result,
     parse_tts_result,
 )
+from ._validation import (
+    _PLAIN_ID,
+    DEFAULT_CHUNK_SIZE,
+    MAX_TASK_ID_LENGTH,
+    check_chunk_size,
+    check_task_id,
+)
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient, BodyStream
-    from ._handle import TaskHandle
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -55,40 +61,7 @@ __all__ = [
     "check_task_id",
 ]
 
-MAX_TASK_ID_LENGTH = 512
-#: Run ids per batch-result request by default (1,000 results = 10 requests).
-DEFAULT_CHUNK_SIZE = 100
-#: Largest batch the client will put in one request; the API documents no cap.
-MAX_CHUNK_SIZE = 1000
 _MAX_RUN_ID = 2**63 - 1
-
-
-def check_task_id(task_id: object) -> str:
-    """Return ``task_id`` if it is usable as a task id, else raise ``TypeError``/``ValueError``."""
-    if not isinstance(task_id, str):
-        raise TypeError(f"task_id must be a string, got {type(task_id).__name__}")
-    if not task_id or task_id.isspace():
-        raise ValueError("task_id must not be empty or whitespace")
-    if len(task_id) > MAX_TASK_ID_LENGTH:
-        raise ValueError(f"task_id is longer than {MAX_TASK_ID_LENGTH} characters")
-    if _PLAIN_ID.fullmatch(task_id) is not None and task_id not in (".", ".."):
-        return task_id  # the common case: one regex in C, no per-character Python loop
-    if "/" in task_id or "\\" in task_id:
-        raise ValueError(f"task_id must not contain '/' or '\\': {task_id[:60]!r}")
-    if task_id in (".", ".."):
-        raise ValueError(f"task_id {task_id!r} is a relative path segment")
-    if _CONTROL.search(task_id) is not None:
-        raise ValueError(f"task_id contains control characters: {task_id[:60]!r}")
-    if not task_id.isascii():
-        try:  # a lone surrogate ("\udcff", what undecodable argv bytes become) cannot be sent
-            task_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"task_id is not valid Unicode text: {task_id[:60]!r}") from None
-    return task_id
-
-
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_.~-]+")  # unreserved characters: nothing to encode
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def encode_segment(value: str) -> str:
@@ -164,8 +137,6 @@ class TaskResource(Generic[R]):
             hint: what you know of its input size (``DurationHint``, or a number in the
                 kind's natural unit), for polling.
         """
-        from ._handle import TaskHandle
-
         return TaskHandle(self._client, self.kind, check_task_id(task_id), hint=hint)
 
     # ------------------------------------------------------------- results (issue 4)
@@ -253,9 +224,7 @@ class TaskResource(Generic[R]):
                                                 extra_query=extra_query,
                                                 extra_body=extra_body)
                 except Exception as exc:  # stored, then raised alone: never an ExceptionGroup
-                    from ._polling import _fatal
-
-                    if collect_errors and isinstance(exc, CambError) and not _fatal(exc):
+                    if collect_errors and isinstance(exc, CambError) and not is_fatal(exc):
                         out.update(dict.fromkeys(chunk, exc))
                         continue
                     failures.append(exc)
@@ -283,8 +252,6 @@ class TaskResource(Generic[R]):
         ``created_at`` is taken before sending: the task is at least that old, never younger.
         ``hint`` (what the input says of the task's size) is checked before sending too.
         """
-        from ._handle import TaskHandle
-
         hint = as_hint(self.kind, hint)
         created_at = anyio.current_time()
         created = await self._client._request(
@@ -691,14 +658,6 @@ def check_run_ids(run_ids: Iterable[int]) -> list[int]:
     if isinstance(run_ids, (str, bytes)) or not isinstance(run_ids, Iterable):
         raise TypeError("run_ids must be an iterable of integers")
     return list(dict.fromkeys(check_run_id(r) for r in run_ids))
-
-
-def check_chunk_size(chunk_size: object) -> int:
-    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-            or not 1 <= chunk_size <= MAX_CHUNK_SIZE):
-        raise ValueError(f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, "
-                         f"got {chunk_size!r}")
-    return chunk_size
 
 
 def check_language(value: object, name: str, *, allow_str: bool = True,

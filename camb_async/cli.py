@@ -56,9 +56,10 @@ from ._errors import AuthenticationError, CambError
 from ._handle import TaskHandle
 from ._hooks import RequestHooks
 from ._models import StatusResult, TaskKind, TaskStatus, converter
-from ._polling import PollPolicy, gather_statuses, iter_statuses
-from ._resources import check_task_id
+from ._validation import check_task_id
 from ._version import __version__
+from .polling._policy import PollPolicy
+from .polling._stream import gather_statuses, iter_statuses
 
 __all__ = [
     "EXIT_AUTH",

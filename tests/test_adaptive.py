@@ -12,14 +12,10 @@ import anyio
 import pytest
 
 from camb_async import AsyncCambClient, PollPolicy, TaskHandle, TaskKind, gather_statuses
-from camb_async._adaptive import (
-    MAX_WEIGHT,
-    AdaptivePollPolicy,
-    CompletionStats,
-    DurationEstimator,
-    DurationFit,
-)
-from camb_async._polling import DEFAULT_POLICIES
+from camb_async.polling._adaptive import AdaptivePollPolicy
+from camb_async.polling._fit import MAX_WEIGHT, DurationFit
+from camb_async.polling._policy import DEFAULT_POLICIES
+from camb_async.polling._stats import CompletionStats, DurationEstimator
 from camb_async.testing import FakeCambAPI
 
 from .conftest import ClientFactory
@@ -390,7 +386,7 @@ async def test_a_task_that_errors_is_forgotten_not_counted(
 def test_created_tasks_cost_no_extra_memory() -> None:
     import sys
 
-    from camb_async._polling import _CreatedTask, _Task
+    from camb_async.polling._scheduler import _CreatedTask, _Task
 
     policy = PollPolicy()
     plain = _Task(TaskKind.TTS, "a", policy, 0.0)

@@ -23,14 +23,10 @@ from camb_async import (
     TaskKind,
     gather_statuses,
 )
-from camb_async._adaptive import (
-    AdaptivePollPolicy,
-    CompletionStats,
-    DurationEstimator,
-    DurationFit,
-    mean_schedule,
-    quantile_plan,
-)
+from camb_async.polling._adaptive import AdaptivePollPolicy
+from camb_async.polling._fit import DurationFit
+from camb_async.polling._schedule import mean_schedule, quantile_plan
+from camb_async.polling._stats import CompletionStats, DurationEstimator
 from camb_async.testing import FakeCambAPI
 
 from .conftest import ClientFactory

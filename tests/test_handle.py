@@ -14,7 +14,7 @@ from camb_async import (
     TaskStatus,
     WaitTimeoutError,
 )
-from camb_async._polling import DEFAULT_POLICIES
+from camb_async.polling._policy import DEFAULT_POLICIES
 from camb_async.testing import FakeCambAPI
 
 from .conftest import ClientFactory

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 
-from ._errors import CambError, WaitTimeoutError
-from ._handle import TaskHandle, run_id_of
-from ._models import (
+from .._errors import CambError, WaitTimeoutError, is_fatal
+from .._handle import TaskHandle, run_id_of
+from .._models import (
     DubbingOutcome,
     StatusResult,
     TaskKind,
@@ -25,11 +25,13 @@ from ._models import (
     TranslationResult,
     TTSResult,
 )
-from ._polling import PolicyArg, _fatal, create_task_group, iter_statuses
-from ._resources import DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
+from .._taskgroup import create_task_group
+from .._validation import DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
+from ._policy import PolicyArg
+from ._stream import iter_statuses
 
 if TYPE_CHECKING:
-    from ._client import AsyncCambClient
+    from .._client import AsyncCambClient
 
 __all__ = ["gather_results"]
 
@@ -260,7 +262,7 @@ async def gather_results(
             async with statuses:
                 async for item in statuses:
                     if isinstance(item, BaseException):
-                        if (not isinstance(item, (CambError, ValueError)) or _fatal(item)
+                        if (not isinstance(item, (CambError, ValueError)) or is_fatal(item)
                                 or not return_exceptions):  # ValueError: a refused task id
                             failures.append(item)
                             break
@@ -338,7 +340,7 @@ async def _fetch_kind(client: AsyncCambClient, kind: TaskKind, run_ids: list[int
             try:
                 got[run_id] = await resource._result(run_id)
             except Exception as exc:  # stored, then raised alone: never an ExceptionGroup
-                if return_exceptions and isinstance(exc, CambError) and not _fatal(exc):
+                if return_exceptions and isinstance(exc, CambError) and not is_fatal(exc):
                     got[run_id] = exc
                     return
                 errors.append(exc)
