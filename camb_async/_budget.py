@@ -32,11 +32,17 @@ from typing import Protocol, runtime_checkable
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Budget", "RateBudget"]
+from ._validation import is_int, is_number
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "Budget", "RateBudget", "concurrency_of", "is_budget"]
 
 #: Clock slack: a timer may fire a hair early (or float rounding may leave a start 1e-17 s
 #: inside the window); without slack we would re-sleep for nothing, forever on a virtual clock.
 _EPSILON = 1e-9
+
+#: Requests in flight when nothing says otherwise: the default of ``AsyncCambClient`` and
+#: ``RateBudget``, and what ``concurrency_of`` assumes of a budget object without the attribute.
+DEFAULT_MAX_CONCURRENCY = 16
 
 
 @runtime_checkable
@@ -46,7 +52,14 @@ class Budget(Protocol):
     ``acquire`` returns once one request may start (a concurrency slot is held and a unit of
     rate was spent); every successful ``acquire`` is paired with exactly one ``release``.
     ``penalize`` reports a 429 with its Retry-After in seconds (``None`` if absent).
+    ``max_concurrency`` is how many requests may be in flight at once through this process;
+    the bulk calls size their worker pools by it.
     """
+
+    @property
+    def max_concurrency(self) -> int:
+        """Requests in flight at most (through this process)."""
+        ...
 
     async def acquire(self) -> None:
         """Wait until one request may start."""
@@ -125,7 +138,7 @@ class RateBudget:
     def __init__(
         self,
         rate: float | None = 20.0,
-        max_concurrency: int = 16,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         *,
         window: float = 1.0,
         margin: float = 0.05,
@@ -137,11 +150,11 @@ class RateBudget:
         burst: float | None = None,
     ) -> None:
         if rate is not None:
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            if not is_number(rate):
                 raise TypeError("rate must be a number or None")
             if not math.isfinite(rate) or rate <= 0:
                 raise ValueError(f"rate must be > 0 requests/s (or None for unlimited), got {rate}")
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+        if not is_int(max_concurrency):
             raise TypeError("max_concurrency must be an integer")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -304,3 +317,17 @@ def _current_run() -> object:
     except ImportError:
         raise RuntimeError("RateBudget must be used inside an event loop") from None
     return trio.lowlevel.current_root_task()
+
+
+def is_budget(obj: object) -> bool:
+    """Whether ``obj`` can serve as a client's budget: it has ``acquire``, ``release`` and
+    ``penalize``. ``max_concurrency`` is part of the protocol, but an object without it is
+    still accepted (``concurrency_of`` then assumes the default), as before it was listed."""
+    return all(getattr(obj, name, None) is not None
+               for name in ("acquire", "release", "penalize"))
+
+
+def concurrency_of(budget: object) -> int:
+    """``budget.max_concurrency``: the one place that decides the default when it is absent."""
+    value: int = getattr(budget, "max_concurrency", DEFAULT_MAX_CONCURRENCY)
+    return value

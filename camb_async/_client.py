@@ -29,7 +29,7 @@ import backoff
 import httpx
 import sniffio
 
-from ._budget import Budget, RateBudget
+from ._budget import DEFAULT_MAX_CONCURRENCY, Budget, RateBudget, concurrency_of, is_budget
 from ._errors import (
     MIN_ECHO,
     REDACTED,
@@ -64,6 +64,7 @@ from ._resources import (
     TranslationResource,
     TTSResource,
 )
+from ._validation import is_int, is_number
 from ._version import __version__
 from .polling._stats import CompletionStats
 from .polling._stream import gather_statuses
@@ -649,7 +650,7 @@ class AsyncCambClient:
         timeout: float = 30.0,
         max_retries: int = 3,
         rate_limit: float | None = 20.0,
-        max_concurrency: int = 16,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         budget: Budget | None = None,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -682,17 +683,17 @@ class AsyncCambClient:
                 f"refusing to send the API key over plain http to {parsed.host!r}; "
                 "use https, a loopback host, or pass allow_insecure=True"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        if not is_number(timeout) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        if not is_int(max_retries) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both")
-        if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+        if (not is_int(max_response_bytes)
                 or max_response_bytes < 1):
             raise ValueError("max_response_bytes must be a positive integer, got "
                              f"{max_response_bytes!r}")
-        if (isinstance(max_retry_wait, bool) or not isinstance(max_retry_wait, (int, float))
+        if (not is_number(max_retry_wait)
                 or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
             raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
                              f"{max_retry_wait!r}")
@@ -715,7 +716,7 @@ class AsyncCambClient:
                 "allow_insecure=True")
         if budget is None:
             budget = RateBudget(rate_limit, max_concurrency)
-        elif not isinstance(budget, Budget):
+        elif not is_budget(budget):
             raise TypeError("budget must provide acquire(), release() and penalize()")
 
         self.__key = key
@@ -887,19 +888,17 @@ class AsyncCambClient:
         """
         if self._closed:
             raise ClientClosedError("this AsyncCambClient is closed; create a new one")
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, (int, float)) or timeout <= 0):
+        if timeout is not None and (not is_number(timeout) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if max_retries is not None and (isinstance(max_retries, bool)
-                                        or not isinstance(max_retries, int) or max_retries < 0):
+        if max_retries is not None and (not is_int(max_retries) or max_retries < 0):
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if max_response_bytes is not None and (
-                isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+                not is_int(max_response_bytes)
                 or max_response_bytes < 1):
             raise ValueError("max_response_bytes must be a positive integer, got "
                              f"{max_response_bytes!r}")
         if max_retry_wait is not None and (
-                isinstance(max_retry_wait, bool) or not isinstance(max_retry_wait, (int, float))
+                not is_number(max_retry_wait)
                 or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
             raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
                              f"{max_retry_wait!r}")
@@ -1084,7 +1083,7 @@ class AsyncCambClient:
         if self._http is None:
             limits = httpx.Limits(
                 max_connections=None,
-                max_keepalive_connections=max(20, getattr(self.budget, "max_concurrency", 20)),
+                max_keepalive_connections=max(20, concurrency_of(self.budget)),
             )
             proxy = self._proxy
             if proxy is not None and self._transport is None:

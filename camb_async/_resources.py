@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import anyio
 
+from ._budget import concurrency_of
 from ._download import save_atomically
 from ._errors import CambError, is_fatal
 from ._handle import TaskHandle
@@ -45,6 +46,8 @@ from ._validation import (
     MAX_TASK_ID_LENGTH,
     check_chunk_size,
     check_task_id,
+    is_int,
+    is_number,
 )
 
 if TYPE_CHECKING:
@@ -208,7 +211,7 @@ class TaskResource(Generic[R]):
             return out
         failures: list[BaseException] = []
         pending = iter(chunks)
-        n_workers = max(1, min(getattr(client.budget, "max_concurrency", 16), len(chunks)))
+        n_workers = max(1, min(concurrency_of(client.budget), len(chunks)))
 
         async def worker(scope: anyio.CancelScope) -> None:
             for chunk in pending:
@@ -646,7 +649,7 @@ def _parse_task_id(data: Any) -> str:
 
 def check_run_id(run_id: object) -> int:
     """Return ``run_id`` if it is a usable run id (a non-negative integer), else raise."""
-    if isinstance(run_id, bool) or not isinstance(run_id, int):
+    if not is_int(run_id):
         raise TypeError(f"run_id must be an integer, got {type(run_id).__name__}")
     if not 0 <= run_id <= _MAX_RUN_ID:
         raise ValueError(f"run_id out of range: {run_id}")
@@ -699,7 +702,7 @@ def _required_str(value: object, name: str, *, allow_blank: bool = False) -> str
 
 
 def _required_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     return int(value)
 
@@ -749,7 +752,7 @@ def _opt_formatting(value: object) -> str | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError("formatting_options keys must be strings")
-            if (isinstance(item, bool) or not isinstance(item, (int, float))
+            if (not is_number(item)
                     or not math.isfinite(item)):
                 raise TypeError(f"formatting_options[{key!r}] must be a finite number")
         return json.dumps(dict(value))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -34,12 +34,12 @@ DEFAULT_CHUNK_SIZE = 100
 MAX_CHUNK_SIZE = 1000
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     """An ``int`` or ``float`` that is not a ``bool``."""
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """An ``int`` that is not a ``bool``."""
     return not isinstance(value, bool) and isinstance(value, int)
 
@@ -48,7 +48,6 @@ def check_positive(name: str, value: object) -> None:
     """Raise unless ``value`` is a finite number > 0 (``TypeError`` if not a number)."""
     if not is_number(value):
         raise TypeError(f"{name} must be a number")
-    assert isinstance(value, (int, float))
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
@@ -102,8 +101,7 @@ def check_task_id(task_id: object) -> str:
 
 def check_chunk_size(chunk_size: object) -> int:
     """Return ``chunk_size`` if it is an ``int`` from 1 to ``MAX_CHUNK_SIZE``, else raise."""
-    if not is_int(chunk_size) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:  # type: ignore[operator]
+    if not is_int(chunk_size) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, "
                          f"got {chunk_size!r}")
-    assert isinstance(chunk_size, int)
     return chunk_size

@@ -109,8 +109,9 @@ import anyio.lowlevel
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-from ._budget import RateBudget
+from ._budget import DEFAULT_MAX_CONCURRENCY, RateBudget
 from ._errors import CambError
+from ._validation import is_int, is_number
 
 try:
     import coredis
@@ -293,7 +294,7 @@ class RedisRateBudget:
         redis_timeout: float = 3.0,
         give_back_timeout: float = 1.0,
     ) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        if not is_number(rate):
             raise TypeError("rate must be a number of requests per second")
         if not math.isfinite(rate) or rate <= 0:
             raise ValueError(f"rate must be > 0 requests/s, got {rate}")
@@ -305,7 +306,7 @@ class RedisRateBudget:
         for label, value in (("max_concurrency", max_concurrency),
                              ("local_concurrency", local_concurrency),
                              ("fleet_size", fleet_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+            if value is not None and (not is_int(value)
                                       or value < 1):
                 raise ValueError(f"{label} must be an integer >= 1 or None, got {value!r}")
         if on_redis_error not in ("wait", "local", "raise"):
@@ -343,7 +344,8 @@ class RedisRateBudget:
         self.smooth = smooth
         self.fleet_concurrency = max_concurrency
         if local_concurrency is None:
-            local_concurrency = min(max_concurrency or 16, 16)
+            local_concurrency = min(max_concurrency or DEFAULT_MAX_CONCURRENCY,
+                                    DEFAULT_MAX_CONCURRENCY)
         self.max_concurrency = local_concurrency
         self.on_redis_error: OnRedisError = on_redis_error
         self.fleet_size = fleet_size

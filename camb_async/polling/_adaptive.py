@@ -48,7 +48,7 @@ import anyio
 import attrs
 
 from .._models import DurationHint, TaskKind
-from .._validation import check_positive, int_at_least, positive
+from .._validation import check_positive, int_at_least, is_number, positive
 from . import _policy
 from ._fit import _MAX_STRETCH, _NORMAL, DurationFit
 from ._policy import DEFAULT_POLICIES, PollPolicy, _rng
@@ -118,7 +118,7 @@ class AdaptivePollPolicy(PollPolicy):
             raise TypeError("fallback must be a PollPolicy")
         if isinstance(self.fallback, AdaptivePollPolicy):
             raise TypeError("fallback must be a plain PollPolicy")
-        if isinstance(self.tail, bool) or not isinstance(self.tail, (int, float)) or not (
+        if not is_number(self.tail) or not (
                 0.0 <= self.tail < 0.5):
             raise ValueError(f"tail must be a probability in [0, 0.5), got {self.tail!r}")
         if self.p95_delay is not None:
@@ -126,7 +126,7 @@ class AdaptivePollPolicy(PollPolicy):
             if self.p95_delay < self.min_interval:
                 raise ValueError("p95_delay must be >= min_interval")
         q = self.delay_quantile
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.5 <= q < 1.0:
+        if not is_number(q) or not 0.5 <= q < 1.0:
             raise ValueError(f"delay_quantile must be in [0.5, 1), got {q!r}")
 
     @property

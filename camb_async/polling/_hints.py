@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .._validation import is_int, is_number
 from ._fit import (
     _MAX_HINT_PENDING_KEYS,
     _NEG,
@@ -206,7 +207,7 @@ class HintModel:
             if not (isinstance(row, (list, tuple)) and len(row) == 4):
                 raise ValueError(f"bad hinted bin row {row!r}")
             x, a, b, w = row
-            if isinstance(x, bool) or not isinstance(x, int):
+            if not is_int(x):
                 raise ValueError(f"size bin must be an integer, got {row!r}")
             i_lo, i_hi = _check_bin_row(a, b, w, row)
             key = (x, i_lo, i_hi)
@@ -223,10 +224,10 @@ class HintModel:
 
 
 def _check_bin_row(a: Any, b: Any, w: Any, row: Any) -> tuple[int, int]:
-    if (a is not None and (isinstance(a, bool) or not isinstance(a, int))) or (
-            b is not None and (isinstance(b, bool) or not isinstance(b, int))):
+    if (a is not None and (not is_int(a))) or (
+            b is not None and (not is_int(b))):
         raise ValueError(f"bin bounds must be integers or null, got {row!r}")
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (
+    if not is_number(w) or not (
             math.isfinite(w) and w > 0):
         raise ValueError(f"bin weight must be a positive number, got {row!r}")
     i_lo = _NEG if a is None else a

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 
+from .._budget import concurrency_of
 from .._errors import CambError, WaitTimeoutError, is_fatal
 from .._handle import TaskHandle, run_id_of
 from .._models import (
@@ -333,7 +334,7 @@ async def _fetch_kind(client: AsyncCambClient, kind: TaskKind, run_ids: list[int
     missing = [r for r in run_ids if r not in got]
     if not missing:
         return got
-    limit = anyio.CapacityLimiter(max(1, getattr(client.budget, "max_concurrency", 16)))
+    limit = anyio.CapacityLimiter(max(1, concurrency_of(client.budget)))
 
     async def one(run_id: int, scope: anyio.CancelScope) -> None:
         async with limit:

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from .._budget import concurrency_of
 from .._errors import CambError, ClientClosedError, is_fatal, is_transient, unanswered
 from .._handle import TaskHandle
 from .._models import DurationHint, StatusResult, TaskKind, TaskStatus
 from .._taskgroup import create_task_group
-from .._validation import check_task_id
+from .._validation import check_task_id, is_number
 from ._policy import PolicyArg, PollPolicy, final_poll_time, next_poll_delay
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ class _Poller:
         refused, self.refused = self.refused, []
         for task in refused:
             self._finish(task)
-        n_workers = max(1, min(getattr(self.client.budget, "max_concurrency", 16),
+        n_workers = max(1, min(concurrency_of(self.client.budget),
                                len(self.unique)))
         scopes = self.client._scopes  # aclose() cancels these: workers between polls too
         try:
@@ -409,7 +410,7 @@ async def make_poller(
     if client.closed:
         raise ClientClosedError("this AsyncCambClient is closed")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        not is_number(timeout) or timeout < 0
     ):
         raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
     poller = _Poller(client, tasks, kind=kind, wait=wait, policy=policy,

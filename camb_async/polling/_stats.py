@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._models import HINT_UNITS, DurationHint, TaskKind
+from .._validation import is_number
 from ._fit import (
     _MAX_PENDING_KEYS,
     _NEG,
@@ -222,7 +223,7 @@ class DurationEstimator:
             if (a is not None and not isinstance(a, int)) or (
                     b is not None and not isinstance(b, int)):
                 raise ValueError(f"bin bounds must be integers or null, got {row!r}")
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not (
+            if not is_number(w) or not (
                     math.isfinite(w) and w > 0):
                 raise ValueError(f"bin weight must be a positive number, got {row!r}")
             i_lo = _NEG if a is None else a
