@@ -36,19 +36,17 @@ from ._models import (
     TTSResult,
     ValidationDetail,
 )
-from ._resources import (
-    DubResource,
-    TaskResource,
-    TranscriptionResource,
-    TranslationResource,
-    TTSResource,
-)
 from ._version import __version__
 from .polling._adaptive import AdaptivePollPolicy
 from .polling._policy import PollPolicy
 from .polling._results import gather_results
 from .polling._stats import CompletionStats
 from .polling._stream import StatusIterator, gather_statuses, iter_statuses
+from .resources._base import TaskResource
+from .resources._dub import DubResource
+from .resources._transcription import TranscriptionResource
+from .resources._translation import TranslationResource
+from .resources._tts import TTSResource
 
 # Sorted (plain code-point order) and pinned by tests/test_public_api.py.
 __all__ = [

@@ -57,17 +57,15 @@ from ._models import (
     ValidationDetail,
     parse_validation_details,
 )
-from ._resources import (
-    DubResource,
-    TaskResource,
-    TranscriptionResource,
-    TranslationResource,
-    TTSResource,
-)
 from ._validation import is_int, is_number
 from ._version import __version__
 from .polling._stats import CompletionStats
 from .polling._stream import gather_statuses
+from .resources._base import TaskResource
+from .resources._dub import DubResource
+from .resources._transcription import TranscriptionResource
+from .resources._translation import TranslationResource
+from .resources._tts import TTSResource
 
 if TYPE_CHECKING:
     from ._errors import CambError

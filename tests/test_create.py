@@ -369,7 +369,7 @@ async def test_path_upload_closes_its_file(api: FakeCambAPI, client: AsyncCambCl
         opened.append(handle)
         return handle
 
-    import camb_async._resources as resources
+    import camb_async.resources._upload as resources
 
     monkeypatch.setattr(resources, "open", spy, raising=False)
     path = tmp_path / "a.wav"

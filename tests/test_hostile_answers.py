@@ -413,7 +413,7 @@ async def test_bulk_results_never_raise_an_exception_group(
     async def broken(self: Any, run_id: int) -> Any:
         raise ValueError(f"broken fetch of {run_id}")
 
-    monkeypatch.setattr("camb_async._resources.TaskResource._result", broken)
+    monkeypatch.setattr("camb_async.resources._base.TaskResource._result", broken)
     async with AsyncCambClient(API_KEY, base_url="http://localhost",
                                transport=httpx.ASGITransport(app=api)) as client:
         with pytest.raises(ValueError, match="broken fetch"):
