@@ -159,6 +159,29 @@ async def _consumer(config: dict[str, Any]) -> None:
                           f"{status}\n")
 
 
+async def _web(config: dict[str, Any]) -> None:
+    """The web tier of the steady run: adds each task at its creation time."""
+    import anyio
+
+    from camb_async.redis import RedisWatchList
+
+    text = Path(config["tasks"]).read_text()  # noqa: ASYNC240 - before anything runs
+    tasks = sorted(json.loads(text),
+                   key=lambda t: t["created_at"])
+    async with RedisWatchList.from_url(config["redis"], name=config["name"]) as watch:
+        i = 0
+        while i < len(tasks):
+            now = time.monotonic()
+            batch = []
+            while i < len(tasks) and tasks[i]["created_at"] <= now:
+                batch.append((tasks[i]["kind"], tasks[i]["task_id"], {"n": str(i)}))
+                i += 1
+            if batch:
+                await watch.add_many(batch)
+            else:
+                await anyio.sleep(min(0.01, tasks[i]["created_at"] - now))
+
+
 def _spawn(role: str, config: dict[str, Any]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, role, json.dumps(config)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -191,7 +214,19 @@ def run_baseline(tasks: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         results = anyio.run(go, url)
         wall = time.monotonic() - began
         log = server.tagged_log()
+    epoch = min(r[0] for r in log)
+    polls: dict[str, list[float]] = {}
+    for t, _, path, _ in log:
+        polls.setdefault(path, []).append(t)
+    seen_after = []
+    for t in tasks:
+        done = epoch + t["after"]
+        later = [p for p in polls.get(f"/{t['kind']}/{t['task_id']}", []) if p >= done]
+        if later:
+            seen_after.append(min(later) - done)
     return {"scenario": "baseline (1 process, gather_statuses)", "requests": len(log),
+            "completion->terminal poll p50 s": round(_pct(seen_after, 0.5), 3),
+            "completion->terminal poll p95 s": round(_pct(seen_after, 0.95), 3),
             "wall s": round(wall, 1), "busiest 1s": peak_per_window([r[0] for r in log], 1.0),
             "matching": sum(1 for t, r in zip(tasks, results, strict=True)
                             if getattr(r, "raw_status", None) == t["status"])}
@@ -216,7 +251,13 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
                 await watch.add_many([(t["kind"], t["task_id"], {"n": str(i)})
                                       for i, t in enumerate(tasks)])
 
-        anyio.run(add)
+        web = None
+        if any("created_at" in t for t in tasks):  # steady: the web tier adds them as created
+            tasks_path = tempfile.mktemp(prefix="camb-watch-tasks-", suffix=".json")
+            Path(tasks_path).write_text(json.dumps(tasks))
+            web = _spawn("web", {"redis": redis.url, "name": name, "tasks": tasks_path})
+        else:
+            anyio.run(add)
         consumer = _spawn("consumer", {"redis": redis.url, "name": name, "out": out_path})
         workers = [_spawn("worker", {"redis": redis.url, "name": name, "api": f"{url}/w{w}",
                                      "lease_ttl": lease_ttl, "scale": scale})
@@ -262,12 +303,14 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
 
             stats = anyio.run(figures)
         finally:
-            for proc in [*workers, consumer]:
+            for proc in [*workers, consumer, *([web] if web else [])]:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
     deliveries = [line.split(" ", 3) for line in Path(out_path).read_text().splitlines()]
     os.unlink(out_path)
+    raw = Path(tempfile.gettempdir()) / f"camb-watch-{label}-raw.json"  # for re-analysis
+    raw.write_text(json.dumps({"log": log, "deliveries": deliveries, "events": events}))
     return summarize(label, tasks, expected, deliveries, log, wall, stats, events, scale)
 
 
@@ -286,22 +329,32 @@ def summarize(label: str, tasks: list[dict[str, Any]],
         if key not in first_delivery:
             first_delivery[key] = float(received)
             matching += expected[key]["status"] == status
-    from_done, from_poll = [], []
+    from_done: list[float] = []
+    from_poll: list[float] = []
+    seen_after: list[float] = []
     overlaps = 0
     for (kind, task_id), at in first_delivery.items():
-        done = epoch + expected[(kind, task_id)]["after"]
+        task = expected[(kind, task_id)]
+        done = task.get("created_at", epoch) + task["after"]
         from_done.append(at - done)
         polls = by_task.get(f"/{kind}/{task_id}", [])
         terminal = [t for t, _ in polls if t >= done]
         if terminal:
-            from_poll.append(at - terminal[0])
+            from_poll.append(at - min(terminal))
+            seen_after.append(min(terminal) - done)
+    # A task is rescheduled after each poll by its policy: the k-th gap is at least the
+    # policy's k-th interval less its jitter, however busy the fleet. A shorter gap means a
+    # second poll while the first poll's lease was still live (no faults are injected, so
+    # no error retries shift the schedule).
+    close = 0
     for path, polls in by_task.items():
-        kind = TaskKind(path.split("/")[1])
-        shortest = scaled_policy(kind, scale).initial * (1 - scaled_policy(kind, scale).jitter)
+        policy = scaled_policy(TaskKind(path.split("/")[1]), scale)
+        schedule = policy._schedule
         polls.sort()
-        for (t1, w1), (t2, w2) in itertools.pairwise(polls):
-            if w1 != w2 and t2 - t1 < shortest:
-                overlaps += 1
+        for k, ((t1, w1), (t2, w2)) in enumerate(itertools.pairwise(polls), 1):
+            if t2 - t1 < schedule[min(k, len(schedule)) - 1] * (1 - policy.jitter) - 0.002:
+                close += 1
+                overlaps += w1 != w2
     row = {
         "scenario": label,
         "delivered": f"{len(first_delivery)}/{len(expected)}",
@@ -309,11 +362,14 @@ def summarize(label: str, tasks: list[dict[str, Any]],
         "duplicates": len(deliveries) - len(first_delivery),
         "duplicates %": round(100 * (len(deliveries) - len(first_delivery)) / len(expected), 3),
         "two workers within a lease": overlaps,
+        "two polls within a lease (any workers)": close,
         "busiest 1s": peak_per_window([r[0] for r in log], 1.0),
         "requests": len(log),
         "wall s": round(wall, 1),
         "completion->consumer p50 s": round(_pct(from_done, 0.5), 3),
         "completion->consumer p95 s": round(_pct(from_done, 0.95), 3),
+        "completion->terminal poll p50 s": round(_pct(seen_after, 0.5), 3),
+        "completion->terminal poll p95 s": round(_pct(seen_after, 0.95), 3),
         "terminal poll->consumer p50 s": round(_pct(from_poll, 0.5), 3),
         "terminal poll->consumer p95 s": round(_pct(from_poll, 0.95), 3),
         "stats at end": stats.as_dict(),
@@ -336,10 +392,14 @@ def main() -> None:
     parser.add_argument("--restart-at", type=float, default=60.0)
     parser.add_argument("--lease-ttl", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--only", choices=["baseline", "sigkill", "restart"], action="append")
+    parser.add_argument("--steady-tasks", type=int, default=1500)
+    parser.add_argument("--steady-arrival", type=float, default=15.0,
+                        help="tasks/s the web tier creates in the steady run")
+    parser.add_argument("--only", choices=["baseline", "sigkill", "restart", "steady"],
+                        action="append")
     args = parser.parse_args()
     tasks = script(args.tasks, args.scale)
-    only = set(args.only or ["baseline", "sigkill", "restart"])
+    only = set(args.only or ["baseline", "sigkill", "restart", "steady"])
     rows = []
     if "baseline" in only:
         rows.append(run_baseline(tasks, args.scale))
@@ -351,9 +411,19 @@ def main() -> None:
                                   restart_at=restart, lease_ttl=args.lease_ttl,
                                   timeout=args.timeout))
             print(json.dumps(rows[-1]), flush=True)
+    if "steady" in only:
+        # Not budget-bound: tasks created over time, so the latency is the pipeline's.
+        steady = script(args.steady_tasks, args.scale, seed=20)
+        t0 = time.monotonic() + 10.0  # servers and workers are up by then
+        for i, t in enumerate(steady):
+            t["created_at"] = t0 + i / args.steady_arrival
+        rows.append(run_fleet(steady, args.scale, label="steady", kill_at=None,
+                              restart_at=None, lease_ttl=args.lease_ttl,
+                              timeout=args.timeout))
+        print(json.dumps(rows[-1]), flush=True)
     base = next((r["requests"] for r in rows if r["scenario"].startswith("baseline")), None)
     for row in rows:
-        if base and not row["scenario"].startswith("baseline"):
+        if base and row["scenario"] in ("sigkill", "restart"):
             row["requests / baseline"] = round(row["requests"] / base, 3)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
@@ -368,9 +438,10 @@ if __name__ == "__main__":
     role = sys.argv[1] if len(sys.argv) > 1 else ""
     if role == "serve":
         _serve(sys.argv[2])
-    elif role in ("worker", "consumer"):
+    elif role in ("worker", "consumer", "web"):
         import anyio
 
-        anyio.run(_worker if role == "worker" else _consumer, json.loads(sys.argv[2]))
+        anyio.run({"worker": _worker, "consumer": _consumer, "web": _web}[role],
+                  json.loads(sys.argv[2]))
     else:
         main()
