@@ -20,8 +20,10 @@ How (and why)
   still tracked, so a retried call or a late worker adds no second event.
 * Times are Redis's clock; the poll schedule is the kind's ``PollPolicy`` (``policy=`` of
   ``run``), computed from the task's age since ``add``. Adaptive statistics are not shared
-  through Redis: each worker schedules with plain policies (an adaptive policy behaves as its
-  fallback), which keeps every Redis call O(tasks touched).
+  through Redis, nor learned by the workers (a task's polls are spread over several workers,
+  so no one of them sees its whole life): an adaptive policy schedules by the client's
+  ``CompletionStats`` as given (a warm start from a snapshot) or else by its fallback. This
+  keeps every Redis call O(tasks touched).
 * Consumers: ``XREADGROUP`` (and ``XAUTOCLAIM`` for entries idle longer than ``claim_idle``:
   a dead consumer's) inside the same script, which also acknowledges the previous event.
 * Redis failures are handled as ``RedisRateBudget`` handles them: no exception of the Redis
@@ -610,7 +612,9 @@ class _Worker:
                 policies[TaskKind(key)] = value
         elif policy is not None:
             raise TypeError("policy must be a PollPolicy or a mapping of kind -> PollPolicy")
-        self.policies = policies
+        # Bound to the client: an adaptive policy then schedules by the client's
+        # CompletionStats (e.g. warm-started from a saved snapshot) or its fallback.
+        self.policies = {kind: p._bind(client, kind) for kind, p in policies.items()}
         n = concurrency if concurrency is not None else getattr(client.budget,
                                                                 "max_concurrency", 16)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -22,7 +22,14 @@ import anyio
 import httpx
 import pytest
 
-from camb_async import AsyncCambClient, CambError, PollPolicy, StatusResult, TaskStatus
+from camb_async import (
+    AsyncCambClient,
+    AuthenticationError,
+    CambError,
+    PollPolicy,
+    StatusResult,
+    TaskStatus,
+)
 from camb_async.redis import (
     RedisWatchList,
     RedisWatchReplyError,
@@ -202,6 +209,20 @@ async def test_a_stopped_worker_gives_back_what_it_did_not_poll(
     # no lease is left to expire.
     assert stats.leased == 0 and stats.tracked == 40
     assert stats.due == 40 - len({r.path for r in api.log}) > 0
+
+
+@pytest.mark.anyio
+async def test_a_refused_api_key_stops_the_worker_and_gives_its_leases_back(
+        redis_server: RedisServer, name: str) -> None:
+    api = scripted(5)
+    async with RedisWatchList.from_url(redis_server.url, name=name, lease_ttl=60) as watch:
+        await watch.add_many([("tts", f"t{i}") for i in range(5)])
+        async with AsyncCambClient("sk-not-the-key", base_url="http://fake",
+                                   transport=httpx.ASGITransport(app=api)) as client:
+            with anyio.fail_after(20), pytest.raises(AuthenticationError):
+                await watch.run(client, policy=FAST)
+        stats = await watch.stats()
+    assert (stats.tracked, stats.due, stats.leased, stats.completed) == (5, 5, 0, 0)
 
 
 @pytest.mark.anyio
