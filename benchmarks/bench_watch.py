@@ -146,7 +146,8 @@ async def _worker(config: dict[str, Any]) -> None:
     from camb_async import AsyncCambClient
     from camb_async.redis import RedisRateBudget, RedisWatchList
 
-    budget = RedisRateBudget.from_url(config["redis"], rate=RATE, name=config["name"])
+    budget = RedisRateBudget.from_url(config["redis"], rate=RATE, name=config["name"],
+                                      margin=config["margin"])
     watch = RedisWatchList.from_url(config["redis"], name=config["name"],
                                     lease_ttl=config["lease_ttl"])
     async with budget, watch, AsyncCambClient(API_KEY, base_url=config["api"],
@@ -240,7 +241,8 @@ def run_baseline(tasks: list[dict[str, Any]], scale: float) -> dict[str, Any]:
 
 
 def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at: float | None,
-              restart_at: float | None, lease_ttl: float, timeout: float) -> dict[str, Any]:
+              restart_at: float | None, lease_ttl: float, timeout: float,
+              margin: float = 0.1) -> dict[str, Any]:
     import anyio
 
     from camb_async.redis import RedisWatchList
@@ -267,7 +269,8 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
             anyio.run(add)
         consumer = _spawn("consumer", {"redis": redis.url, "name": name, "out": out_path})
         workers = [_spawn("worker", {"redis": redis.url, "name": name, "api": f"{url}/w{w}",
-                                     "lease_ttl": lease_ttl, "scale": scale})
+                                     "lease_ttl": lease_ttl, "scale": scale,
+                                     "margin": margin})
                    for w in range(WORKERS)]
         started = time.monotonic()
         first: float | None = None
@@ -399,6 +402,8 @@ def main() -> None:
     parser.add_argument("--restart-at", type=float, default=60.0)
     parser.add_argument("--lease-ttl", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--margin", type=float, default=0.1,
+                        help="the RedisRateBudget's window margin (its default: 0.1)")
     parser.add_argument("--steady-tasks", type=int, default=1500)
     parser.add_argument("--steady-arrival", type=float, default=15.0,
                         help="tasks/s the web tier creates in the steady run")
@@ -416,7 +421,7 @@ def main() -> None:
         if label in only:
             rows.append(run_fleet(tasks, args.scale, label=label, kill_at=kill,
                                   restart_at=restart, lease_ttl=args.lease_ttl,
-                                  timeout=args.timeout))
+                                  timeout=args.timeout, margin=args.margin))
             print(json.dumps(rows[-1]), flush=True)
     if "steady" in only:
         # Not budget-bound: tasks created over time, so the latency is the pipeline's.
@@ -426,7 +431,7 @@ def main() -> None:
             t["created_at"] = t0 + i / args.steady_arrival
         rows.append(run_fleet(steady, args.scale, label="steady", kill_at=None,
                               restart_at=None, lease_ttl=args.lease_ttl,
-                              timeout=args.timeout))
+                              timeout=args.timeout, margin=args.margin))
         print(json.dumps(rows[-1]), flush=True)
     base = next((r["requests"] for r in rows if r["scenario"].startswith("baseline")), None)
     for row in rows:
@@ -436,6 +441,7 @@ def main() -> None:
     results.mkdir(exist_ok=True)
     (results / "watch.json").write_text(json.dumps(
         {"tasks": args.tasks, "scale": args.scale, "rate": RATE, "workers": WORKERS,
+         "margin": args.margin,
          "lease_ttl": args.lease_ttl, "rows": rows}, indent=2))
     for row in rows:
         print(json.dumps(row))
