@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_watch.py [--tasks 20000] [--scale 0.1]
     # -> results/watch.json too
 
-Every process is a real one: a redis-server with AOF on (``appendfsync everysec``), the
+Every process is a real one: a redis-server with AOF on (``appendfsync everysec``; ``always``
+in the crash run), the
 FakeCambAPI on uvicorn in its own process (this file, ``serve``), 3 worker processes
 (``worker``: ``RedisWatchList.run`` under one ``RedisRateBudget`` of 200 req/s) and one
 consumer process (``consumer``: ``completions(group="bench")``, writing every delivery with
@@ -21,6 +22,8 @@ Runs (each on a fresh server and a fresh Redis):
 * ``sigkill``: the fleet; worker 1 is SIGKILLed ``--kill-at`` seconds after the first request.
 * ``restart``: the fleet; Redis is stopped (SIGTERM: AOF flushed) and started again on
   its AOF ``--restart-at`` seconds in, 1 s down.
+* ``crash``: the same with Redis SIGKILLed (no shutdown flush) and started again on its AOF,
+  written with ``appendfsync always``.
 * ``steady``: the fleet on tasks the web tier creates over time (``--steady-arrival`` per
   second, ``--steady-tasks``), so the budget is not the bottleneck: the latency figures are
   then the pipeline's, not a backlog's. (The 20,000 tasks of the other runs are all there at
@@ -63,7 +66,6 @@ from camb_async.testing import peak_per_window  # noqa: E402
 RATE = 200.0
 WORKERS = 3
 API_KEY = "bench-watch-key"
-AOF = ["--appendonly", "yes", "--appendfsync", "everysec"]
 
 
 def script(n: int, scale: float, seed: int = 19) -> list[dict[str, Any]]:
@@ -242,7 +244,8 @@ def run_baseline(tasks: list[dict[str, Any]], scale: float) -> dict[str, Any]:
 
 def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at: float | None,
               restart_at: float | None, lease_ttl: float, timeout: float,
-              margin: float = 0.1) -> dict[str, Any]:
+              margin: float = 0.1, fsync: str = "everysec",
+              crash: bool = False) -> dict[str, Any]:
     import anyio
 
     from camb_async.redis import RedisWatchList
@@ -253,7 +256,8 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
     expected = {(t["kind"], t["task_id"]): t for t in tasks}
     events: dict[str, float] = {}
     server = TaggedServer(tasks, api_key=API_KEY)
-    with RedisServer(args=AOF) as redis, server as url:
+    aof = ["--appendonly", "yes", "--appendfsync", fsync]
+    with RedisServer(args=aof) as redis, server as url:
 
         async def add() -> None:
             async with RedisWatchList.from_url(redis.url, name=name) as watch:
@@ -290,7 +294,12 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
                 if first is not None and restart_at is not None and "restart" not in events \
                         and time.monotonic() >= first + restart_at:
                     events["restart"] = time.monotonic()
-                    redis.restart(down_for=1.0)
+                    if crash:  # SIGKILL: only what the fsync policy wrote survives
+                        redis.kill()
+                        time.sleep(1.0)
+                        redis.start()
+                    else:
+                        redis.restart(down_for=1.0)
                     events["restart:done"] = time.monotonic()
                 if os.path.exists(out_path):
                     with open(out_path) as f:
@@ -407,11 +416,11 @@ def main() -> None:
     parser.add_argument("--steady-tasks", type=int, default=1500)
     parser.add_argument("--steady-arrival", type=float, default=15.0,
                         help="tasks/s the web tier creates in the steady run")
-    parser.add_argument("--only", choices=["baseline", "sigkill", "restart", "steady"],
+    parser.add_argument("--only", choices=["baseline", "sigkill", "restart", "crash", "steady"],
                         action="append")
     args = parser.parse_args()
     tasks = script(args.tasks, args.scale)
-    only = set(args.only or ["baseline", "sigkill", "restart", "steady"])
+    only = set(args.only or ["baseline", "sigkill", "restart", "crash", "steady"])
     rows = []
     if "baseline" in only:
         rows.append(run_baseline(tasks, args.scale))
@@ -423,6 +432,12 @@ def main() -> None:
                                   restart_at=restart, lease_ttl=args.lease_ttl,
                                   timeout=args.timeout, margin=args.margin))
             print(json.dumps(rows[-1]), flush=True)
+    if "crash" in only:
+        rows.append(run_fleet(tasks, args.scale, label="redis crash", kill_at=None,
+                              restart_at=args.restart_at, lease_ttl=args.lease_ttl,
+                              timeout=args.timeout, margin=args.margin, fsync="always",
+                              crash=True))
+        print(json.dumps(rows[-1]), flush=True)
     if "steady" in only:
         # Not budget-bound: tasks created over time, so the latency is the pipeline's.
         steady = script(args.steady_tasks, args.scale, seed=20)
@@ -435,7 +450,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     base = next((r["requests"] for r in rows if r["scenario"].startswith("baseline")), None)
     for row in rows:
-        if base and row["scenario"] in ("sigkill", "restart"):
+        if base and row["scenario"] in ("sigkill", "restart", "redis crash"):
             row["requests / baseline"] = round(row["requests"] / base, 3)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
