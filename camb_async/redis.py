@@ -99,7 +99,7 @@ import uuid
 import warnings
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -122,7 +122,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "camb_async.redis needs coredis: pip install 'camb-async[redis]'"
     ) from exc
 
-__all__ = ["RedisBudgetUnavailableError", "RedisRateBudget", "RedisReplyError"]
+__all__ = ["RedisBudgetUnavailableError", "RedisRateBudget", "RedisReplyError", "RedisWatchList",
+           "RedisWatchReplyError", "RedisWatchUnavailableError", "WatchEvent", "WatchStats"]
 
 logger: logging.Logger = logging.getLogger("camb_async")
 
@@ -824,3 +825,26 @@ class RedisRateBudget:
             except _FAILURES as exc:
                 self._failed(exc)
                 await anyio.sleep(self.retry_interval)
+
+
+# The fleet watch list lives in its own module; imported on first use, so that neither module
+# imports the other while it is being initialised.
+if TYPE_CHECKING:
+    from ._redis_watch import (
+        RedisWatchList,
+        RedisWatchReplyError,
+        RedisWatchUnavailableError,
+        WatchEvent,
+        WatchStats,
+    )
+
+_WATCH_NAMES = ("RedisWatchList", "RedisWatchReplyError", "RedisWatchUnavailableError",
+                "WatchEvent", "WatchStats")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WATCH_NAMES:
+        from . import _redis_watch
+
+        return getattr(_redis_watch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
