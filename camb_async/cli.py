@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -263,7 +264,8 @@ def _targets(args: argparse.Namespace) -> list[tuple[TaskKind, str]]:
     return targets
 
 
-def _client(args: argparse.Namespace, meter: RequestMeter) -> AsyncCambClient:
+def _client(args: argparse.Namespace, meter: RequestMeter, budget: Any = None
+            ) -> AsyncCambClient:
     if args.base_url is not None and not args.base_url.strip():
         raise UsageError("--base-url is empty")
     key = args.api_key if args.api_key is not None else os.environ.get("CAMB_API_KEY")
@@ -276,6 +278,7 @@ def _client(args: argparse.Namespace, meter: RequestMeter) -> AsyncCambClient:
             base_url=args.base_url,
             rate_limit=args.rate_limit if args.rate_limit > 0 else None,
             max_concurrency=args.max_concurrency,
+            budget=budget,
             allow_insecure=args.allow_insecure,
             hooks=meter.hooks(),
         )
@@ -523,6 +526,8 @@ def _use_live(args: argparse.Namespace) -> bool:
 
 
 async def _cmd_watch(args: argparse.Namespace) -> int:
+    if args.redis is not None:
+        return await _cmd_watch_list(args)
     targets = _targets(args)
     meter = RequestMeter()
     live = _use_live(args)
@@ -569,6 +574,79 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(progress.line() + f" | exit {code}\n")
     return code
+
+
+# ----------------------------------------------------------------------------- fleet (Redis)
+
+
+def _watch_list(args: argparse.Namespace, **options: Any) -> Any:
+    """The ``RedisWatchList`` named by ``--redis`` and ``--name``."""
+    from .redis import RedisWatchList
+
+    if not args.name:
+        raise UsageError("--redis needs --name (the watch list's name)")
+    try:
+        return RedisWatchList.from_url(args.redis, name=args.name, **options)
+    except ValueError as exc:
+        raise UsageError(f"--redis/--name: {exc}") from None
+
+
+async def _cmd_watch_list(args: argparse.Namespace) -> int:
+    """``watch --redis URL --name NAME``: the watch list's figures, refreshed every second."""
+    if args.kind or args.ids or args.from_file:
+        raise UsageError("give task ids or --redis/--name (a watch list's figures), not both")
+    watch = _watch_list(args)
+    async with watch:
+        with anyio.move_on_after(math.inf if args.timeout is None else args.timeout):
+            while True:
+                stats = await watch.stats()
+                if args.json:
+                    _print_json({"watch_list": args.name, **stats.as_dict()})
+                    return EXIT_OK
+                sys.stdout.write(
+                    f"{args.name}: {stats.tracked} tracked, {stats.due} due (oldest waiting "
+                    f"{stats.oldest_due_age:.1f}s), {stats.leased} leased, "
+                    f"{stats.completed} completed, {stats.events} events\n")
+                sys.stdout.flush()
+                await anyio.sleep(1.0)
+    return EXIT_OK
+
+
+async def _cmd_worker(args: argparse.Namespace) -> int:
+    """``worker``: poll a Redis watch list under a fleet budget until interrupted."""
+    from .redis import RedisRateBudget
+
+    watch = _watch_list(args, lease_ttl=args.lease_ttl)
+    budget = None
+    if args.rate_limit > 0:
+        budget = RedisRateBudget.from_url(args.redis, rate=args.rate_limit,
+                                          name=args.budget_name or args.name,
+                                          local_concurrency=args.max_concurrency)
+    meter = RequestMeter()
+    started = time.monotonic()
+    async with watch, contextlib.AsyncExitStack() as stack:
+        if budget is not None:
+            await stack.enter_async_context(budget)
+        client = await stack.enter_async_context(_client(args, meter, budget))
+        try:
+            await watch.run(client, until_empty=args.until_empty)
+        except AuthenticationError as exc:
+            return _auth_failed(args, exc)
+    summary = {"watch_list": args.name, "polls": watch.polls,
+               "events_written": watch.events_written, "requests": meter.requests,
+               "elapsed": round(time.monotonic() - started, 3)}
+    if args.json:
+        _print_json(summary)
+    else:
+        sys.stdout.write(" ".join(f"{k}={v}" for k, v in summary.items()) + "\n")
+    return EXIT_OK
+
+
+def _fleet_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--redis", metavar="URL", required=required, default=None,
+                   help="Redis URL of the fleet's watch list (rediss:// for TLS)")
+    p.add_argument("--name", default=None, required=required,
+                   help="the watch list's name (the web tier and every worker use the same)")
 
 
 def _plain_line(item: StatusResult | BaseException) -> str:
@@ -969,6 +1047,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_SECONDS, default=None,
                    help="give up after this many seconds (exit 4 if tasks are unfinished)")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    _fleet_options(p, required=False)
+
+    p = sub.add_parser("worker", parents=[common, client, backend],
+                       help="poll a Redis watch list (one worker of a fleet)",
+                       description="Claim due tasks of a Redis watch list, poll them under a "
+                                   "fleet rate budget (--rate-limit is the whole fleet's rate, "
+                                   "shared through the same Redis) and write their completion "
+                                   "events; runs until interrupted.")
+    _fleet_options(p, required=True)
+    p.add_argument("--budget-name", default=None,
+                   help="the fleet rate budget's name (default: --name); one per API key")
+    p.add_argument("--lease-ttl", type=_POSITIVE_SECONDS, default=30.0,
+                   help="seconds a claimed task stays this worker's (default 30)")
+    p.add_argument("--until-empty", action="store_true",
+                   help="exit once the watch list tracks no task")
 
     p = sub.add_parser("demo", parents=[common, backend],
                        help="poll ~500 fake tasks (no key, no network)",
@@ -1067,8 +1160,11 @@ def _run(args: argparse.Namespace) -> int:
             import uvicorn  # noqa: F401
         if getattr(args, "backend", None) == "trio":
             import trio  # noqa: F401
+        if getattr(args, "redis", None) is not None:
+            import coredis  # noqa: F401
     except ImportError as exc:
-        extra = "trio" if exc.name == "trio" else "'camb-async[cli]'"
+        extra = {"trio": "trio", "coredis": "'camb-async[redis]'"}.get(
+            exc.name or "", "'camb-async[cli]'")
         raise UsageError(f"needs {exc.name}: pip install {extra}") from None
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
@@ -1078,6 +1174,7 @@ def _run(args: argparse.Namespace) -> int:
     commands: dict[str, Callable[[argparse.Namespace], Any]] = {
         "status": _cmd_status,
         "watch": _cmd_watch,
+        "worker": _cmd_worker,
         "demo": _cmd_demo,
     }
     if args.command == "fake-server":

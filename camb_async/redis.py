@@ -106,9 +106,17 @@ from ._redis_conn import (
     url_secrets,
 )
 from ._redis_engine import OnRedisError, _FleetEngine
+from ._redis_watch import (
+    RedisWatchList,
+    RedisWatchReplyError,
+    RedisWatchUnavailableError,
+    WatchEvent,
+    WatchStats,
+)
 from ._validation import is_int, is_number
 
-__all__ = ["RedisBudgetUnavailableError", "RedisRateBudget", "RedisReplyError"]
+__all__ = ["RedisBudgetUnavailableError", "RedisRateBudget", "RedisReplyError", "RedisWatchList",
+           "RedisWatchReplyError", "RedisWatchUnavailableError", "WatchEvent", "WatchStats"]
 
 
 def _check_arguments(
