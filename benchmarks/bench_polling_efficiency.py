@@ -87,7 +87,9 @@ import trio.testing
 
 import camb_async
 from camb_async import (
+    AdaptivePollPolicy,
     AsyncCambClient,
+    CompletionStats,
     DurationHint,
     PollPolicy,
     StatusResult,
@@ -95,7 +97,6 @@ from camb_async import (
     TaskKind,
     _polling,
 )
-from camb_async import AdaptivePollPolicy, CompletionStats
 from camb_async.polling._fit import DurationFit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
+import anyio.abc
 
 from .._budget import concurrency_of
 from .._errors import CambError, WaitTimeoutError, is_fatal
@@ -29,7 +30,7 @@ from .._models import (
 from .._taskgroup import create_task_group
 from .._validation import DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
 from ._policy import PolicyArg
-from ._stream import iter_statuses
+from ._stream import StatusIterator, iter_statuses
 
 if TYPE_CHECKING:
     from .._client import AsyncCambClient
@@ -239,75 +240,100 @@ async def gather_results(
         for task in items:
             if isinstance(task, str):
                 check_task_id(task)
-    outcomes: dict[Hashable, Any] = {}  # (kind, task_id) -> error or (kind, run_id)
-    fetched: dict[TaskKind, dict[int, Any]] = {}
-    queued: dict[TaskKind, dict[int, None]] = {}
-    failures: list[BaseException] = []
+    gatherer = _Gatherer(client, chunk_size, return_exceptions)
+    statuses = iter_statuses(
+        client, items, kind=kind, wait=True, timeout=timeout, policy=policy,
+        return_exceptions=True, on_update=on_update)
+    await gatherer.run(statuses)
+    return gatherer.slots(items, default_kind)
 
-    async def fetch(result_kind: TaskKind, run_ids: list[int], scope: anyio.CancelScope
-                    ) -> None:
+
+class _Gatherer:
+    """One ``gather_results`` call: statuses in, batched result fetches out, slots filled."""
+
+    def __init__(self, client: AsyncCambClient, chunk_size: int,
+                 return_exceptions: bool) -> None:
+        self.client = client
+        self.chunk_size = chunk_size
+        self.return_exceptions = return_exceptions
+        self.outcomes: dict[Hashable, Any] = {}  # (kind, task_id) -> error or (kind, run_id)
+        self.fetched: dict[TaskKind, dict[int, Any]] = {}
+        self.queued: dict[TaskKind, dict[int, None]] = {}
+        self.failures: list[BaseException] = []
+
+    async def run(self, statuses: StatusIterator[Any]) -> None:
+        """Poll to the end, fetching each kind's results ``chunk_size`` run ids at a time."""
+        failures = self.failures
+        async with create_task_group() as tg:
+            try:
+                async with statuses:
+                    async for item in statuses:
+                        if not self.take(item, tg):
+                            break
+            except Exception as exc:  # bad input, auth error: raised as itself after the group
+                failures.append(exc)
+            if failures:
+                tg.cancel_scope.cancel()
+            else:
+                for result_kind, batch in self.queued.items():
+                    tg.start_soon(self.fetch, result_kind, list(batch), tg.cancel_scope)
+        if failures:
+            raise failures[0]
+
+    def take(self, item: StatusResult | BaseException, tg: anyio.abc.TaskGroup) -> bool:
+        """Record one polled outcome; False when the call must stop (``failures`` says why)."""
+        return_exceptions, outcomes = self.return_exceptions, self.outcomes
+        if isinstance(item, BaseException):
+            if (not isinstance(item, (CambError, ValueError)) or is_fatal(item)
+                    or not return_exceptions):  # ValueError: a refused task id
+                self.failures.append(item)
+                return False
+            # The poller sets kind and task_id on every error it reports.
+            outcomes[(getattr(item, "kind", None), getattr(item, "task_id", None))] = item
+            return True
+        key = (item.kind, item.task_id)
         try:
-            got = await _fetch_kind(client, result_kind, run_ids, chunk_size,
-                                    return_exceptions)
+            run_id = _run_id(item)
+        except CambError as exc:
+            if not return_exceptions:
+                self.failures.append(exc)
+                return False
+            outcomes[key] = exc
+            return True
+        outcomes[key] = (item.kind, run_id)
+        batch = self.queued.setdefault(item.kind, {})
+        batch[run_id] = None
+        if len(batch) >= self.chunk_size:
+            del self.queued[item.kind]
+            tg.start_soon(self.fetch, item.kind, list(batch), tg.cancel_scope)
+        return True
+
+    async def fetch(self, result_kind: TaskKind, run_ids: list[int],
+                    scope: anyio.CancelScope) -> None:
+        try:
+            got = await _fetch_kind(self.client, result_kind, run_ids, self.chunk_size,
+                                    self.return_exceptions)
         except Exception as exc:  # one error, not an ExceptionGroup, reaches the caller
-            failures.append(exc)
+            self.failures.append(exc)
             scope.cancel()
             return
-        fetched.setdefault(result_kind, {}).update(got)
+        self.fetched.setdefault(result_kind, {}).update(got)
 
-    async with create_task_group() as tg:
-        statuses = iter_statuses(
-            client, items, kind=kind, wait=True, timeout=timeout, policy=policy,
-            return_exceptions=True, on_update=on_update)
-        try:
-            async with statuses:
-                async for item in statuses:
-                    if isinstance(item, BaseException):
-                        if (not isinstance(item, (CambError, ValueError)) or is_fatal(item)
-                                or not return_exceptions):  # ValueError: a refused task id
-                            failures.append(item)
-                            break
-                        # The poller sets kind and task_id on every error it reports.
-                        outcomes[(getattr(item, "kind", None),
-                                  getattr(item, "task_id", None))] = item
-                        continue
-                    key = (item.kind, item.task_id)
-                    try:
-                        run_id = _run_id(item)
-                    except CambError as exc:
-                        if not return_exceptions:
-                            failures.append(exc)
-                            break
-                        outcomes[key] = exc
-                        continue
-                    outcomes[key] = (item.kind, run_id)
-                    batch = queued.setdefault(item.kind, {})
-                    batch[run_id] = None
-                    if len(batch) >= chunk_size:
-                        del queued[item.kind]
-                        tg.start_soon(fetch, item.kind, list(batch), tg.cancel_scope)
-        except Exception as exc:  # bad input, auth error: raised as itself after the group
-            failures.append(exc)
-        if failures:
-            tg.cancel_scope.cancel()
-        else:
-            for result_kind, batch in queued.items():
-                tg.start_soon(fetch, result_kind, list(batch), tg.cancel_scope)
-    if failures:
-        raise failures[0]
-
-    out: list[Any] = []
-    for task in items:
-        if isinstance(task, TaskHandle):
-            slot_key: tuple[TaskKind | None, str] = (task.kind, task.task_id)
-        else:
-            assert default_kind is not None  # iter_statuses refused ids without a kind
-            slot_key = (default_kind, task)
-        slot = outcomes[slot_key]
-        if isinstance(slot, tuple):
-            slot = fetched[slot[0]][slot[1]]
-        out.append(slot)
-    return out
+    def slots(self, items: list[str | TaskHandle[Any]], default_kind: TaskKind | None
+              ) -> list[Any]:
+        """Each task's result or error, in input order."""
+        out: list[Any] = []
+        for task in items:
+            if isinstance(task, TaskHandle):
+                slot_key: tuple[TaskKind | None, str] = (task.kind, task.task_id)
+            else:
+                assert default_kind is not None  # iter_statuses refused ids without a kind
+                slot_key = (default_kind, task)
+            slot = self.outcomes[slot_key]
+            if isinstance(slot, tuple):
+                slot = self.fetched[slot[0]][slot[1]]
+            out.append(slot)
+        return out
 
 
 def _run_id(status: StatusResult) -> int:
