@@ -37,8 +37,8 @@ from camb_async import (
     gather_results,
     gather_statuses,
 )
-from camb_async._client import MAX_RETRY_AFTER, parse_retry_after
 from camb_async._errors import SNIPPET_LIMIT
+from camb_async._request import MAX_RETRY_AFTER, parse_retry_after
 from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
 
 from .conftest import API_KEY

@@ -338,7 +338,7 @@ async def test_connection_errors_carry_method_and_url(make_client: ClientFactory
 def test_camb_log_turns_on_logging_to_stderr_without_the_key() -> None:
     program = (
         "import logging, camb_async\n"
-        "from camb_async._client import _setup_logging\n"
+        "from camb_async._logging import setup_logging as _setup_logging\n"
         f"c = camb_async.AsyncCambClient(api_key={API_KEY!r})\n"
         "camb_async.AsyncCambClient(api_key='another-key-0000')\n"
         "_setup_logging()\n"
@@ -364,7 +364,7 @@ def test_camb_log_turns_on_logging_to_stderr_without_the_key() -> None:
 
 
 def test_camb_log_in_process_adds_one_handler(monkeypatch: pytest.MonkeyPatch) -> None:
-    from camb_async import _client
+    from camb_async import _logging as _client
 
     log = logging.getLogger("camb_async")
     before_level, before_handlers = log.level, list(log.handlers)

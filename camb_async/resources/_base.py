@@ -46,7 +46,8 @@ from ._args import (
 )
 
 if TYPE_CHECKING:
-    from .._client import AsyncCambClient, BodyStream
+    from .._client import AsyncCambClient
+    from .._reading import BodyStream
 
 __all__ = ["TaskResource", "encode_segment"]
 

@@ -35,7 +35,7 @@ from ._base import (
 )
 
 if TYPE_CHECKING:
-    from .._client import BodyStream
+    from .._reading import BodyStream
 
 __all__ = ["TTSResource"]
 

@@ -1,0 +1,270 @@
+"""Default transports: aiohttp-backed on asyncio (httpx-aiohttp, errors mapped to httpx's),
+sharded httpx pools on trio, and ``_DirectSender`` (straight to the transport, no httpx
+client machinery per request).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+import sniffio
+
+from ._reading import _read_capped, _UploadStream
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["_DirectSender", "_default_transport"]
+
+T = TypeVar("T")
+logger = logging.getLogger("camb_async")
+_httpx_logger = logging.getLogger("httpx")
+
+
+# ------------------------------------------------------------------ default transport
+#
+# Why httpx over aiohttp on asyncio: on loopback nginx, native httpx (httpcore) costs about
+# 1.0-1.3 ms of CPU per status check alone and 2.6-3.1 ms at 50 in flight (httpcore scans its
+# whole pool on every request), while httpx over httpx-aiohttp's transport costs ~0.55 ms at
+# any concurrency (DESIGN "Measured facts"; `python benchmarks/run_all.py` re-measures it).
+# aiohttp is asyncio-only, so on trio the client keeps native httpx. The choice is made when
+# the HTTP client is opened (inside the running loop); a caller's transport/http_client wins.
+
+
+def _default_transport(*, verify: bool, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+    """The transport for a client given none: aiohttp's on asyncio, sharded httpx pools on
+    trio (and any other loop), ``None`` (httpx's own) if no loop can be detected."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    if library != "asyncio":
+        return _ShardedTransport(verify=verify, limits=limits)
+    try:
+        transport_class = _aiohttp_transport_class()
+    except ImportError:  # aiohttp is a dependency; a broken install still works, just slower
+        return None
+    return transport_class(verify=verify, limits=limits)
+
+
+class _ShardedTransport(httpx.AsyncBaseTransport):
+    """Several small httpx (httpcore) pools in place of one large one, for trio.
+
+    httpcore scans every connection of its pool when a request starts and again when its
+    response closes, so its CPU per request grows with the pool: at 50 in flight one pool
+    costs ~2.7 ms of CPU per status check on loopback, ten pools of five ~0.95 ms
+    (benchmarks/README.md). Each request goes to the pool with the fewest requests in flight
+    (its connection returns when the response stream closes), so every pool holds about
+    ``in_flight / shards`` connections and keep-alive still works.
+    """
+
+    #: Connections per shard the pools are sized for.
+    PER_SHARD = 5
+    MAX_SHARDS = 16
+
+    def __init__(self, *, verify: bool, limits: httpx.Limits) -> None:
+        keepalive = limits.max_keepalive_connections or 20
+        shards = max(1, min(self.MAX_SHARDS, math.ceil(keepalive / self.PER_SHARD)))
+        per_shard = httpx.Limits(max_connections=limits.max_connections,
+                                 max_keepalive_connections=math.ceil(keepalive / shards),
+                                 keepalive_expiry=limits.keepalive_expiry)
+        # One TLS context for all shards: loading the CA bundle costs ~50 ms each time.
+        # trust_env: SSL_CERT_FILE / SSL_CERT_DIR name the CA bundle, as httpx's default does.
+        context = httpx.create_ssl_context(verify=verify, trust_env=True)
+        self._pools = [httpx.AsyncHTTPTransport(verify=context, limits=per_shard,
+                                                trust_env=False) for _ in range(shards)]
+        self._load = [0] * shards
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        load = self._load
+        index = load.index(min(load))
+        load[index] += 1
+        try:
+            response = await self._pools[index].handle_async_request(request)
+        except BaseException:
+            load[index] -= 1
+            raise
+        response.stream = _ReleasingStream(response.stream, load, index)  # type: ignore[arg-type]
+        return response
+
+    @property
+    def ssl_context(self) -> Any:
+        """The TLS context every shard uses (one per shard, built from the same settings)."""
+        return self._pools[0]._pool._ssl_context
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives its shard's in-flight count back when closed (once)."""
+
+    __slots__ = ("_stream", "_load", "_index")
+
+    def __init__(self, stream: httpx.AsyncByteStream, load: list[int], index: int) -> None:
+        self._stream = stream
+        self._load: list[int] | None = load
+        self._index = index
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        load, self._load = self._load, None
+        if load is not None:
+            load[self._index] -= 1
+        await self._stream.aclose()
+
+
+@functools.cache
+def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
+    """httpx-aiohttp's transport with an exception mapping that keeps httpx's hierarchy.
+
+    Built lazily so trio users never import aiohttp. httpx-aiohttp 0.2 maps every
+    ``aiohttp.ClientConnectionError`` (a refused connection, a server that hung up, a reset,
+    a read timeout) to ``httpx.ConnectTimeout``, and lets other aiohttp errors escape
+    unmapped. That breaks two promises of the request path: a connect failure must read as
+    ``APIConnectionError`` (not a timeout), and only failures that prove the server never saw
+    the request may be resent for task creation. So the original aiohttp error (kept as the
+    ``__cause__``) is mapped again here, the way httpcore would have reported it.
+    """
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    def to_httpx(exc: Exception) -> httpx.TransportError | None:
+        cause: BaseException = exc
+        if isinstance(exc, httpx.TransportError):
+            if exc.__cause__ is None:
+                return exc
+            cause = exc.__cause__
+        message = str(cause) or type(cause).__name__
+        if isinstance(cause, aiohttp.ConnectionTimeoutError):
+            return httpx.ConnectTimeout(message)  # no connection (pool wait or connect)
+        if isinstance(cause, TimeoutError):  # aiohttp.ServerTimeoutError / SocketTimeoutError
+            return httpx.ReadTimeout(message)
+        if isinstance(cause, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake
+            return httpx.ConnectError(message)
+        if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError)):
+            return httpx.RemoteProtocolError(message)
+        if isinstance(cause, (aiohttp.ClientPayloadError, OSError,
+                              aiohttp.ClientConnectionResetError)):
+            return httpx.ReadError(message)  # reset or truncated mid-answer
+        if isinstance(cause, aiohttp.InvalidURL):
+            return httpx.UnsupportedProtocol(message)
+        if isinstance(cause, aiohttp.ClientError):
+            return httpx.TransportError(message)
+        return exc if isinstance(exc, httpx.TransportError) else None
+
+    class MappedStream(httpx.AsyncByteStream):
+        """The response body, with read errors mapped like the request's."""
+
+        __slots__ = ("_stream",)
+
+        def __init__(self, stream: httpx.AsyncByteStream) -> None:
+            self._stream = stream
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in self._stream:
+                    yield chunk
+            except Exception as exc:
+                mapped = to_httpx(exc)
+                if mapped is None or mapped is exc:
+                    raise
+                raise mapped from exc.__cause__ or exc
+
+        async def aclose(self) -> None:
+            try:
+                await self._stream.aclose()
+            except Exception as exc:
+                mapped = to_httpx(exc)
+                if mapped is None or mapped is exc:
+                    raise
+                raise mapped from exc.__cause__ or exc
+
+    class CambAiohttpTransport(AiohttpTransport):
+        def get_client(self) -> aiohttp.ClientSession:
+            # No connection cap of aiohttp's own (its default is 100): the budget decides.
+            connector = aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=self.limits.keepalive_expiry, ssl=self.ssl_context
+            )
+            return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                response: httpx.Response = await super().handle_async_request(request)
+            except Exception as exc:
+                mapped = to_httpx(exc)
+                if mapped is None or mapped is exc:
+                    raise
+                mapped.request = request
+                raise mapped from exc.__cause__ or exc
+            response.stream = MappedStream(response.stream)  # type: ignore[arg-type]
+            return response
+
+    return CambAiohttpTransport
+
+
+class _DirectSender:
+    """The request path's send for a client that owns its ``httpx.AsyncClient``.
+
+    ``AsyncClient.request`` re-does per request what is fixed for this client: merging the
+    base URL and default headers, cookie extraction into a jar nobody reads (the API
+    authenticates with a header), auth and redirect layers that are off. Profiled at 50 in
+    flight that was about a third of the CPU of a status check (benchmarks/README.md). Here
+    the headers are built once and the request goes straight to the transport; the body is
+    read and the stream closed exactly as ``AsyncClient.send`` does. A caller's own
+    ``http_client`` keeps going through ``AsyncClient.request`` (its auth, hooks, cookies).
+    """
+
+    __slots__ = ("_http", "_transport", "_headers", "_timeout", "_max_bytes")
+
+    def __init__(self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport,
+                 headers: Mapping[str, str], timeout: float, max_bytes: int) -> None:
+        self._http = http
+        self._max_bytes = max_bytes
+        self._transport = transport
+        self._headers = httpx.Headers({
+            "accept-encoding": "gzip, deflate",
+            "connection": "keep-alive",
+            **headers,
+        }).raw
+        self._timeout = httpx.Timeout(timeout).as_dict()
+
+    async def send(self, method: str, url: str, json_body: Any,
+                   params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
+                   files: Any, stream: bool = False,
+                   uploaded: Callable[[], None] | None = None,
+                   extra_headers: Mapping[str, str] | None = None) -> httpx.Response:
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        headers: Any = self._headers
+        if extra_headers:
+            headers = httpx.Headers(headers)
+            headers.update(extra_headers)
+        request = httpx.Request(method, httpx.URL(url), params=params, headers=headers,
+                                json=json_body, data=data, files=files,
+                                extensions={"timeout": self._timeout})
+        if uploaded is not None:
+            request.stream = _UploadStream(request.stream, uploaded)  # type: ignore[arg-type]
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        if not stream:  # a streamed body is read (and closed) by its ``BodyStream``
+            try:
+                if uploaded is not None:
+                    uploaded()  # an answer before the whole upload: bound reading it all the same
+                await _read_capped(response, self._max_bytes)
+            finally:
+                await response.aclose()
+        if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
+            _httpx_logger.info('HTTP Request: %s %s "%s %d %s"', method, request.url,
+                               response.http_version, response.status_code,
+                               response.reason_phrase)
+        return response
