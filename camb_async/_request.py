@@ -110,32 +110,84 @@ async def request(
     yet) are added to the request: the body's to its JSON object, or as form fields of a
     multipart body. ``x-api-key`` cannot be set or replaced through ``extra_headers``.
     """
-    url = client.base_url + path
-    budget = client.budget
-    if extra_headers or extra_query or extra_body:
-        try:
-            headers, params, json_body, files, reopen_body = with_extras(client,
-                extra_headers, extra_query, extra_body, params, json_body, files,
-                reopen_body)
-        except BaseException:
-            if preacquired:
-                budget.release()
-            raise
-    else:
-        headers = client._headers
-    retries = client.max_retries if max_retries is None else max_retries
-    attempt = 0
-    waits: Any = None
-    hooks = client._hooks
+    call = _Call(client, method, path, json_body=json_body, params=params, data=data,
+                 files=files, idempotent=idempotent, preacquired=preacquired,
+                 max_retries=max_retries, reopen_body=reopen_body, stream=stream)
+    call.add_extras(extra_headers, extra_query, extra_body)
     while True:
+        response, body, failure = await call.send_once()
+        if failure is None:
+            assert response is not None
+            client._answers += 1
+            if response.status_code < 300:
+                if body is not None:
+                    return parse(body)
+                return decode(client, response, method, path, parse)
+        error, retryable, retry_after = call.classify(response, failure)
+        delay = call.wait_before_retry(error, retryable, retry_after)
+        await call.back_off(delay, error)
+
+
+class _Call:
+    """One logical request: what its attempts share (the request, the retry count, the
+    back-off generator). Each step is one method: ``send_once`` (budget -> send -> read),
+    ``classify`` (the error of an unusable attempt), ``wait_before_retry`` (or raise),
+    ``back_off``."""
+
+    __slots__ = ("client", "method", "path", "url", "json_body", "params", "data", "files",
+                 "idempotent", "preacquired", "retries", "reopen_body", "stream", "headers",
+                 "attempt", "waits")
+
+    def __init__(self, client: AsyncCambClient, method: str, path: str, *, json_body: Any,
+                 params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
+                 files: Any, idempotent: bool, preacquired: bool, max_retries: int | None,
+                 reopen_body: Callable[[], Awaitable[Any]] | None, stream: bool) -> None:
+        self.client = client
+        self.method = method
+        self.path = path
+        self.url = client.base_url + path
+        self.json_body = json_body
+        self.params = params
+        self.data = data
+        self.files = files
+        self.idempotent = idempotent
+        self.preacquired = preacquired
+        self.retries = client.max_retries if max_retries is None else max_retries
+        self.reopen_body = reopen_body
+        self.stream = stream
+        self.headers: Mapping[str, str] = client._headers
+        self.attempt = 0
+        self.waits: Any = None
+
+    def add_extras(self, extra_headers: Mapping[str, str] | None,
+                   extra_query: Mapping[str, str | int] | None,
+                   extra_body: Mapping[str, Any] | None) -> None:
+        """Add a caller's extra fields; a refused one gives a preacquired slot back."""
+        if not (extra_headers or extra_query or extra_body):
+            return
+        try:
+            self.headers, self.params, self.json_body, self.files, self.reopen_body = (
+                with_extras(self.client, extra_headers, extra_query, extra_body, self.params,
+                            self.json_body, self.files, self.reopen_body))
+        except BaseException:
+            if self.preacquired:
+                self.client.budget.release()
+            raise
+
+    async def send_once(self) -> tuple[httpx.Response | None, BodyStream | None,
+                                       Exception | None]:
+        """One attempt under the budget and the attempt's deadline: the answer (and, when
+        streaming, its 2xx body), or the transport failure that left none."""
+        client, method, path = self.client, self.method, self.path
+        budget = client.budget
         if client._closed:
-            if preacquired:
+            if self.preacquired:
                 budget.release()
             raise ClientClosedError("this AsyncCambClient is closed")
         http = client._http or client._open()
         direct = client._direct
-        if preacquired:
-            preacquired = False
+        if self.preacquired:
+            self.preacquired = False
         else:
             await client._acquire(budget)
         # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
@@ -143,48 +195,20 @@ async def request(
         # could otherwise hold the call forever. An upload may run while bytes flow (the
         # write timeout guards it); the deadline starts once it is sent (_UploadStream).
         scope = anyio.CancelScope(
-            deadline=anyio.current_time() + client.timeout if files is None else math.inf)
-        uploaded = None if files is None else _answer_deadline(scope, client.timeout)
+            deadline=anyio.current_time() + client.timeout if self.files is None else math.inf)
+        uploaded = None if self.files is None else _answer_deadline(scope, client.timeout)
         client._scopes.add(scope)
         response: httpx.Response | None = None
         body: BodyStream | None = None  # streaming mode: a 2xx answer's body
         failure: Exception | None = None
         too_large: _AnswerTooLarge | None = None
+        hooks = client._hooks
         if hooks is not None:
             hooks._start(method, path)
             started = anyio.current_time()
         try:
             with scope:
-                if stream:
-                    response, body = await send_streaming(client, http, direct, method,
-                                                                url, path, params, headers)
-                elif direct is not None:
-                    response = await direct.send(
-                        method, url, json_body, params, data, files, uploaded=uploaded,
-                        extra_headers=None if headers is client._headers else headers)
-                else:
-                    request = http.build_request(
-                        method,
-                        url,
-                        json=json_body,
-                        params=params,
-                        data=data,
-                        files=files,
-                        headers=headers,  # a caller's client has none of ours
-                    )
-                    if uploaded is not None:
-                        request.stream = _UploadStream(
-                            request.stream, uploaded)  # type: ignore[arg-type]
-                    # The x-api-key header must never follow a redirect to another
-                    # host, whatever the caller's own client is configured to do.
-                    streamed = await http.send(request, stream=True, follow_redirects=False)
-                    try:
-                        if uploaded is not None:
-                            uploaded()
-                        await _read_capped(streamed, client.max_response_bytes)
-                    finally:
-                        await streamed.aclose()
-                    response = streamed
+                response, body = await self.send(http, direct, uploaded)
         except _AnswerTooLarge as exc:
             too_large = exc
         except httpx.RequestError as exc:
@@ -203,6 +227,50 @@ async def request(
             if hooks is not None:
                 hooks._end(method, path, anyio.current_time() - started,
                            None if response is None else response.status_code)
+        await self.check_attempt(body, too_large)
+        if response is None and failure is None:  # the attempt's deadline expired
+            failure = httpx.ReadTimeout(f"no complete answer within {client.timeout}s")
+        return response, body, failure
+
+    async def send(self, http: httpx.AsyncClient, direct: _DirectSender | None,
+                   uploaded: Callable[..., None] | None
+                   ) -> tuple[httpx.Response, BodyStream | None]:
+        """Send the request and read the answer (capped; a streamed 2xx body is not read)."""
+        client, method, url, headers = self.client, self.method, self.url, self.headers
+        if self.stream:
+            return await send_streaming(client, http, direct, method, url, self.path,
+                                        self.params, headers)
+        if direct is not None:
+            return await direct.send(
+                method, url, self.json_body, self.params, self.data, self.files,
+                uploaded=uploaded,
+                extra_headers=None if headers is client._headers else headers), None
+        request = http.build_request(
+            method,
+            url,
+            json=self.json_body,
+            params=self.params,
+            data=self.data,
+            files=self.files,
+            headers=headers,  # a caller's client has none of ours
+        )
+        if uploaded is not None:
+            request.stream = _UploadStream(request.stream, uploaded)  # type: ignore[arg-type]
+        # The x-api-key header must never follow a redirect to another
+        # host, whatever the caller's own client is configured to do.
+        streamed = await http.send(request, stream=True, follow_redirects=False)
+        try:
+            if uploaded is not None:
+                uploaded()
+            await _read_capped(streamed, client.max_response_bytes)
+        finally:
+            await streamed.aclose()
+        return streamed, None
+
+    async def check_attempt(self, body: BodyStream | None,
+                            too_large: _AnswerTooLarge | None) -> None:
+        """Raise what no retry can help: the client closed meanwhile, an answer too large."""
+        client = self.client
         if client._closed:
             if body is not None:
                 with anyio.CancelScope(shield=True):
@@ -210,65 +278,70 @@ async def request(
             raise ClientClosedError("the AsyncCambClient was closed during the request")
         if too_large is not None:  # not retried: the same answer would come again
             raise APIError(
-                f"{method} {path}: answer {too_large.status_code} is larger than "
+                f"{self.method} {self.path}: answer {too_large.status_code} is larger than "
                 f"max_response_bytes ({too_large.limit} bytes)",
-                status_code=too_large.status_code, method=method, path=path,
-                url=client._redact(url),
+                status_code=too_large.status_code, method=self.method, path=self.path,
+                url=client._redact(self.url),
             )
-        if response is None and failure is None:  # the attempt's deadline expired
-            failure = httpx.ReadTimeout(f"no complete answer within {client.timeout}s")
 
+    def classify(self, response: httpx.Response | None, failure: Exception | None
+                 ) -> tuple[Exception, bool, float | None]:
+        """An unusable attempt's error, whether it may be retried, and the server's wait."""
+        client, method, path = self.client, self.method, self.path
         retry_after: float | None = None
         if failure is not None:
-            error: Exception = transport_error(client, failure, method, path, url)
+            error: Exception = transport_error(client, failure, method, path, self.url)
             # Safe to resend only if the request cannot have reached the server.
-            retryable = idempotent or isinstance(
+            retryable = self.idempotent or isinstance(
                 failure, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
             )
+            return error, retryable, None
+        assert response is not None
+        status = response.status_code
+        if status == 429:
+            # Uncapped here: a wait past max_retry_wait is the caller's to decide.
+            retry_after = parse_retry_after(response.headers, cap=math.inf)
+            pause = None if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
+            client.budget.penalize(pause)
+            hooks = client._hooks
+            if hooks is not None or logger.isEnabledFor(logging.INFO):
+                throttled(client, hooks, method, path, pause)
+            retryable = True
         else:
-            assert response is not None
-            client._answers += 1
-            status = response.status_code
-            if status < 300:
-                if body is not None:
-                    return parse(body)
-                return decode(client, response, method, path, parse)
-            if status == 429:
-                # Uncapped here: a wait past max_retry_wait is the caller's to decide.
+            retryable = self.idempotent and (status in RETRY_STATUSES or status >= 500)
+            if retryable:
                 retry_after = parse_retry_after(response.headers, cap=math.inf)
-                pause = None if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
-                budget.penalize(pause)
-                if hooks is not None or logger.isEnabledFor(logging.INFO):
-                    throttled(client, hooks, method, path, pause)
-                retryable = True
-            else:
-                retryable = idempotent and (status in RETRY_STATUSES or status >= 500)
-                if retryable:
-                    retry_after = parse_retry_after(response.headers, cap=math.inf)
-            error = status_error(client, response, method, path, retry_after)
+        return status_error(client, response, method, path, retry_after), retryable, retry_after
 
-        if not retryable or attempt >= retries:
+    def wait_before_retry(self, error: Exception, retryable: bool,
+                          retry_after: float | None) -> float:
+        """Seconds to wait before the next attempt, or ``error`` raised if there is none."""
+        if not retryable or self.attempt >= self.retries:
             raise error
-        if retry_after is not None and retry_after > client.max_retry_wait:
+        if retry_after is not None and retry_after > self.client.max_retry_wait:
             raise error  # not slept on: RateLimitError.retry_after tells the caller
-        if retry_after is None:
-            if waits is None:
-                waits = backoff.expo(base=2, factor=0.25, max_value=8.0)
-                next(waits)  # prime: backoff's generators start with a bare yield
-            delay = backoff.full_jitter(next(waits))
-        else:
-            delay = retry_after
-        attempt += 1
+        if retry_after is not None:
+            return retry_after
+        if self.waits is None:
+            self.waits = backoff.expo(base=2, factor=0.25, max_value=8.0)
+            next(self.waits)  # prime: backoff's generators start with a bare yield
+        return float(backoff.full_jitter(next(self.waits)))
+
+    async def back_off(self, delay: float, error: Exception) -> None:
+        """Tell the log and the hooks, reopen an upload's body, sleep ``delay``."""
+        method, path = self.method, self.path
+        self.attempt += 1
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "retrying %s %s in %.2fs (attempt %d of %d): %s",
-                method, path, delay, attempt, retries, error,
+                method, path, delay, self.attempt, self.retries, error,
             )
+        hooks = self.client._hooks
         if hooks is not None:
-            hooks._retry(method, path, attempt, delay, error)
-        if reopen_body is not None:
-            files = await reopen_body()
-        await client._sleep(delay)  # aclose() cuts a back-off short, too
+            hooks._retry(method, path, self.attempt, delay, error)
+        if self.reopen_body is not None:
+            self.files = await self.reopen_body()
+        await self.client._sleep(delay)  # aclose() cuts a back-off short, too
 
 
 async def send_streaming(client: AsyncCambClient, http: httpx.AsyncClient,
