@@ -6,12 +6,7 @@ values and errors); transports in ``_transports``; reading bodies in ``_reading`
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import math
-import os
-import re
-import urllib.request
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -20,8 +15,15 @@ import anyio
 import httpx
 
 from ._budget import DEFAULT_MAX_CONCURRENCY, Budget, RateBudget, concurrency_of, is_budget
+from ._config import (
+    DEFAULT_BASE_URL,
+    check_base_url,
+    check_key,
+    check_settings,
+    echo_pattern,
+    resolve_proxy,
+)
 from ._errors import (
-    MIN_ECHO,
     SNIPPET_LIMIT,
     ClientClosedError,
     redact,
@@ -39,8 +41,7 @@ from ._models import (
 )
 from ._reading import DEFAULT_MAX_RESPONSE_BYTES
 from ._request import MAX_RETRY_AFTER, request
-from ._transports import _default_transport, _DirectSender
-from ._validation import is_int, is_number
+from ._transports import _DirectSender, open_owned
 from ._version import __version__
 from .polling._stats import CompletionStats
 from .polling._stream import gather_statuses
@@ -61,35 +62,6 @@ __all__ = ["AsyncCambClient", "DEFAULT_BASE_URL"]
 T = TypeVar("T")
 logger = logging.getLogger("camb_async")
 
-DEFAULT_BASE_URL = "https://client.camb.ai/apis"
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def _env_proxy(url: httpx.URL) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``/
-    ``ALL_PROXY``, honouring ``NO_PROXY``), as httpx would pick it; ``None`` for none.
-
-    Loopback hosts never go through an environment proxy: the proxy's loopback is not ours.
-    """
-    if _is_loopback(url.host):
-        return None
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if not proxy:
-        return None
-    host = url.host if url.port is None else f"{url.host}:{url.port}"
-    if urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
-        return None
-    return proxy
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class AsyncCambClient:
@@ -172,69 +144,21 @@ class AsyncCambClient:
         proxy: str | httpx.Proxy | None = None,
     ) -> None:
         setup_logging()
-        key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
-        if key is None or not isinstance(key, str) or not key.strip():
-            raise ValueError(
-                "no API key: pass api_key=... or set the CAMB_API_KEY environment variable"
-            )
-        if any(ord(c) < 32 or ord(c) == 127 for c in key):
-            raise ValueError("the API key contains control characters")
-        base = base_url or os.environ.get("CAMB_BASE_URL") or DEFAULT_BASE_URL
-        parsed = httpx.URL(base)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"base_url must be an http(s) URL with a host, got {base!r}")
-        # In-process transports (httpx's ASGI app and mock handler) send nothing over a
-        # network, so a test's "http://testserver" exposes no key.
-        in_process = isinstance(transport, (httpx.ASGITransport, httpx.MockTransport))
-        if (parsed.scheme == "http" and not allow_insecure and not in_process
-                and not _is_loopback(parsed.host)):
-            raise ValueError(
-                f"refusing to send the API key over plain http to {parsed.host!r}; "
-                "use https, a loopback host, or pass allow_insecure=True"
-            )
-        if not is_number(timeout) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if not is_int(max_retries) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        key = check_key(api_key)
+        parsed = check_base_url(base_url, transport=transport, allow_insecure=allow_insecure)
+        check_settings(timeout=timeout, max_retries=max_retries)
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both")
-        if (not is_int(max_response_bytes)
-                or max_response_bytes < 1):
-            raise ValueError("max_response_bytes must be a positive integer, got "
-                             f"{max_response_bytes!r}")
-        if (not is_number(max_retry_wait)
-                or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
-            raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
-                             f"{max_retry_wait!r}")
-        if proxy is not None:
-            if http_client is not None or transport is not None:
-                raise ValueError("proxy= is for the client's own transport; configure it on "
-                                 "your http_client or transport instead")
-            if not isinstance(proxy, httpx.Proxy):
-                if not isinstance(proxy, str):
-                    raise TypeError("proxy must be a URL string or an httpx.Proxy")
-                proxy = httpx.Proxy(proxy)
-        if proxy is None and http_client is None and transport is None:
-            from_env = _env_proxy(parsed)  # read once, like httpx's own trust_env
-            proxy = None if from_env is None else httpx.Proxy(from_env)
-        if (proxy is not None and parsed.scheme == "http" and proxy.url.scheme == "http"
-                and not allow_insecure and not _is_loopback(proxy.url.host)):
-            raise ValueError(
-                f"refusing to send the API key over plain http to the proxy "
-                f"{proxy.url.host!r}; use an https base_url, a loopback proxy, or pass "
-                "allow_insecure=True")
+        check_settings(max_response_bytes=max_response_bytes, max_retry_wait=max_retry_wait)
+        proxy = resolve_proxy(proxy, parsed, http_client=http_client, transport=transport,
+                              allow_insecure=allow_insecure)
         if budget is None:
             budget = RateBudget(rate_limit, max_concurrency)
         elif not is_budget(budget):
             raise TypeError("budget must provide acquire(), release() and penalize()")
 
         self.__key = key
-        # Aligned pieces of the key: any echo of 2 * MIN_ECHO - 1 or more of its characters
-        # contains one, so one regex search (~0.3 us) checks a 2xx body (see _decode).
-        raw = key.encode()
-        pieces = {raw[i:i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
-        pieces.add(raw[-MIN_ECHO:])
-        self.__echo = re.compile(b"|".join(re.escape(p) for p in sorted(pieces)))
+        self.__echo = echo_pattern(key)
         KEY_FILTER.clients.add(self)
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
@@ -281,6 +205,10 @@ class AsyncCambClient:
         #: problem" (the bulk poller and handles then stop instead of re-polling).
         self._answers = 0
 
+        self._attach_resources()
+
+    def _attach_resources(self) -> None:
+        """``dub``, ``tts``, ``translation``, ``transcription``: this client's (or view's)."""
         self.dub = DubResource(self, TaskKind.DUB)
         self.tts = TTSResource(self, TaskKind.TTS)
         self.translation = TranslationResource(self, TaskKind.TRANSLATION)
@@ -405,20 +333,9 @@ class AsyncCambClient:
         """
         if self._closed:
             raise ClientClosedError("this AsyncCambClient is closed; create a new one")
-        if timeout is not None and (not is_number(timeout) or timeout <= 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if max_retries is not None and (not is_int(max_retries) or max_retries < 0):
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if max_response_bytes is not None and (
-                not is_int(max_response_bytes)
-                or max_response_bytes < 1):
-            raise ValueError("max_response_bytes must be a positive integer, got "
-                             f"{max_response_bytes!r}")
-        if max_retry_wait is not None and (
-                not is_number(max_retry_wait)
-                or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
-            raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
-                             f"{max_retry_wait!r}")
+        given = {"timeout": timeout, "max_retries": max_retries,
+                 "max_response_bytes": max_response_bytes, "max_retry_wait": max_retry_wait}
+        check_settings(**{name: value for name, value in given.items() if value is not None})
         root = self._parent or self
         view: AsyncCambClient = object.__new__(AsyncCambClient)
         view.__dict__.update(self.__dict__)
@@ -437,16 +354,7 @@ class AsyncCambClient:
         view._scopes = set()
         view._http = None  # opened through the parent (see _open)
         view._direct = None
-        view.dub = DubResource(view, TaskKind.DUB)
-        view.tts = TTSResource(view, TaskKind.TTS)
-        view.translation = TranslationResource(view, TaskKind.TRANSLATION)
-        view.transcription = TranscriptionResource(view, TaskKind.TRANSCRIPTION)
-        view._resources = {
-            TaskKind.DUB: view.dub,
-            TaskKind.TTS: view.tts,
-            TaskKind.TRANSLATION: view.translation,
-            TaskKind.TRANSCRIPTION: view.transcription,
-        }
+        view._attach_resources()
         root._views.add(view)
         return view
 
@@ -598,32 +506,11 @@ class AsyncCambClient:
                 self._http = http
             return self._http
         if self._http is None:
-            limits = httpx.Limits(
-                max_connections=None,
-                max_keepalive_connections=max(20, concurrency_of(self.budget)),
-            )
-            proxy = self._proxy
-            if proxy is not None and self._transport is None:
-                # httpx's own transport speaks to proxies (CONNECT for https) on every loop.
-                self._transport = httpx.AsyncHTTPTransport(
-                    verify=httpx.create_ssl_context(verify=self._verify, trust_env=True),
-                    limits=limits, proxy=proxy, trust_env=False)
-            transport = (self._transport
-                         or _default_transport(verify=self._verify, limits=limits)
-                         or httpx.AsyncHTTPTransport(verify=self._verify, limits=limits,
-                                                     trust_env=True))
-            # Our headers (the key among them) live only in the direct sender, which sends
-            # every request of an owned client; this AsyncClient just owns the transport.
-            self._http = httpx.AsyncClient(
-                timeout=self.timeout,
-                transport=transport,
-                limits=limits,
-                verify=self._verify,
-                follow_redirects=False,  # the x-api-key header must not follow a redirect
-                trust_env=False,
-            )
-            self._direct = _DirectSender(self._http, transport, self._headers, self.timeout,
-                                         self.max_response_bytes)
+            self._transport, self._http, self._direct = open_owned(
+                transport=self._transport, proxy=self._proxy, verify=self._verify,
+                timeout=self.timeout, headers=self._headers,
+                max_response_bytes=self.max_response_bytes,
+                keepalive=max(20, concurrency_of(self.budget)))
         return self._http
 
     _request = request

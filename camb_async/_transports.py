@@ -19,7 +19,7 @@ from ._reading import _read_capped, _UploadStream
 if TYPE_CHECKING:
     pass
 
-__all__ = ["_DirectSender", "_default_transport"]
+__all__ = ["_DirectSender", "_default_transport", "open_owned"]
 
 T = TypeVar("T")
 logger = logging.getLogger("camb_async")
@@ -268,3 +268,31 @@ class _DirectSender:
                                response.http_version, response.status_code,
                                response.reason_phrase)
         return response
+
+
+def open_owned(*, transport: httpx.AsyncBaseTransport | None, proxy: httpx.Proxy | None,
+               verify: bool, timeout: float, headers: dict[str, str], max_response_bytes: int,
+               keepalive: int) -> tuple[httpx.AsyncBaseTransport | None, httpx.AsyncClient,
+                                        _DirectSender]:
+    """The HTTP client of a client that owns it, and its direct sender. Returns the
+    transport to keep (a proxy's, made here, or the one given), the client, the sender."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=keepalive)
+    if proxy is not None and transport is None:
+        # httpx's own transport speaks to proxies (CONNECT for https) on every loop.
+        transport = httpx.AsyncHTTPTransport(
+            verify=httpx.create_ssl_context(verify=verify, trust_env=True),
+            limits=limits, proxy=proxy, trust_env=False)
+    chosen = (transport
+              or _default_transport(verify=verify, limits=limits)
+              or httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=True))
+    # Our headers (the key among them) live only in the direct sender, which sends
+    # every request of an owned client; this AsyncClient just owns the transport.
+    http = httpx.AsyncClient(
+        timeout=timeout,
+        transport=chosen,
+        limits=limits,
+        verify=verify,
+        follow_redirects=False,  # the x-api-key header must not follow a redirect
+        trust_env=False,
+    )
+    return transport, http, _DirectSender(http, chosen, headers, timeout, max_response_bytes)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from camb_async import AsyncCambClient, TaskKind, TaskStatus
-from camb_async._client import _env_proxy
+from camb_async._config import _env_proxy
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
 from .conftest import API_KEY

@@ -1,0 +1,143 @@
+"""Configuration of a client: the key, the base URL (and when plain http is refused), the
+proxy (given or from the environment), and the numeric settings ``AsyncCambClient`` and
+``with_options`` share. Error messages are part of the contract (tests match them)."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import urllib.request
+from typing import Any
+
+import httpx
+
+from ._errors import MIN_ECHO
+from ._validation import is_int, is_number
+
+__all__ = ["DEFAULT_BASE_URL", "check_base_url", "check_key", "check_settings", "echo_pattern",
+           "resolve_proxy"]
+
+DEFAULT_BASE_URL = "https://client.camb.ai/apis"
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def check_key(api_key: str | None) -> str:
+    """``api_key``, or ``CAMB_API_KEY`` from the environment; refused if missing or unsafe."""
+    key = api_key if api_key is not None else os.environ.get("CAMB_API_KEY")
+    if key is None or not isinstance(key, str) or not key.strip():
+        raise ValueError(
+            "no API key: pass api_key=... or set the CAMB_API_KEY environment variable"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ValueError("the API key contains control characters")
+    return key
+
+
+def check_base_url(base_url: str | None, *, transport: httpx.AsyncBaseTransport | None,
+                   allow_insecure: bool) -> httpx.URL:
+    """The base URL (argument, ``CAMB_BASE_URL`` or the default), refused over plain http to
+    a host that is neither loopback nor in-process unless ``allow_insecure``."""
+    base = base_url or os.environ.get("CAMB_BASE_URL") or DEFAULT_BASE_URL
+    parsed = httpx.URL(base)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {base!r}")
+    # In-process transports (httpx's ASGI app and mock handler) send nothing over a
+    # network, so a test's "http://testserver" exposes no key.
+    in_process = isinstance(transport, (httpx.ASGITransport, httpx.MockTransport))
+    if (parsed.scheme == "http" and not allow_insecure and not in_process
+            and not _is_loopback(parsed.host)):
+        raise ValueError(
+            f"refusing to send the API key over plain http to {parsed.host!r}; "
+            "use https, a loopback host, or pass allow_insecure=True"
+        )
+    return parsed
+
+
+def check_settings(**settings: Any) -> None:
+    """Check the numeric settings passed (``timeout``, ``max_retries``,
+    ``max_response_bytes``, ``max_retry_wait``); one left out is not checked."""
+    if "timeout" in settings:
+        timeout = settings["timeout"]
+        if not is_number(timeout) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if "max_retries" in settings:
+        max_retries = settings["max_retries"]
+        if not is_int(max_retries) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    if "max_response_bytes" in settings:
+        max_response_bytes = settings["max_response_bytes"]
+        if not is_int(max_response_bytes) or max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be a positive integer, got "
+                             f"{max_response_bytes!r}")
+    if "max_retry_wait" in settings:
+        max_retry_wait = settings["max_retry_wait"]
+        if (not is_number(max_retry_wait)
+                or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
+            raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
+                             f"{max_retry_wait!r}")
+
+
+def resolve_proxy(proxy: str | httpx.Proxy | None, parsed: httpx.URL, *,
+                  http_client: httpx.AsyncClient | None,
+                  transport: httpx.AsyncBaseTransport | None,
+                  allow_insecure: bool) -> httpx.Proxy | None:
+    """The proxy of the client's own transport: given, or the environment's for ``parsed``;
+    refused when it would carry the key over plain http off this host."""
+    if proxy is not None:
+        if http_client is not None or transport is not None:
+            raise ValueError("proxy= is for the client's own transport; configure it on "
+                             "your http_client or transport instead")
+        if not isinstance(proxy, httpx.Proxy):
+            if not isinstance(proxy, str):
+                raise TypeError("proxy must be a URL string or an httpx.Proxy")
+            proxy = httpx.Proxy(proxy)
+    if proxy is None and http_client is None and transport is None:
+        from_env = _env_proxy(parsed)  # read once, like httpx's own trust_env
+        proxy = None if from_env is None else httpx.Proxy(from_env)
+    if (proxy is not None and parsed.scheme == "http" and proxy.url.scheme == "http"
+            and not allow_insecure and not _is_loopback(proxy.url.host)):
+        raise ValueError(
+            f"refusing to send the API key over plain http to the proxy "
+            f"{proxy.url.host!r}; use an https base_url, a loopback proxy, or pass "
+            "allow_insecure=True")
+    return proxy
+
+
+def echo_pattern(key: str) -> re.Pattern[bytes]:
+    """Aligned pieces of the key: any echo of 2 * MIN_ECHO - 1 or more of its characters
+    contains one, so one regex search (~0.3 us) checks a 2xx body (see ``_answers.decode``)."""
+    raw = key.encode()
+    pieces = {raw[i:i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
+    pieces.add(raw[-MIN_ECHO:])
+    return re.compile(b"|".join(re.escape(p) for p in sorted(pieces)))
+
+
+def _env_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``/
+    ``ALL_PROXY``, honouring ``NO_PROXY``), as httpx would pick it; ``None`` for none.
+
+    Loopback hosts never go through an environment proxy: the proxy's loopback is not ours.
+    """
+    if _is_loopback(url.host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = url.host if url.port is None else f"{url.host}:{url.port}"
+    if urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
+        return None
+    return proxy
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
