@@ -19,7 +19,7 @@ import re
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -170,19 +170,130 @@ class _AnswerTooLarge(Exception):
         super().__init__(f"answer larger than max_response_bytes={limit}")
         self.limit = limit
         self.status_code = status_code
+        self.detail = f"is larger than max_response_bytes ({limit} bytes)"
 
 
-def _inflater(encoding: str) -> Any:
-    """A zlib decompressor for ``Content-Encoding`` gzip/deflate, ``None`` for identity, or
-    ``False`` for anything else (left to httpx's decoders)."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS)
-    return False
+class _UnboundedEncoding(_AnswerTooLarge):
+    """A ``Content-Encoding`` we cannot inflate within bounds (br, zstd, unknown): an
+    ``APIError``, not retried (the same answer would come again)."""
+
+    def __init__(self, encoding: str, status_code: int) -> None:
+        Exception.__init__(self, f"unsupported Content-Encoding {encoding!r}")
+        self.limit = 0
+        self.status_code = status_code
+        self.detail = (f"uses Content-Encoding {encoding[:40]!r}, which is not read "
+                       "(only gzip and deflate are)")
+
+
+class _Inflate:
+    """One gzip/deflate layer of a ``Content-Encoding``, inflated in bounded steps."""
+
+    __slots__ = ("_z", "_head", "pending", "room")
+
+    def __init__(self, encoding: str) -> None:
+        deflate = encoding == "deflate"
+        self._z = zlib.decompressobj(zlib.MAX_WBITS if deflate else 16 + zlib.MAX_WBITS)
+        # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells
+        # which once it has seen two bytes (its header), so those are kept until then.
+        self._head: bytes | None = b"" if deflate else None
+        self.pending = b""  # input not inflated yet (at most one step's worth)
+        self.room = 1 << 62  # the last layer: bytes its reader still takes (see _decoded)
+
+    def step(self, most: int = _INFLATE_STEP) -> bytes:
+        """Inflate at most ``most`` bytes of ``pending``."""
+        data = self.pending
+        if self._head is not None:
+            self._head += data
+        try:
+            out: bytes = self._z.decompress(data, most)
+        except zlib.error as exc:
+            if self._head is not None:  # not a zlib header: raw deflate, from the start
+                self._z, self.pending, self._head = (
+                    zlib.decompressobj(-zlib.MAX_WBITS), self._head, None)
+                return b""
+            raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
+        if self._head is not None and len(self._head) >= 2:
+            self._head = None  # a valid zlib header: decided
+        # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
+        self.pending = b"" if self._z.eof else self._z.unconsumed_tail
+        return out
+
+    def flush(self) -> bytes:
+        out: bytes = self._z.flush()
+        return out
+
+
+def _inflaters(encoding: str, status_code: int) -> list[_Inflate]:
+    """The layers of ``Content-Encoding`` to undo, outermost (last applied) first; raises
+    ``_UnboundedEncoding`` for a coding other than gzip/deflate/identity. Stacked layers
+    (``gzip, gzip``) are each inflated in bounded steps, never by httpx's decoders (which
+    inflate a whole chunk at once)."""
+    layers: list[_Inflate] = []
+    for coding in reversed(encoding.lower().split(",")):
+        coding = coding.strip()
+        if coding in ("", "identity"):
+            continue
+        if coding in ("gzip", "x-gzip", "deflate"):
+            if len(layers) >= 8:  # nobody stacks eight: refuse rather than chain forever
+                raise _UnboundedEncoding(encoding, status_code)
+            layers.append(_Inflate(coding))
+        else:
+            raise _UnboundedEncoding(encoding, status_code)
+    return layers
+
+
+def _drain(layers: list[_Inflate], index: int) -> Iterator[bytes]:
+    """Everything layer ``index`` (and those after it) yields from its pending input, in
+    pieces of at most ``_INFLATE_STEP`` bytes: one step is passed on whole before the next."""
+    layer = layers[index]
+    last = index == len(layers) - 1
+    while layer.pending:
+        out = layer.step(min(layer.room + 1, _INFLATE_STEP) if last else _INFLATE_STEP)
+        if not out:
+            continue
+        if last:
+            layer.room = max(layer.room - len(out), 0)
+            yield out
+        else:
+            layers[index + 1].pending = out
+            yield from _drain(layers, index + 1)
+
+
+def _finish(layers: list[_Inflate]) -> Iterator[bytes]:
+    """What the layers still hold once the input has ended."""
+    for index, layer in enumerate(layers):
+        tail = layer.flush()
+        if not tail:
+            continue
+        if index == len(layers) - 1:
+            yield tail
+        else:
+            layers[index + 1].pending = tail
+            yield from _drain(layers, index + 1)
+
+
+async def _decoded(response: httpx.Response, layers: list[_Inflate],
+                   limit: int | None = None) -> AsyncIterator[bytes]:
+    """The body of ``response`` decoded, in pieces of at most ``_INFLATE_STEP`` bytes per
+    layer step (a compressed body is never inflated a whole network chunk at a time). With
+    ``limit``, the last layer inflates no more than one byte past it."""
+    if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
+        if response.content:
+            yield response.content
+        return
+    if layers and limit is not None:
+        layers[-1].room = limit
+    if not layers:
+        async for data in response.aiter_raw():
+            if data:
+                yield data
+        return
+    async for data in response.aiter_raw():
+        layers[0].pending = data
+        for out in _drain(layers, 0):
+            yield out
+    for out in _finish(layers):
+        yield out
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> None:
@@ -190,10 +301,12 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
 
     Own code rather than ``response.aread()``: aread has no cap, and httpx's decoders inflate
     each network chunk whole (one 64 KiB gzip chunk can become 64 MB) before anyone could
-    count. Here zlib's ``max_length`` bounds every inflate step to ``_INFLATE_STEP``, so the
-    memory one answer takes stays within about twice ``limit`` (the pieces, then their join)
-    whatever it inflates to. A 2xx answer past ``limit`` raises ``_AnswerTooLarge``; an error
-    answer is only cut short (its snippet is all anyone reads; its status decides a retry).
+    count. Here zlib's ``max_length`` bounds every inflate step, of every stacked layer, to
+    ``_INFLATE_STEP``, so the memory one answer takes stays within about twice ``limit`` (the
+    pieces, then their join) whatever it inflates to. A 2xx answer past ``limit`` raises
+    ``_AnswerTooLarge``, one in an encoding other than gzip/deflate ``_UnboundedEncoding``; an
+    error answer is only cut short (its snippet is all anyone reads; its status decides a
+    retry), and one in an unknown encoding is read as empty.
     """
     status = response.status_code
     if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
@@ -202,47 +315,24 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
                 raise _AnswerTooLarge(limit, status)
             response._content = response.content[:limit]
         return
-    encoding = response.headers.get("content-encoding", "")
-    inflater = _inflater(encoding)
-    # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells which
-    # once it has seen two bytes (its header), so those are kept until then.
-    head: bytes | None = b"" if encoding.strip().lower() == "deflate" else None
+    try:
+        layers = _inflaters(response.headers.get("content-encoding", ""), status)
+    except _UnboundedEncoding:
+        if status < 300:
+            raise
+        response._content = b""
+        return
     chunks: list[bytes] = []
     room = limit  # bytes still allowed
-    # An encoding we do not inflate ourselves (br, zstd, stacked ones) goes through httpx's
-    # decoders: still counted and capped, only a single chunk is not bounded while inflating.
-    source = response.aiter_bytes() if inflater is False else response.aiter_raw()
-    async for data in source:
-        while data:
-            if inflater:
-                if head is not None:
-                    head += data
-                try:
-                    out = inflater.decompress(data, min(room + 1, _INFLATE_STEP))
-                except zlib.error as exc:
-                    if head is not None:  # not a zlib header: raw deflate, from the start
-                        inflater, data, head = zlib.decompressobj(-zlib.MAX_WBITS), head, None
-                        continue
-                    raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
-                if head is not None and len(head) >= 2:
-                    head = None  # a valid zlib header: decided
-                # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
-                data = b"" if inflater.eof else inflater.unconsumed_tail
-            else:
-                out, data = data, b""
-            if len(out) > room:
-                if status < 300:
-                    raise _AnswerTooLarge(limit, status)
-                chunks.append(out[:room])
-                response._content = b"".join(chunks)
-                return
-            room -= len(out)
-            chunks.append(out)
-    if inflater:
-        tail = inflater.flush()
-        if len(tail) > room and status < 300:
-            raise _AnswerTooLarge(limit, status)
-        chunks.append(tail[:room])
+    async for out in _decoded(response, layers, limit):
+        if len(out) > room:
+            if status < 300:
+                raise _AnswerTooLarge(limit, status)
+            chunks.append(out[:room])
+            response._content = b"".join(chunks)
+            return
+        room -= len(out)
+        chunks.append(out)
     response._content = b"".join(chunks)  # what aread() would set: .content works as usual
 
 
@@ -473,7 +563,7 @@ class _DirectSender:
     ``http_client`` keeps going through ``AsyncClient.request`` (its auth, hooks, cookies).
     """
 
-    __slots__ = ("_http", "_transport", "_headers", "_timeout", "_max_bytes")
+    __slots__ = ("_http", "_transport", "_headers", "_stream_headers", "_timeout", "_max_bytes")
 
     def __init__(self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport,
                  headers: Mapping[str, str], timeout: float, max_bytes: int) -> None:
@@ -485,6 +575,10 @@ class _DirectSender:
             "connection": "keep-alive",
             **headers,
         }).raw
+        # A streamed body (audio) asks for no compression: FLAC/MP3 do not shrink further.
+        self._stream_headers = httpx.Headers({
+            **dict(httpx.Headers(self._headers).items()), "accept-encoding": "identity",
+        }).raw
         self._timeout = httpx.Timeout(timeout).as_dict()
 
     async def send(self, method: str, url: str, json_body: Any,
@@ -493,7 +587,8 @@ class _DirectSender:
                    uploaded: Callable[[], None] | None = None) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        request = httpx.Request(method, httpx.URL(url), params=params, headers=self._headers,
+        request = httpx.Request(method, httpx.URL(url), params=params,
+                                headers=self._stream_headers if stream else self._headers,
                                 json=json_body, data=data, files=files,
                                 extensions={"timeout": self._timeout})
         if uploaded is not None:
@@ -633,6 +728,8 @@ class AsyncCambClient:
             "x-api-key": key,
             "user-agent": f"camb-async/{__version__}",
             "accept": "application/json",
+            # Only encodings _read_capped inflates in bounded steps (httpx would add br/zstd).
+            "accept-encoding": "gzip, deflate",
         }
         #: Set by ``_open()`` when this client owns its HTTP client: requests then go straight
         #: to the transport (see ``_DirectSender``).
@@ -912,8 +1009,7 @@ class AsyncCambClient:
                 raise ClientClosedError("the AsyncCambClient was closed during the request")
             if too_large is not None:  # not retried: the same answer would come again
                 raise APIError(
-                    f"{method} {path}: answer {too_large.status_code} is larger than "
-                    f"max_response_bytes ({too_large.limit} bytes)",
+                    f"{method} {path}: answer {too_large.status_code} {too_large.detail}",
                     status_code=too_large.status_code, method=method, path=path,
                 )
             if response is None and failure is None:  # the attempt's deadline expired
@@ -981,14 +1077,18 @@ class AsyncCambClient:
         if direct is not None:
             response = await direct.send(method, url, None, params, None, None, stream=True)
         else:
-            request = http.build_request(method, url, params=params, headers=self._headers)
+            request = http.build_request(method, url, params=params, headers={
+                **self._headers, "accept-encoding": "identity"})
             response = await http.send(request, stream=True, follow_redirects=False)
         try:
             if response.status_code >= 300:  # read like any answer: capped, then closed
                 await _read_capped(response, self.max_response_bytes)
                 await response.aclose()
                 return response, None
-            chunks = aiter(response.aiter_bytes())
+            # A compressed answer all the same is inflated in bounded steps (never a whole
+            # network chunk at once); an encoding we cannot bound is an APIError.
+            chunks = aiter(_decoded(response, _inflaters(
+                response.headers.get("content-encoding", ""), response.status_code)))
             first = await anext(chunks, None)
         except BaseException:
             with anyio.CancelScope(shield=True):

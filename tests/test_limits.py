@@ -169,6 +169,120 @@ async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_clien
 
 
 @both_branches
+@pytest.mark.parametrize("status", [200, 503])
+async def test_a_stacked_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_client: bool
+                                                                  ) -> None:
+    """``Content-Encoding: gzip, gzip``: 64 MB behind a few hundred bytes, each layer inflated
+    in bounded steps (before, stacked encodings went to httpx's decoders: one network chunk
+    inflated whole, the reviewer's 822 wire bytes took 800 MiB)."""
+    cap = 256 * 1024
+    bomb = gzip.compress(gzip_bomb(64 << 20))
+    log: list[float] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        async with make(streamed(status, bomb, "gzip, gzip", log, chunk=1 << 16), own_client,
+                        max_response_bytes=cap, max_retries=1) as client:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            with pytest.raises(APIError) as info:
+                await client.dub.status("t1")
+            peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    if status == 200:
+        assert type(info.value) is APIError and len(log) == 1
+    else:
+        assert isinstance(info.value, InternalServerError) and len(log) == 2
+    assert peak < 4 * cap, peak
+
+
+@pytest.mark.parametrize("header", ["gzip, gzip", "deflate, gzip", "gzip,deflate",
+                                    "identity, gzip", "GZIP , x-gzip"])
+async def test_stacked_encodings_read_as_their_layers(header: str) -> None:
+    body = json_of_size(5000)
+    wire = body
+    for coding in (c.strip().lower() for c in header.split(",")):
+        wire = encode(wire, {"x-gzip": "gzip"}.get(coding, coding))
+    pieces = [wire[i:i + 7] for i in range(0, len(wire), 7)]
+    response = httpx.Response(200, headers={"content-encoding": header},
+                              stream=Pieces(pieces))
+    await _read_capped(response, 10_000)
+    assert response.content == body
+
+
+@both_branches
+@pytest.mark.parametrize("header", ["br", "zstd", "gzip, br", "compress", "gzip, " * 8 + "gzip"])
+async def test_an_encoding_we_cannot_bound_is_api_error_and_not_retried(
+        header: str, own_client: bool) -> None:
+    log: list[float] = []
+    transport = streamed(200, json_of_size(100), header, log)
+    async with make(transport, own_client) as client:
+        with pytest.raises(APIError, match="Content-Encoding") as info:
+            await client.dub.status("t1")
+    assert type(info.value) is APIError and info.value.status_code == 200
+    assert len(log) == 1
+
+
+@both_branches
+async def test_an_error_answer_in_an_unknown_encoding_keeps_its_status(own_client: bool
+                                                                       ) -> None:
+    log: list[float] = []
+    async with make(streamed(503, b"\x00" * 500, "br", log), own_client) as client:
+        with pytest.raises(InternalServerError):
+            await client.dub.status("t1")
+    assert len(log) == 3  # still a 503: retried
+
+
+@both_branches
+async def test_only_bounded_encodings_are_advertised(own_client: bool) -> None:
+    """JSON answers: gzip and deflate (what _read_capped inflates in bounded steps), never
+    br/zstd (httpx adds them to its default when their packages are installed); a streamed
+    audio body asks for none."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("accept-encoding", ""))
+        if request.url.path.startswith("/tts-result"):
+            return httpx.Response(200, content=b"fLaC" + b"\x00" * 100)
+        return httpx.Response(200, json={"status": "PENDING"})
+
+    async with make(httpx.MockTransport(handle), own_client) as client:
+        await client.dub.status("t1")
+        async for _ in client.tts.audio(7):
+            pass
+    assert seen == ["gzip, deflate", "identity"]
+
+
+@both_branches
+@pytest.mark.parametrize("header", ["gzip", "gzip, gzip"])
+async def test_a_compressed_audio_body_is_inflated_in_bounded_pieces(
+        header: str, own_client: bool) -> None:
+    """A server that compresses the audio anyway: every piece handed out is at most one
+    inflate step (before, httpx inflated each network chunk whole: 64 MiB per chunk)."""
+    bomb = gzip_bomb(32 << 20)
+    if header == "gzip, gzip":
+        bomb = gzip.compress(bomb)
+    log: list[float] = []
+    biggest = total = 0
+    async with make(streamed(200, bomb, header, log, chunk=1 << 16), own_client) as client:
+        async for chunk in client.tts.audio(7):
+            biggest, total = max(biggest, len(chunk)), total + len(chunk)
+    assert total >= 32 << 20
+    assert biggest <= 256 * 1024
+
+
+@both_branches
+async def test_an_audio_body_in_an_unknown_encoding_is_api_error(own_client: bool) -> None:
+    log: list[float] = []
+    async with make(streamed(200, b"x" * 1000, "br", log), own_client) as client:
+        with pytest.raises(APIError, match="Content-Encoding") as info:
+            async for _ in client.tts.audio(7):
+                pass
+    assert type(info.value) is APIError and len(log) == 1
+
+
+@both_branches
 async def test_an_accepted_answer_costs_at_most_about_twice_its_size(own_client: bool) -> None:
     """A valid 2 MiB answer (under a 2 MiB cap): the chunks and their join, then the text
     and the parsed string, never the bytes, the text and the parsed string at once."""
