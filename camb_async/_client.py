@@ -339,28 +339,38 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
 class _UploadStream(httpx.AsyncByteStream):
     """A multipart request body that calls ``uploaded`` once its last byte is handed over.
 
-    An upload may take as long as bytes keep flowing (httpx's write timeout guards each
-    write), so its attempt has no overall deadline until then; from then on the wait for
-    the answer is bounded by ``timeout`` like any request's (see ``_request``).
+    An upload may take as long as bytes keep flowing, so its attempt has no overall deadline
+    until then; but each chunk handed to the transport must be taken within ``timeout``
+    (``uploaded(True)`` re-arms the attempt's deadline per chunk): a server that stops reading
+    ends the attempt even where the transport has no write timeout (aiohttp's). From the
+    last byte on, the wait for the answer is bounded by ``timeout`` like any request's.
     """
 
     __slots__ = ("_stream", "_uploaded")
 
-    def __init__(self, stream: httpx.AsyncByteStream, uploaded: Callable[[], None]) -> None:
+    def __init__(self, stream: httpx.AsyncByteStream,
+                 uploaded: Callable[..., None]) -> None:
         self._stream = stream
         self._uploaded = uploaded
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
+            self._uploaded(True)  # this chunk must be taken within ``timeout``
             yield chunk
         self._uploaded()
 
 
-def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[[], None]:
-    """Start ``scope``'s deadline (``timeout`` from now) the first time this is called."""
-    def start() -> None:
-        if scope.deadline == math.inf:
+def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[..., None]:
+    """``start(progress=False)``: set ``scope``'s deadline to ``timeout`` from now. A
+    ``progress`` call (an upload chunk handed over) re-arms it each time; the first plain
+    call (the upload is sent, or an answer came) fixes it for the rest of the attempt."""
+    fixed = False
+
+    def start(progress: bool = False) -> None:
+        nonlocal fixed
+        if not fixed:
             scope.deadline = anyio.current_time() + timeout
+            fixed = not progress
     return start
 
 
@@ -584,7 +594,7 @@ class _DirectSender:
     async def send(self, method: str, url: str, json_body: Any,
                    params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
                    files: Any, stream: bool = False,
-                   uploaded: Callable[[], None] | None = None) -> httpx.Response:
+                   uploaded: Callable[..., None] | None = None) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         request = httpx.Request(method, httpx.URL(url), params=params,
@@ -618,8 +628,8 @@ class AsyncCambClient:
 
     Limits every call respects: a JSON answer larger than ``max_response_bytes`` (counted
     after decompression; default 8 MiB) is an ``APIError``, not retried. Each attempt ends
-    within ``timeout`` (an upload may run while its bytes flow, each write bounded by the
-    write timeout; the wait for the answer after it is bounded by ``timeout``). Between
+    within ``timeout`` (an upload may run while its bytes flow, each chunk taken within
+    ``timeout``; the wait for the answer after it is bounded by ``timeout``). Between
     attempts the client waits a jittered backoff of at most 8 s, or the server's
     Retry-After when it is at most ``max_retry_wait`` (default 60 s); a longer Retry-After
     is not slept on: the error (``RateLimitError`` with ``retry_after`` on a 429) is raised
@@ -940,8 +950,8 @@ class AsyncCambClient:
                 await self._acquire(budget)
             # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
             # server trickling a byte per read (or an in-process transport, which has none)
-            # could otherwise hold the call forever. An upload may run while bytes flow (the
-            # write timeout guards it); the deadline starts once it is sent (_UploadStream).
+            # could otherwise hold the call forever. An upload may run while bytes flow: the
+            # deadline is re-armed per chunk handed over, fixed once it is sent (_UploadStream).
             scope = anyio.CancelScope(
                 deadline=anyio.current_time() + self.timeout if files is None else math.inf)
             uploaded = None if files is None else _answer_deadline(scope, self.timeout)

@@ -10,6 +10,7 @@ upload is also shown over real sockets.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import io
@@ -486,6 +487,61 @@ async def test_an_upload_may_outlast_timeout_while_its_bytes_flow(own_client: bo
             language=1, file=io.BytesIO(b"\0" * (10 * 65536)))
         assert anyio.current_time() - started > 2 * TIMEOUT  # it really was a slow upload
     assert handle.task_id == "t-1"
+
+
+@both_branches
+async def test_an_upload_the_server_stops_taking_ends_at_timeout(own_client: bool) -> None:
+    """The server takes one piece of the upload, then nothing: no progress for ``timeout``
+    is an ``APITimeoutError`` (before, the attempt had no deadline until the last byte)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await receive()
+            await anyio.sleep_forever()
+
+    async with make(httpx.ASGITransport(app=app), own_client, timeout=TIMEOUT) as client:
+        for call in create_calls(client)[1:]:
+            started = anyio.current_time()
+            with anyio.fail_after(20 * TIMEOUT), pytest.raises(APITimeoutError):
+                await call()
+            assert anyio.current_time() - started <= TIMEOUT + 0.01
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_upload_to_a_server_that_stops_reading_ends_over_real_sockets(backend: str
+                                                                         ) -> None:
+    """A server that accepts and never reads: 20 MB fill the socket buffers, then no chunk
+    is taken. On asyncio (aiohttp's transport, no write timeout) the call never ended."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+
+    async def main() -> None:
+        async with AsyncCambClient(API_KEY, base_url=f"http://127.0.0.1:{port}", timeout=0.5,
+                                   rate_limit=None, max_retries=0) as client:
+            with anyio.fail_after(60), pytest.raises(APITimeoutError):
+                await client.transcription.create(language=1, file=b"\0" * (20 << 20))
+
+    try:
+        anyio.run(main, backend=backend)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
