@@ -708,6 +708,14 @@ class AsyncCambClient:
         pieces = {raw[i:i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
         pieces.add(raw[-MIN_ECHO:])
         self.__echo = re.compile(b"|".join(re.escape(p) for p in sorted(pieces)))
+        # The same pieces as text, checked on decoded strings when the bytes could hide an
+        # echo from the check above: JSON escapes (``\u0073k-...``) or a UTF-16/32 body.
+        texts = {key[i:i + MIN_ECHO] for i in range(0, len(key) - MIN_ECHO + 1, MIN_ECHO)}
+        texts.add(key[-MIN_ECHO:])
+        self.__echo_text = re.compile("|".join(re.escape(p) for p in sorted(texts)))
+        # Which escapes could spell the key: ``\u`` always, any backslash if the key holds a
+        # character JSON may escape as ``\/``, ``\\`` or ``\"``.
+        self.__escape = b"\\" if any(c in key for c in '/\\"') else b"\\u"
         _KEY_FILTER.clients.add(self)
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
@@ -1136,10 +1144,16 @@ class AsyncCambClient:
                 # Decoded here (as json.loads(bytes) would), then the bytes let go: otherwise
                 # the body, its text and the parsed values of a large answer would all be
                 # alive at once (3x max_response_bytes); this way at most 2x.
-                body = raw.decode(json.detect_encoding(raw), "surrogatepass")
+                encoding = json.detect_encoding(raw)
+                escaped = self.__escape in raw
+                body = raw.decode(encoding, "surrogatepass")
                 del raw
                 response._content = b""
+                if encoding != "utf-8" and self.__echo_text.search(body) is not None:
+                    body = self._redact(body)  # UTF-16/32: the bytes check could not see it
                 data = json.loads(body)
+                if escaped:  # an echo spelled in escapes shows only once decoded
+                    data, body = self._redact_decoded(data, body)
             else:
                 data = None
         except (ValueError, RecursionError) as exc:
@@ -1165,6 +1179,30 @@ class AsyncCambClient:
                 method=method,
                 path=path,
             ) from None
+
+    def _redact_decoded(self, data: Any, body: str) -> tuple[Any, str]:
+        """``data`` (parsed JSON) with the key redacted from every string in it, and
+        ``body`` re-encoded from it if anything changed. Only for bodies with escapes."""
+        echo = self.__echo_text
+        changed = False
+
+        def clean(value: Any) -> Any:
+            nonlocal changed
+            if isinstance(value, str):
+                if echo.search(value) is not None:
+                    changed = True
+                    return self._redact(value)
+                return value
+            if isinstance(value, list):
+                return [clean(item) for item in value]
+            if isinstance(value, dict):
+                return {clean(k): clean(v) for k, v in value.items()}
+            return value
+
+        data = clean(data)
+        if changed:
+            body = json.dumps(data, ensure_ascii=False)
+        return data, body
 
     def _transport_error(self, exc: Exception, method: str, path: str) -> APIConnectionError:
         kind = type(exc).__name__

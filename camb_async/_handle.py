@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -183,7 +183,8 @@ class TaskHandle:
         status, so callers never mistake a failed job for a missing result.
         """
         final = await self.wait(timeout, policy=policy)
-        return await self._client.resource(self.kind)._result(run_id_of(final))
+        run_id = run_id_of(final, self._client._redact)
+        return await self._client.resource(self.kind)._result(run_id)
 
     async def save_audio(self, path: str | os.PathLike[str], timeout: float | None = None, *,
                          policy: PollPolicy | None = None) -> int:
@@ -193,13 +194,14 @@ class TaskHandle:
         if self.kind is not TaskKind.TTS:
             raise TypeError(f"save_audio() is for text-to-speech tasks, not {self.kind.value}")
         final = await self.wait(timeout, policy=policy)
-        return await self._client.tts.save_audio(run_id_of(final), path)
+        return await self._client.tts.save_audio(run_id_of(final, self._client._redact), path)
 
 
-def run_id_of(final: StatusResult) -> int:
-    """The run id of a terminal status, or the error that explains why there is none."""
+def run_id_of(final: StatusResult, redact: Callable[[str], str] | None = None) -> int:
+    """The run id of a terminal status, or the error that explains why there is none
+    (``redact``: the client's, for the message)."""
     if not final.is_success:
-        raise TaskFailedError(final)
+        raise TaskFailedError(final, redact)
     if final.run_id is None:
         raise APIError(
             f"{final.kind.value} task {final.task_id!r} is SUCCESS but the API sent no run_id",
