@@ -1013,7 +1013,7 @@ class AsyncCambClient:
                     raise APIConnectionError(
                         f"{method} {path}: the HTTP client is closed "
                         f"({snippet(str(exc), 80, self.__key)})"
-                    ) from exc
+                    ) from None  # the text above is redacted; the raw one may quote the key
             finally:
                 self._scopes.discard(scope)
                 budget.release()
@@ -1325,7 +1325,8 @@ class BodyStream:
             failure = httpx.ReadTimeout(f"no data for {client.timeout}s")
         if failure is not None:
             self._chunks = None
-            raise client._transport_error(failure, self._method, self._path) from failure
+            # Never chained: httpx's texts quote raw bytes, the key among them.
+            raise client._transport_error(failure, self._method, self._path) from None
         if chunk is None:
             self._chunks = None
         return chunk

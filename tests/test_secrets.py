@@ -457,6 +457,43 @@ async def test_a_short_echo_in_a_failed_task_is_redacted_from_the_message() -> N
         assert part not in str(error) and "[redacted]" in str(error)
 
 
+class BreaksQuotingTheKey(httpx.AsyncByteStream):
+    """An audio body whose framing breaks on a line quoting the key (as h11/aiohttp word it)."""
+
+    async def __aiter__(self) -> Any:
+        yield b"fLaC"
+        raise httpx.RemoteProtocolError(f"malformed chunk size: b'zz {SECRET}'")
+
+
+@pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
+async def test_a_transport_error_quoting_the_key_is_not_chained(own_client: bool) -> None:
+    """Mid-body (BodyStream) and from the transport itself: the CambError is raised ``from
+    None``, so the raw error quoting the key is in no formatted traceback (before, audio
+    errors were raised ``from`` it)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/tts-result"):
+            return httpx.Response(200, stream=BreaksQuotingTheKey())
+        raise RuntimeError(f"transport broke on {SECRET}")
+
+    transport = httpx.MockTransport(answer)
+    kwargs: dict[str, Any] = ({"transport": transport} if own_client else
+                              {"http_client": httpx.AsyncClient(transport=transport)})
+    errors: list[BaseException] = []
+    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=0,
+                               rate_limit=None, **kwargs) as client:
+        with pytest.raises(APIConnectionError) as audio:
+            async for _ in client.tts.audio(5):
+                pass
+        errors.append(audio.value)
+        with pytest.raises(APIConnectionError) as status:
+            await client.dub.status("t1")
+        errors.append(status.value)
+    for error in errors:
+        for text in error_texts(error):
+            assert_no_secret(text)
+
+
 def test_a_key_the_server_echoes_is_redacted_over_real_sockets(
         caplog: pytest.LogCaptureFixture) -> None:
     """Through uvicorn on both loops; httpcore (trio) logs response headers at DEBUG."""
