@@ -122,7 +122,9 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
     """Seconds the server asked us to wait, capped at ``cap``; None if absent/bad.
 
     Accepts ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as (fractional)
-    seconds or an HTTP date. Negative or unparseable values count as absent.
+    seconds or an HTTP date. Negative, NaN or unparseable values count as absent (an unusable
+    ``retry-after-ms`` falls back to ``Retry-After``); an infinite or huge one is ``cap``
+    (with ``cap=inf``: longer than any ``max_retry_wait``).
     """
     value: float | None = None
     ms = headers.get("retry-after-ms")
@@ -130,6 +132,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
         try:
             value = float(ms) / 1000.0
         except ValueError:
+            value = None
+        if value is not None and not value >= 0:  # negative or NaN: unusable
             value = None
     if value is None:
         raw = headers.get("retry-after")
@@ -146,7 +150,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
                 return None
             value = date.timestamp() - (time.time() if now is None else now)
             value = max(value, 0.0)
-    if not math.isfinite(value) or value < 0:
+    if not value >= 0:  # negative or NaN
         return None
     return min(value, cap)
 

@@ -601,6 +601,24 @@ async def test_a_retry_after_past_max_retry_wait_raises_at_once(retry_after: str
     assert info.value.retry_after is not None and info.value.retry_after > 60
 
 
+@pytest.mark.parametrize("ms", ["-1", "nan", "inf", "1e400"])
+async def test_a_bad_retry_after_ms_does_not_mask_a_long_retry_after(ms: str) -> None:
+    """``retry-after-ms`` unusable (negative/NaN: fall back to ``Retry-After: 3600``) or
+    infinite: longer than ``max_retry_wait`` either way, so raised at once, one request."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        log.append(anyio.current_time())
+        return httpx.Response(429, headers={"retry-after-ms": ms, "retry-after": "3600"},
+                              content=b'{"detail": "slow down"}')
+
+    log: list[float] = []
+    async with make(httpx.MockTransport(handle), True, max_retries=2) as client:
+        with pytest.raises(RateLimitError) as info:
+            await client.dub.status("t1")
+    assert len(log) == 1
+    assert info.value.retry_after is not None and info.value.retry_after >= 3600
+
+
 async def test_max_retry_wait_is_configurable() -> None:
     log: list[float] = []
     async with make(throttled(log, "5", times=1), True, max_retry_wait=5) as client:
