@@ -686,8 +686,10 @@ class AsyncCambClient:
                 f"refusing to send the API key over plain http to {parsed.host!r}; "
                 "use https, a loopback host, or pass allow_insecure=True"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not 0 < timeout < math.inf):  # NaN fails this too
+            raise ValueError("timeout must be a finite positive number of seconds, got "
+                             f"{timeout!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if http_client is not None and transport is not None:
