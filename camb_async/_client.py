@@ -364,6 +364,12 @@ class _UploadStream(httpx.AsyncByteStream):
         self._uploaded()
 
 
+def _unmapped(exc: Exception) -> httpx.TransportError:
+    """An exception the transport did not map to httpx's, as one (its text is redacted and
+    cut where the ``CambError`` is made, and the original is not chained)."""
+    return httpx.TransportError(f"{type(exc).__name__}: {exc}")
+
+
 def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[..., None]:
     """``start(progress=False)``: set ``scope``'s deadline to ``timeout`` from now. A
     ``progress`` call (an upload chunk handed over) re-arms it each time; the first plain
@@ -1020,6 +1026,11 @@ class AsyncCambClient:
                         f"{method} {path}: the HTTP client is closed "
                         f"({snippet(str(exc), 80, self.__key)})"
                     ) from None  # the text above is redacted; the raw one may quote the key
+            except Exception as exc:
+                # Anything else the transport let through unmapped (h11's LocalProtocolError
+                # for an upload whose file changed size, a file object's read error...):
+                # no usable answer all the same, never a raw library error.
+                failure = _unmapped(exc)
             finally:
                 self._scopes.discard(scope)
                 budget.release()
@@ -1323,6 +1334,8 @@ class BodyStream:
                 chunk = await anext(chunks, None)
         except (httpx.RequestError, httpx.StreamError) as exc:
             failure = exc
+        except Exception as exc:  # unmapped by the transport: still a connection failure
+            failure = _unmapped(exc)
         finally:
             client._scopes.discard(scope)
         if client._closed:

@@ -15,6 +15,7 @@ import gc
 import gzip
 import io
 import itertools
+import os
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -27,9 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from camb_async import (
+    APIConnectionError,
     APIError,
     APITimeoutError,
     AsyncCambClient,
+    CambError,
     InternalServerError,
     RateLimitError,
     TaskStatus,
@@ -542,6 +545,69 @@ def test_an_upload_to_a_server_that_stops_reading_ends_over_real_sockets(backend
         listener.close()
         for conn in held:
             conn.close()
+
+
+class ProtocolSlip(Exception):
+    """Stands for what a transport may let through unmapped (h11's LocalProtocolError)."""
+
+
+class SlipsMidBody(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"fLaC"
+        raise ProtocolSlip("Too much data for declared Content-Length")
+
+
+@both_branches
+async def test_an_unmapped_transport_error_is_an_api_connection_error(own_client: bool
+                                                                      ) -> None:
+    """Before, h11's LocalProtocolError (an upload whose file read more than fstat said)
+    escaped the request path raw; now any such error is an ``APIConnectionError``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/tts-result"):
+            return httpx.Response(200, stream=SlipsMidBody())
+        raise ProtocolSlip("Too much data for declared Content-Length")
+
+    async with make(httpx.MockTransport(handle), own_client, max_retries=0) as client:
+        for call in create_calls(client)[1:]:
+            with pytest.raises(APIConnectionError, match="ProtocolSlip"):
+                await call()
+        with pytest.raises(APIConnectionError, match="ProtocolSlip"):
+            await client.dub.status("t1")
+        with pytest.raises(APIConnectionError, match="ProtocolSlip"):
+            async for _ in client.tts.audio(3):
+                pass
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_pipe_upload_whose_size_fstat_misreports_is_a_camb_error(backend: str) -> None:
+    """A pipe's fstat size is 0, so httpx declares ``Content-Length`` for an empty file and
+    then sends 60 000 bytes: on trio h11's LocalProtocolError escaped (not a CambError)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"task_id": "t-1"}'})
+
+    async def main(url: str) -> None:
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"x" * 60_000)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            async with AsyncCambClient(API_KEY, base_url=url, timeout=0.5, rate_limit=None,
+                                       max_retries=0) as client:
+                # A CambError or a handle (what the server makes of the body is its own
+                # business); anything else fails the test.
+                with anyio.fail_after(30), contextlib.suppress(CambError):
+                    await client.transcription.create(language=1, file=pipe,
+                                                      filename="a.wav")
+
+    with serve_in_thread(app, log_level="critical") as url:
+        anyio.run(main, url, backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
