@@ -187,14 +187,16 @@ class TaskHandle:
         return await self._client.resource(self.kind)._result(run_id)
 
     async def save_audio(self, path: str | os.PathLike[str], timeout: float | None = None, *,
-                         policy: PollPolicy | None = None) -> int:
+                         policy: PollPolicy | None = None,
+                         deadline: float | None = None) -> int:
         """TTS tasks: wait until terminal, then stream the FLAC audio to ``path`` (see
-        ``client.tts.save_audio``); returns the bytes written. ``TaskFailedError`` and
-        ``WaitTimeoutError`` as for ``result()``."""
+        ``client.tts.save_audio``, whose ``deadline`` bounds the download); returns the
+        bytes written. ``TaskFailedError`` and ``WaitTimeoutError`` as for ``result()``."""
         if self.kind is not TaskKind.TTS:
             raise TypeError(f"save_audio() is for text-to-speech tasks, not {self.kind.value}")
         final = await self.wait(timeout, policy=policy)
-        return await self._client.tts.save_audio(run_id_of(final, self._client._redact), path)
+        return await self._client.tts.save_audio(run_id_of(final, self._client._redact), path,
+                                                 deadline=deadline)
 
 
 def run_id_of(final: StatusResult, redact: Callable[[str], str] | None = None) -> int:

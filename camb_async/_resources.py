@@ -20,7 +20,7 @@ from urllib.parse import quote
 import anyio
 
 from ._download import save_atomically
-from ._errors import CambError
+from ._errors import APITimeoutError, CambError
 from ._models import (
     DubbingOutcome,
     DurationHint,
@@ -361,15 +361,28 @@ class TTSResource(TaskResource):
             with anyio.CancelScope(shield=True):
                 await body.aclose()
 
-    async def save_audio(self, run_id: int, path: str | os.PathLike[str]) -> int:
+    async def save_audio(self, run_id: int, path: str | os.PathLike[str], *,
+                         deadline: float | None = None) -> int:
         """Stream the FLAC audio of run ``run_id`` to ``path``; returns the bytes written.
 
         Written to a temporary file beside ``path`` and renamed over it only when complete:
         a dropped connection, an error or cancellation leaves no partial file at ``path``
         (and whatever was there before untouched). Never holds the audio in memory.
+
+        Each chunk must arrive within the client's ``timeout``, but a server sending a byte
+        just inside it keeps the download going: ``deadline`` (seconds, default none) bounds
+        the whole call, retries included; past it: ``APITimeoutError``, no file at ``path``.
         """
         run_id = check_run_id(run_id)
-        return await save_atomically(path, lambda: self._audio_body(run_id))
+        if deadline is None:
+            return await save_atomically(path, lambda: self._audio_body(run_id))
+        if (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                or not 0 < deadline < math.inf):
+            raise ValueError(f"deadline must be a finite positive number, got {deadline!r}")
+        with anyio.move_on_after(deadline):
+            return await save_atomically(path, lambda: self._audio_body(run_id))
+        raise APITimeoutError(f"GET /tts-result/{run_id}: the audio did not arrive "
+                              f"within deadline={deadline}s")
 
     async def _audio_body(self, run_id: int) -> BodyStream:
         path = _ROUTES[self.kind].result_prefix + str(check_run_id(run_id))

@@ -304,6 +304,29 @@ async def test_save_audio_writes_through_a_symlink(api: FakeCambAPI, client: Asy
     assert leftovers(tmp_path) == ["link.flac", "store"]
 
 
+async def test_a_trickled_download_ends_at_its_deadline(make_client: ClientFactory,
+                                                       tmp_path: Path) -> None:
+    """A byte every 0.9 x timeout never trips the per-chunk deadline (before: save_audio ran
+    forever); ``deadline=`` bounds the whole download: APITimeoutError, no file left."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"fLaC"
+        while True:
+            await anyio.sleep(0.9 * 10.0)
+            yield b"\x00"
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=trickle()))
+    client = make_client(transport=transport, timeout=10.0)
+    target = tmp_path / "slow.flac"
+    started = anyio.current_time()
+    with anyio.fail_after(1000), pytest.raises(APITimeoutError, match="deadline"):
+        await client.tts.save_audio(5, target, deadline=60.0)
+    assert anyio.current_time() - started == pytest.approx(60.0, abs=0.01)
+    assert leftovers(tmp_path) == []
+    with pytest.raises(ValueError, match="deadline"):
+        await client.tts.save_audio(5, target, deadline=float("nan"))
+
+
 async def test_raw_bytes_is_sent_and_file_url_for_result(api: FakeCambAPI,
                                                          make_client: ClientFactory) -> None:
     run_id = tts_run(api)
