@@ -21,7 +21,7 @@ import time
 import urllib.request
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
@@ -183,7 +183,9 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
     """Seconds the server asked us to wait, capped at ``cap``; None if absent/bad.
 
     Accepts ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as (fractional)
-    seconds or an HTTP date. Negative or unparseable values count as absent.
+    seconds or an HTTP date. Negative, NaN or unparseable values count as absent (an unusable
+    ``retry-after-ms`` falls back to ``Retry-After``); an infinite or huge one is ``cap``
+    (with ``cap=inf``: longer than any ``max_retry_wait``).
     """
     value: float | None = None
     ms = headers.get("retry-after-ms")
@@ -191,6 +193,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
         try:
             value = float(ms) / 1000.0
         except ValueError:
+            value = None
+        if value is not None and not value >= 0:  # negative or NaN: unusable
             value = None
     if value is None:
         raw = headers.get("retry-after")
@@ -207,7 +211,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
                 return None
             value = date.timestamp() - (time.time() if now is None else now)
             value = max(value, 0.0)
-    if not math.isfinite(value) or value < 0:
+    if not value >= 0:  # negative or NaN
         return None
     return min(value, cap)
 
@@ -231,19 +235,130 @@ class _AnswerTooLarge(Exception):
         super().__init__(f"answer larger than max_response_bytes={limit}")
         self.limit = limit
         self.status_code = status_code
+        self.detail = f"is larger than max_response_bytes ({limit} bytes)"
 
 
-def _inflater(encoding: str) -> Any:
-    """A zlib decompressor for ``Content-Encoding`` gzip/deflate, ``None`` for identity, or
-    ``False`` for anything else (left to httpx's decoders)."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS)
-    return False
+class _UnboundedEncoding(_AnswerTooLarge):
+    """A ``Content-Encoding`` we cannot inflate within bounds (br, zstd, unknown): an
+    ``APIError``, not retried (the same answer would come again)."""
+
+    def __init__(self, encoding: str, status_code: int) -> None:
+        Exception.__init__(self, f"unsupported Content-Encoding {encoding!r}")
+        self.limit = 0
+        self.status_code = status_code
+        self.detail = (f"uses Content-Encoding {encoding[:40]!r}, which is not read "
+                       "(only gzip and deflate are)")
+
+
+class _Inflate:
+    """One gzip/deflate layer of a ``Content-Encoding``, inflated in bounded steps."""
+
+    __slots__ = ("_z", "_head", "pending", "room")
+
+    def __init__(self, encoding: str) -> None:
+        deflate = encoding == "deflate"
+        self._z = zlib.decompressobj(zlib.MAX_WBITS if deflate else 16 + zlib.MAX_WBITS)
+        # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells
+        # which once it has seen two bytes (its header), so those are kept until then.
+        self._head: bytes | None = b"" if deflate else None
+        self.pending = b""  # input not inflated yet (at most one step's worth)
+        self.room = 1 << 62  # the last layer: bytes its reader still takes (see _decoded)
+
+    def step(self, most: int = _INFLATE_STEP) -> bytes:
+        """Inflate at most ``most`` bytes of ``pending``."""
+        data = self.pending
+        if self._head is not None:
+            self._head += data
+        try:
+            out: bytes = self._z.decompress(data, most)
+        except zlib.error as exc:
+            if self._head is not None:  # not a zlib header: raw deflate, from the start
+                self._z, self.pending, self._head = (
+                    zlib.decompressobj(-zlib.MAX_WBITS), self._head, None)
+                return b""
+            raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
+        if self._head is not None and len(self._head) >= 2:
+            self._head = None  # a valid zlib header: decided
+        # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
+        self.pending = b"" if self._z.eof else self._z.unconsumed_tail
+        return out
+
+    def flush(self) -> bytes:
+        out: bytes = self._z.flush()
+        return out
+
+
+def _inflaters(encoding: str, status_code: int) -> list[_Inflate]:
+    """The layers of ``Content-Encoding`` to undo, outermost (last applied) first; raises
+    ``_UnboundedEncoding`` for a coding other than gzip/deflate/identity. Stacked layers
+    (``gzip, gzip``) are each inflated in bounded steps, never by httpx's decoders (which
+    inflate a whole chunk at once)."""
+    layers: list[_Inflate] = []
+    for coding in reversed(encoding.lower().split(",")):
+        coding = coding.strip()
+        if coding in ("", "identity"):
+            continue
+        if coding in ("gzip", "x-gzip", "deflate"):
+            if len(layers) >= 8:  # nobody stacks eight: refuse rather than chain forever
+                raise _UnboundedEncoding(encoding, status_code)
+            layers.append(_Inflate(coding))
+        else:
+            raise _UnboundedEncoding(encoding, status_code)
+    return layers
+
+
+def _drain(layers: list[_Inflate], index: int) -> Iterator[bytes]:
+    """Everything layer ``index`` (and those after it) yields from its pending input, in
+    pieces of at most ``_INFLATE_STEP`` bytes: one step is passed on whole before the next."""
+    layer = layers[index]
+    last = index == len(layers) - 1
+    while layer.pending:
+        out = layer.step(min(layer.room + 1, _INFLATE_STEP) if last else _INFLATE_STEP)
+        if not out:
+            continue
+        if last:
+            layer.room = max(layer.room - len(out), 0)
+            yield out
+        else:
+            layers[index + 1].pending = out
+            yield from _drain(layers, index + 1)
+
+
+def _finish(layers: list[_Inflate]) -> Iterator[bytes]:
+    """What the layers still hold once the input has ended."""
+    for index, layer in enumerate(layers):
+        tail = layer.flush()
+        if not tail:
+            continue
+        if index == len(layers) - 1:
+            yield tail
+        else:
+            layers[index + 1].pending = tail
+            yield from _drain(layers, index + 1)
+
+
+async def _decoded(response: httpx.Response, layers: list[_Inflate],
+                   limit: int | None = None) -> AsyncIterator[bytes]:
+    """The body of ``response`` decoded, in pieces of at most ``_INFLATE_STEP`` bytes per
+    layer step (a compressed body is never inflated a whole network chunk at a time). With
+    ``limit``, the last layer inflates no more than one byte past it."""
+    if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
+        if response.content:
+            yield response.content
+        return
+    if layers and limit is not None:
+        layers[-1].room = limit
+    if not layers:
+        async for data in response.aiter_raw():
+            if data:
+                yield data
+        return
+    async for data in response.aiter_raw():
+        layers[0].pending = data
+        for out in _drain(layers, 0):
+            yield out
+    for out in _finish(layers):
+        yield out
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> None:
@@ -251,10 +366,12 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
 
     Own code rather than ``response.aread()``: aread has no cap, and httpx's decoders inflate
     each network chunk whole (one 64 KiB gzip chunk can become 64 MB) before anyone could
-    count. Here zlib's ``max_length`` bounds every inflate step to ``_INFLATE_STEP``, so the
-    memory one answer takes stays within about twice ``limit`` (the pieces, then their join)
-    whatever it inflates to. A 2xx answer past ``limit`` raises ``_AnswerTooLarge``; an error
-    answer is only cut short (its snippet is all anyone reads; its status decides a retry).
+    count. Here zlib's ``max_length`` bounds every inflate step, of every stacked layer, to
+    ``_INFLATE_STEP``, so the memory one answer takes stays within about twice ``limit`` (the
+    pieces, then their join) whatever it inflates to. A 2xx answer past ``limit`` raises
+    ``_AnswerTooLarge``, one in an encoding other than gzip/deflate ``_UnboundedEncoding``; an
+    error answer is only cut short (its snippet is all anyone reads; its status decides a
+    retry), and one in an unknown encoding is read as empty.
     """
     status = response.status_code
     if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
@@ -263,75 +380,68 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
                 raise _AnswerTooLarge(limit, status)
             response._content = response.content[:limit]
         return
-    encoding = response.headers.get("content-encoding", "")
-    inflater = _inflater(encoding)
-    # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells which
-    # once it has seen two bytes (its header), so those are kept until then.
-    head: bytes | None = b"" if encoding.strip().lower() == "deflate" else None
+    try:
+        layers = _inflaters(response.headers.get("content-encoding", ""), status)
+    except _UnboundedEncoding:
+        if status < 300:
+            raise
+        response._content = b""
+        return
     chunks: list[bytes] = []
     room = limit  # bytes still allowed
-    # An encoding we do not inflate ourselves (br, zstd, stacked ones) goes through httpx's
-    # decoders: still counted and capped, only a single chunk is not bounded while inflating.
-    source = response.aiter_bytes() if inflater is False else response.aiter_raw()
-    async for data in source:
-        while data:
-            if inflater:
-                if head is not None:
-                    head += data
-                try:
-                    out = inflater.decompress(data, min(room + 1, _INFLATE_STEP))
-                except zlib.error as exc:
-                    if head is not None:  # not a zlib header: raw deflate, from the start
-                        inflater, data, head = zlib.decompressobj(-zlib.MAX_WBITS), head, None
-                        continue
-                    raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
-                if head is not None and len(head) >= 2:
-                    head = None  # a valid zlib header: decided
-                # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
-                data = b"" if inflater.eof else inflater.unconsumed_tail
-            else:
-                out, data = data, b""
-            if len(out) > room:
-                if status < 300:
-                    raise _AnswerTooLarge(limit, status)
-                chunks.append(out[:room])
-                response._content = b"".join(chunks)
-                return
-            room -= len(out)
-            chunks.append(out)
-    if inflater:
-        tail = inflater.flush()
-        if len(tail) > room and status < 300:
-            raise _AnswerTooLarge(limit, status)
-        chunks.append(tail[:room])
+    async for out in _decoded(response, layers, limit):
+        if len(out) > room:
+            if status < 300:
+                raise _AnswerTooLarge(limit, status)
+            chunks.append(out[:room])
+            response._content = b"".join(chunks)
+            return
+        room -= len(out)
+        chunks.append(out)
     response._content = b"".join(chunks)  # what aread() would set: .content works as usual
 
 
 class _UploadStream(httpx.AsyncByteStream):
     """A multipart request body that calls ``uploaded`` once its last byte is handed over.
 
-    An upload may take as long as bytes keep flowing (httpx's write timeout guards each
-    write), so its attempt has no overall deadline until then; from then on the wait for
-    the answer is bounded by ``timeout`` like any request's (see ``_request``).
+    An upload may take as long as bytes keep flowing, so its attempt has no overall deadline
+    until then; but each chunk handed to the transport must be taken within ``timeout``
+    (``uploaded(True)`` re-arms the attempt's deadline per chunk): a server that stops reading
+    ends the attempt even where the transport has no write timeout (aiohttp's). From the
+    last byte on, the wait for the answer is bounded by ``timeout`` like any request's.
     """
 
     __slots__ = ("_stream", "_uploaded")
 
-    def __init__(self, stream: httpx.AsyncByteStream, uploaded: Callable[[], None]) -> None:
+    def __init__(self, stream: httpx.AsyncByteStream,
+                 uploaded: Callable[..., None]) -> None:
         self._stream = stream
         self._uploaded = uploaded
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
+            self._uploaded(True)  # this chunk must be taken within ``timeout``
             yield chunk
         self._uploaded()
 
 
-def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[[], None]:
-    """Start ``scope``'s deadline (``timeout`` from now) the first time this is called."""
-    def start() -> None:
-        if scope.deadline == math.inf:
+def _unmapped(exc: Exception) -> httpx.TransportError:
+    """An exception the transport did not map to httpx's, as one (its text is redacted and
+    cut where the ``CambError`` is made, and the original is not chained)."""
+    return httpx.TransportError(f"{type(exc).__name__}: {exc}")
+
+
+def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[..., None]:
+    """``start(progress=False)``: set ``scope``'s deadline to ``timeout`` from now. A
+    ``progress`` call (an upload chunk handed over) re-arms it each time; the first plain
+    call (the upload is sent, or an answer came) fixes it for the rest of the attempt."""
+    fixed = False
+
+    def start(progress: bool = False) -> None:
+        nonlocal fixed
+        if not fixed:
             scope.deadline = anyio.current_time() + timeout
+            fixed = not progress
     return start
 
 
@@ -535,7 +645,7 @@ class _DirectSender:
     ``http_client`` keeps going through ``AsyncClient.request`` (its auth, hooks, cookies).
     """
 
-    __slots__ = ("_http", "_transport", "_headers", "_timeout", "_max_bytes")
+    __slots__ = ("_http", "_transport", "_headers", "_stream_headers", "_timeout", "_max_bytes")
 
     def __init__(self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport,
                  headers: Mapping[str, str], timeout: float, max_bytes: int) -> None:
@@ -547,19 +657,25 @@ class _DirectSender:
             "connection": "keep-alive",
             **headers,
         }).raw
+        # A streamed body (audio) asks for no compression: FLAC/MP3 do not shrink further.
+        self._stream_headers = httpx.Headers({
+            **dict(httpx.Headers(self._headers).items()), "accept-encoding": "identity",
+        }).raw
         self._timeout = httpx.Timeout(timeout).as_dict()
 
     async def send(self, method: str, url: str, json_body: Any,
                    params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
                    files: Any, stream: bool = False,
-                   uploaded: Callable[[], None] | None = None,
+                   uploaded: Callable[..., None] | None = None,
                    extra_headers: Mapping[str, str] | None = None) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        headers: Any = self._headers
+        headers: Any = self._stream_headers if stream else self._headers
         if extra_headers:
             headers = httpx.Headers(headers)
             headers.update(extra_headers)
+            if stream:  # never a compressed audio body, whatever the extra headers say
+                headers["accept-encoding"] = "identity"
         request = httpx.Request(method, httpx.URL(url), params=params, headers=headers,
                                 json=json_body, data=data, files=files,
                                 extensions={"timeout": self._timeout})
@@ -590,8 +706,8 @@ class AsyncCambClient:
 
     Limits every call respects: a JSON answer larger than ``max_response_bytes`` (counted
     after decompression; default 8 MiB) is an ``APIError``, not retried. Each attempt ends
-    within ``timeout`` (an upload may run while its bytes flow, each write bounded by the
-    write timeout; the wait for the answer after it is bounded by ``timeout``). Between
+    within ``timeout`` (an upload may run while its bytes flow, each chunk taken within
+    ``timeout``; the wait for the answer after it is bounded by ``timeout``). Between
     attempts the client waits a jittered backoff of at most 8 s, or the server's
     Retry-After when it is at most ``max_retry_wait`` (default 60 s); a longer Retry-After
     is not slept on: the error (``RateLimitError`` with ``retry_after`` on a 429) is raised
@@ -681,8 +797,10 @@ class AsyncCambClient:
                 f"refusing to send the API key over plain http to {parsed.host!r}; "
                 "use https, a loopback host, or pass allow_insecure=True"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not 0 < timeout < math.inf):  # NaN fails this too
+            raise ValueError("timeout must be a finite positive number of seconds, got "
+                             f"{timeout!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if http_client is not None and transport is not None:
@@ -724,6 +842,14 @@ class AsyncCambClient:
         pieces = {raw[i:i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
         pieces.add(raw[-MIN_ECHO:])
         self.__echo = re.compile(b"|".join(re.escape(p) for p in sorted(pieces)))
+        # The same pieces as text, checked on decoded strings when the bytes could hide an
+        # echo from the check above: JSON escapes (``\u0073k-...``) or a UTF-16/32 body.
+        texts = {key[i:i + MIN_ECHO] for i in range(0, len(key) - MIN_ECHO + 1, MIN_ECHO)}
+        texts.add(key[-MIN_ECHO:])
+        self.__echo_text = re.compile("|".join(re.escape(p) for p in sorted(texts)))
+        # Which escapes could spell the key: ``\u`` always, any backslash if the key holds a
+        # character JSON may escape as ``\/``, ``\\`` or ``\"``.
+        self.__escape = b"\\" if any(c in key for c in '/\\"') else b"\\u"
         _KEY_FILTER.clients.add(self)
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
@@ -761,6 +887,8 @@ class AsyncCambClient:
             "x-api-key": key,
             "user-agent": f"camb-async/{__version__}",
             "accept": "application/json",
+            # Only encodings _read_capped inflates in bounded steps (httpx would add br/zstd).
+            "accept-encoding": "gzip, deflate",
         }
         #: Set by ``_open()`` when this client owns its HTTP client: requests then go straight
         #: to the transport (see ``_DirectSender``).
@@ -1179,8 +1307,8 @@ class AsyncCambClient:
                 await self._acquire(budget)
             # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
             # server trickling a byte per read (or an in-process transport, which has none)
-            # could otherwise hold the call forever. An upload may run while bytes flow (the
-            # write timeout guards it); the deadline starts once it is sent (_UploadStream).
+            # could otherwise hold the call forever. An upload may run while bytes flow: the
+            # deadline is re-armed per chunk handed over, fixed once it is sent (_UploadStream).
             scope = anyio.CancelScope(
                 deadline=anyio.current_time() + self.timeout if files is None else math.inf)
             uploaded = None if files is None else _answer_deadline(scope, self.timeout)
@@ -1235,7 +1363,12 @@ class AsyncCambClient:
                     raise APIConnectionError(
                         f"{method} {path}: the HTTP client is closed "
                         f"({snippet(str(exc), 80, self.__key)})"
-                    ) from exc
+                    ) from None  # the text above is redacted; the raw one may quote the key
+            except Exception as exc:
+                # Anything else the transport let through unmapped (h11's LocalProtocolError
+                # for an upload whose file changed size, a file object's read error...):
+                # no usable answer all the same, never a raw library error.
+                failure = _unmapped(exc)
             finally:
                 self._scopes.discard(scope)
                 budget.release()
@@ -1249,8 +1382,7 @@ class AsyncCambClient:
                 raise ClientClosedError("the AsyncCambClient was closed during the request")
             if too_large is not None:  # not retried: the same answer would come again
                 raise APIError(
-                    f"{method} {path}: answer {too_large.status_code} is larger than "
-                    f"max_response_bytes ({too_large.limit} bytes)",
+                    f"{method} {path}: answer {too_large.status_code} {too_large.detail}",
                     status_code=too_large.status_code, method=method, path=path,
                     url=self._redact(url),
                 )
@@ -1322,15 +1454,18 @@ class AsyncCambClient:
             response = await direct.send(method, url, None, params, None, None, stream=True,
                                          extra_headers=extra)
         else:
-            request = http.build_request(method, url, params=params,
-                                         headers=headers or self._headers)
+            request = http.build_request(method, url, params=params, headers={
+                **(headers or self._headers), "accept-encoding": "identity"})
             response = await http.send(request, stream=True, follow_redirects=False)
         try:
             if response.status_code >= 300:  # read like any answer: capped, then closed
                 await _read_capped(response, self.max_response_bytes)
                 await response.aclose()
                 return response, None
-            chunks = aiter(response.aiter_bytes())
+            # A compressed answer all the same is inflated in bounded steps (never a whole
+            # network chunk at once); an encoding we cannot bound is an APIError.
+            chunks = aiter(_decoded(response, _inflaters(
+                response.headers.get("content-encoding", ""), response.status_code)))
             first = await anext(chunks, None)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -1368,10 +1503,16 @@ class AsyncCambClient:
                 # Decoded here (as json.loads(bytes) would), then the bytes let go: otherwise
                 # the body, its text and the parsed values of a large answer would all be
                 # alive at once (3x max_response_bytes); this way at most 2x.
-                body = raw.decode(json.detect_encoding(raw), "surrogatepass")
+                encoding = json.detect_encoding(raw)
+                escaped = self.__escape in raw
+                body = raw.decode(encoding, "surrogatepass")
                 del raw
                 response._content = b""
+                if encoding != "utf-8" and self.__echo_text.search(body) is not None:
+                    body = self._redact(body)  # UTF-16/32: the bytes check could not see it
                 data = json.loads(body)
+                if escaped:  # an echo spelled in escapes shows only once decoded
+                    data, body = self._redact_decoded(data, body)
             else:
                 data = None
         except (ValueError, RecursionError) as exc:
@@ -1395,6 +1536,30 @@ class AsyncCambClient:
                 body=snippet(body, secret=self.__key),
                 **self._answer_info(response, method, path),
             ) from None
+
+    def _redact_decoded(self, data: Any, body: str) -> tuple[Any, str]:
+        """``data`` (parsed JSON) with the key redacted from every string in it, and
+        ``body`` re-encoded from it if anything changed. Only for bodies with escapes."""
+        echo = self.__echo_text
+        changed = False
+
+        def clean(value: Any) -> Any:
+            nonlocal changed
+            if isinstance(value, str):
+                if echo.search(value) is not None:
+                    changed = True
+                    return self._redact(value)
+                return value
+            if isinstance(value, list):
+                return [clean(item) for item in value]
+            if isinstance(value, dict):
+                return {clean(k): clean(v) for k, v in value.items()}
+            return value
+
+        data = clean(data)
+        if changed:
+            body = json.dumps(data, ensure_ascii=False)
+        return data, body
 
     def _transport_error(self, exc: Exception, method: str, path: str,
                          url: str = "") -> APIConnectionError:
@@ -1581,6 +1746,8 @@ class BodyStream:
                 chunk = await anext(chunks, None)
         except (httpx.RequestError, httpx.StreamError) as exc:
             failure = exc
+        except Exception as exc:  # unmapped by the transport: still a connection failure
+            failure = _unmapped(exc)
         finally:
             client._scopes.discard(scope)
         if client._closed:
@@ -1589,7 +1756,8 @@ class BodyStream:
             failure = httpx.ReadTimeout(f"no data for {client.timeout}s")
         if failure is not None:
             self._chunks = None
-            raise client._transport_error(failure, self._method, self._path) from failure
+            # Never chained: httpx's texts quote raw bytes, the key among them.
+            raise client._transport_error(failure, self._method, self._path) from None
         if chunk is None:
             self._chunks = None
         return chunk

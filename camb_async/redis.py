@@ -228,6 +228,10 @@ def _tls_defaults(url: str) -> str:
     if parts.scheme != "rediss":
         return url
     query = parse_qsl(parts.query, keep_blank_values=True)
+    for key, value in query:  # coredis looks it up as is: anything else was a raw KeyError
+        if key == "ssl_cert_reqs" and value not in ("none", "optional", "required"):
+            raise ValueError("ssl_cert_reqs must be 'none', 'optional' or 'required', got "
+                             f"{value[:40]!r}")
     if any(key == "ssl_check_hostname" for key, _ in query):
         return url
     if any(key == "ssl_cert_reqs" and value.lower() == "none" for key, value in query):
@@ -324,6 +328,23 @@ class RedisRateBudget:
                 or poll_interval <= 0 or redis_timeout <= 0 or give_back_timeout <= 0:
             raise ValueError("window, lease_ttl, retry_interval, poll_interval, redis_timeout "
                              "and give_back_timeout must be > 0, margin >= 0")
+        # NaN passes every comparison above as False (then every acquire waited forever),
+        # and an infinite one is no setting: each must be a finite number in range.
+        for label, setting, least in (
+                ("window", window, 0.0), ("lease_ttl", lease_ttl, 0.0),
+                ("retry_interval", retry_interval, 0.0), ("poll_interval", poll_interval, 0.0),
+                ("redis_timeout", redis_timeout, 0.0),
+                ("give_back_timeout", give_back_timeout, 0.0), ("state_ttl", state_ttl, 0.0),
+                ("margin", margin, None), ("min_rate", min_rate, None),
+                ("default_pause", default_pause, None), ("max_pause", max_pause, None),
+                ("recovery", recovery, None), ("reset_hold", reset_hold, None)):
+            if setting is None and label in ("recovery", "reset_hold"):
+                continue
+            if (isinstance(setting, bool) or not isinstance(setting, (int, float))
+                    or not math.isfinite(setting) or setting < 0
+                    or (least is not None and setting <= least)):
+                raise ValueError(f"{label} must be a finite number "
+                                 f"{'> 0' if least is not None else '>= 0'}, got {setting!r}")
         self._redis = redis
         self._script = redis.register_script(_SCRIPT)
         self.redis_timeout = float(redis_timeout)
