@@ -64,10 +64,16 @@ def decode(
             # Decoded here (as json.loads(bytes) would), then the bytes let go: otherwise
             # the body, its text and the parsed values of a large answer would all be
             # alive at once (3x max_response_bytes); this way at most 2x.
-            body = raw.decode(json.detect_encoding(raw), "surrogatepass")
+            encoding = json.detect_encoding(raw)
+            escaped = client._escaped(raw)
+            body = raw.decode(encoding, "surrogatepass")
             del raw
             response._content = b""
+            if encoding != "utf-8" and client._echoed_text(body):
+                body = client._redact(body)  # UTF-16/32: the bytes check could not see it
             data = json.loads(body)
+            if escaped:  # an echo spelled in escapes shows only once decoded
+                data, body = redact_decoded(client, data, body)
         else:
             data = None
     except (ValueError, RecursionError) as exc:
@@ -91,6 +97,30 @@ def decode(
             body=client._snippet(body),
             **answer_info(client, response, method, path),
         ) from None
+
+
+def redact_decoded(client: AsyncCambClient, data: Any, body: str) -> tuple[Any, str]:
+    """``data`` (parsed JSON) with the key redacted from every string in it, and
+    ``body`` re-encoded from it if anything changed. Only for bodies with escapes."""
+    changed = False
+
+    def clean(value: Any) -> Any:
+        nonlocal changed
+        if isinstance(value, str):
+            if client._echoed_text(value):
+                changed = True
+                return client._redact(value)
+            return value
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return value
+
+    data = clean(data)
+    if changed:
+        body = json.dumps(data, ensure_ascii=False)
+    return data, body
 
 
 def transport_error(client: AsyncCambClient, exc: Exception, method: str, path: str,

@@ -160,8 +160,13 @@ class RateBudget:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if not 0 < decrease < 1:
             raise ValueError("decrease must be between 0 and 1")
-        if window <= 0 or margin < 0:
-            raise ValueError("window must be > 0 and margin >= 0")
+        if not (0 < window < math.inf and 0 <= margin < math.inf):  # NaN fails these too
+            raise ValueError("window must be finite and > 0, margin finite and >= 0")
+        for name, value in (("min_rate", min_rate), ("default_pause", default_pause),
+                            ("max_pause", max_pause), ("recovery", recovery),
+                            ("burst", burst)):
+            if value is not None and not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self._max_rate = None if rate is None else float(rate)
         self._rate = self._max_rate
         self._rate_at_cut = self._max_rate

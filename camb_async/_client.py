@@ -20,6 +20,7 @@ from ._config import (
     check_key,
     check_settings,
     echo_pattern,
+    echo_text_pattern,
     resolve_proxy,
 )
 from ._errors import (
@@ -63,8 +64,8 @@ class AsyncCambClient(_ClientSurface):
 
     Limits every call respects: a JSON answer larger than ``max_response_bytes`` (counted
     after decompression; default 8 MiB) is an ``APIError``, not retried. Each attempt ends
-    within ``timeout`` (an upload may run while its bytes flow, each write bounded by the
-    write timeout; the wait for the answer after it is bounded by ``timeout``). Between
+    within ``timeout`` (an upload may run while its bytes flow, each chunk taken within
+    ``timeout``; the wait for the answer after it is bounded by ``timeout``). Between
     attempts the client waits a jittered backoff of at most 8 s, or the server's
     Retry-After when it is at most ``max_retry_wait`` (default 60 s); a longer Retry-After
     is not slept on: the error (``RateLimitError`` with ``retry_after`` on a 429) is raised
@@ -149,6 +150,12 @@ class AsyncCambClient(_ClientSurface):
 
         self.__key = key
         self.__echo = echo_pattern(key)
+        # The same pieces as text, checked on decoded strings when the bytes could hide an
+        # echo from the check above: JSON escapes (``\u0073k-...``) or a UTF-16/32 body.
+        self.__echo_text = echo_text_pattern(key)
+        # Which escapes could spell the key: ``\u`` always, any backslash if the key holds a
+        # character JSON may escape as ``\/``, ``\\`` or ``\"``.
+        self.__escape = b"\\" if any(c in key for c in '/\\"') else b"\\u"
         KEY_FILTER.clients.add(self)
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
@@ -186,6 +193,8 @@ class AsyncCambClient(_ClientSurface):
             "x-api-key": key,
             "user-agent": f"camb-async/{__version__}",
             "accept": "application/json",
+            # Only encodings _read_capped inflates in bounded steps (httpx would add br/zstd).
+            "accept-encoding": "gzip, deflate",
         }
         #: Set by ``_open()`` when this client owns its HTTP client: requests then go straight
         #: to the transport (see ``_DirectSender``).
@@ -219,6 +228,14 @@ class AsyncCambClient(_ClientSurface):
     def _echoed(self, raw: bytes) -> bool:
         """Whether ``raw`` may hold an echo of this client's key (one regex search)."""
         return self.__echo.search(raw) is not None
+
+    def _echoed_text(self, text: str) -> bool:
+        """Whether decoded ``text`` may hold an echo of this client's key."""
+        return self.__echo_text.search(text) is not None
+
+    def _escaped(self, raw: bytes) -> bool:
+        """Whether ``raw`` holds an escape that could spell the key once JSON-decoded."""
+        return self.__escape in raw
 
     def _redact(self, text: str) -> str:
         """``text`` without this client's key (or any echoed part of it)."""

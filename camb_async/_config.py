@@ -17,7 +17,7 @@ from ._errors import MIN_ECHO
 from ._validation import is_int, is_number
 
 __all__ = ["DEFAULT_BASE_URL", "check_base_url", "check_key", "check_settings", "echo_pattern",
-           "resolve_proxy"]
+           "echo_text_pattern", "resolve_proxy"]
 
 DEFAULT_BASE_URL = "https://client.camb.ai/apis"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -60,8 +60,9 @@ def check_settings(**settings: Any) -> None:
     ``max_response_bytes``, ``max_retry_wait``); one left out is not checked."""
     if "timeout" in settings:
         timeout = settings["timeout"]
-        if not is_number(timeout) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not is_number(timeout) or not 0 < timeout < math.inf:  # NaN fails this too
+            raise ValueError("timeout must be a finite positive number of seconds, got "
+                             f"{timeout!r}")
     if "max_retries" in settings:
         max_retries = settings["max_retries"]
         if not is_int(max_retries) or max_retries < 0:
@@ -112,6 +113,13 @@ def echo_pattern(key: str) -> re.Pattern[bytes]:
     pieces = {raw[i:i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
     pieces.add(raw[-MIN_ECHO:])
     return re.compile(b"|".join(re.escape(p) for p in sorted(pieces)))
+
+
+def echo_text_pattern(key: str) -> re.Pattern[str]:
+    """``echo_pattern`` as text, for decoded strings (JSON escapes, UTF-16/32 bodies)."""
+    texts = {key[i:i + MIN_ECHO] for i in range(0, len(key) - MIN_ECHO + 1, MIN_ECHO)}
+    texts.add(key[-MIN_ECHO:])
+    return re.compile("|".join(re.escape(p) for p in sorted(texts)))
 
 
 def _env_proxy(url: httpx.URL) -> str | None:

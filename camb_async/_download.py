@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO, Protocol
 
@@ -39,16 +40,36 @@ class Body(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _open_beside(target: str) -> tuple[str, IO[bytes]]:
+def _open_beside(target: str) -> tuple[str, str, IO[bytes]]:
+    """The real target (a symlink at ``target`` is followed: the file it points to is
+    replaced, the link stays), and a new temporary file beside it.
+
+    The temporary name is short (``.camb-<12 hex>.part``) so any legal name can be saved;
+    it takes the mode of the file it replaces (a new file gets the umask's default).
+    """
     if os.path.isdir(target):
         raise IsADirectoryError(f"path is a directory: {target!r}")
-    directory, name = os.path.split(os.path.abspath(target))
+    real = os.path.realpath(target) if os.path.islink(target) else os.path.abspath(target)
+    if os.path.isdir(real):
+        raise IsADirectoryError(f"path is a directory: {target!r}")
+    directory = os.path.dirname(real)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(real).st_mode)
+    except FileNotFoundError:
+        mode = None
     for _ in range(100):
-        temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
+        temp = os.path.join(directory, f".camb-{secrets.token_hex(6)}.part")
         try:
-            return temp, open(temp, "xb")
+            file = open(temp, "xb")  # noqa: SIM115 - closed by save_atomically
         except FileExistsError:
             continue
+        if mode is not None:
+            try:
+                os.fchmod(file.fileno(), mode)
+            except BaseException:
+                _discard(temp, file)
+                raise
+        return real, temp, file
     raise FileExistsError(f"could not create a temporary file beside {target!r}")
 
 
@@ -67,12 +88,14 @@ async def save_atomically(
     """Write the body ``open_body()`` returns to ``path``; returns the bytes written.
 
     The temporary file is created before ``open_body`` runs, so an unwritable directory fails
-    before any request is made.
+    before any request is made (an ``OSError``: ``PermissionError``, ``FileNotFoundError``,
+    ``IsADirectoryError``...). A symlink at ``path`` is written through: the file it points
+    to is replaced atomically, the link is kept. An existing file's permission bits are kept.
     """
     target = os.fspath(path)
     if not isinstance(target, str):
         raise TypeError("path must be str or os.PathLike[str]")
-    temp, file = await _offload(_open_beside, target)
+    target, temp, file = await _offload(_open_beside, target)
     done = False
     body: Body | None = None
     try:

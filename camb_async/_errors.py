@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._models import StatusResult, TaskKind, ValidationDetail
 
 __all__ = [
@@ -233,13 +235,16 @@ class TaskFailedError(CambError):
 
     status: StatusResult
 
-    def __init__(self, status: StatusResult) -> None:
+    def __init__(self, status: StatusResult,
+                 redact: Callable[[str], str] | None = None) -> None:
+        """``redact``: the client's key redaction, applied to the whole message (the
+        server's ``message``/``exception_reason`` and the task id may echo the key)."""
         reason = f", reason={status.exception_reason}" if status.exception_reason else ""
-        message = f": {snippet(str(status.message))}" if status.message else ""
-        super().__init__(
-            f"{status.kind.value} task {status.task_id!r} ended "
-            f"{status.raw_status}{reason}{message}"
-        )
+        text = str(status.message) if status.message else ""
+        message = f": {snippet(redact(text) if redact else text)}" if text else ""
+        full = (f"{status.kind.value} task {status.task_id!r} ended "
+                f"{status.raw_status}{reason}{message}")
+        super().__init__(redact(full) if redact else full)
         self.status = status
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -216,11 +216,13 @@ class TaskHandle(Generic[R_co]):
         """
         final = await self.wait(timeout, policy=policy)
         result = await self._client.resource(self.kind)._result(
-            run_id_of(final), extra_headers=extra_headers, extra_query=extra_query)
+            run_id_of(final, self._client._redact), extra_headers=extra_headers,
+            extra_query=extra_query)
         return cast(R_co, result)
 
     async def save_audio(self, path: str | os.PathLike[str], timeout: float | None = None, *,
                          policy: PollPolicy | None = None,
+                         deadline: float | None = None,
                          extra_headers: Mapping[str, str] | None = None,
                          extra_query: Mapping[str, str | int] | None = None) -> int:
         """TTS tasks: wait until terminal, then stream the FLAC audio to ``path`` (see
@@ -231,21 +233,25 @@ class TaskHandle(Generic[R_co]):
             path: where the audio ends up (written beside it first, renamed when complete).
             timeout: seconds to wait for the task at most.
             policy: the polling schedule; the kind's default ``PollPolicy`` if ``None``.
+            deadline: seconds the download may take at most, retries included (default
+                none: each chunk must still arrive within the client's ``timeout``).
             extra_headers: headers added to the audio request (never ``x-api-key``).
             extra_query: query parameters added to the audio request.
         """
         if self.kind is not TaskKind.TTS:
             raise TypeError(f"save_audio() is for text-to-speech tasks, not {self.kind.value}")
         final = await self.wait(timeout, policy=policy)
-        return await self._client.tts.save_audio(run_id_of(final), path,
+        return await self._client.tts.save_audio(run_id_of(final, self._client._redact), path,
+                                                 deadline=deadline,
                                                  extra_headers=extra_headers,
                                                  extra_query=extra_query)
 
 
-def run_id_of(final: StatusResult) -> int:
-    """The run id of a terminal status, or the error that explains why there is none."""
+def run_id_of(final: StatusResult, redact: Callable[[str], str] | None = None) -> int:
+    """The run id of a terminal status, or the error that explains why there is none
+    (``redact``: the client's, for the message)."""
     if not final.is_success:
-        raise TaskFailedError(final)
+        raise TaskFailedError(final, redact)
     if final.run_id is None:
         raise APIError(
             f"{final.kind.value} task {final.task_id!r} is SUCCESS but the API sent no run_id",

@@ -5,10 +5,9 @@ attempt's answer deadline, and ``BodyStream`` (a streamed 2xx body).
 from __future__ import annotations
 
 import logging
-import math
 import zlib
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import httpx
@@ -46,19 +45,130 @@ class _AnswerTooLarge(Exception):
         super().__init__(f"answer larger than max_response_bytes={limit}")
         self.limit = limit
         self.status_code = status_code
+        self.detail = f"is larger than max_response_bytes ({limit} bytes)"
 
 
-def _inflater(encoding: str) -> Any:
-    """A zlib decompressor for ``Content-Encoding`` gzip/deflate, ``None`` for identity, or
-    ``False`` for anything else (left to httpx's decoders)."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS)
-    return False
+class _UnboundedEncoding(_AnswerTooLarge):
+    """A ``Content-Encoding`` we cannot inflate within bounds (br, zstd, unknown): an
+    ``APIError``, not retried (the same answer would come again)."""
+
+    def __init__(self, encoding: str, status_code: int) -> None:
+        Exception.__init__(self, f"unsupported Content-Encoding {encoding!r}")
+        self.limit = 0
+        self.status_code = status_code
+        self.detail = (f"uses Content-Encoding {encoding[:40]!r}, which is not read "
+                       "(only gzip and deflate are)")
+
+
+class _Inflate:
+    """One gzip/deflate layer of a ``Content-Encoding``, inflated in bounded steps."""
+
+    __slots__ = ("_z", "_head", "pending", "room")
+
+    def __init__(self, encoding: str) -> None:
+        deflate = encoding == "deflate"
+        self._z = zlib.decompressobj(zlib.MAX_WBITS if deflate else 16 + zlib.MAX_WBITS)
+        # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells
+        # which once it has seen two bytes (its header), so those are kept until then.
+        self._head: bytes | None = b"" if deflate else None
+        self.pending = b""  # input not inflated yet (at most one step's worth)
+        self.room = 1 << 62  # the last layer: bytes its reader still takes (see _decoded)
+
+    def step(self, most: int = _INFLATE_STEP) -> bytes:
+        """Inflate at most ``most`` bytes of ``pending``."""
+        data = self.pending
+        if self._head is not None:
+            self._head += data
+        try:
+            out: bytes = self._z.decompress(data, most)
+        except zlib.error as exc:
+            if self._head is not None:  # not a zlib header: raw deflate, from the start
+                self._z, self.pending, self._head = (
+                    zlib.decompressobj(-zlib.MAX_WBITS), self._head, None)
+                return b""
+            raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
+        if self._head is not None and len(self._head) >= 2:
+            self._head = None  # a valid zlib header: decided
+        # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
+        self.pending = b"" if self._z.eof else self._z.unconsumed_tail
+        return out
+
+    def flush(self) -> bytes:
+        out: bytes = self._z.flush()
+        return out
+
+
+def _inflaters(encoding: str, status_code: int) -> list[_Inflate]:
+    """The layers of ``Content-Encoding`` to undo, outermost (last applied) first; raises
+    ``_UnboundedEncoding`` for a coding other than gzip/deflate/identity. Stacked layers
+    (``gzip, gzip``) are each inflated in bounded steps, never by httpx's decoders (which
+    inflate a whole chunk at once)."""
+    layers: list[_Inflate] = []
+    for coding in reversed(encoding.lower().split(",")):
+        coding = coding.strip()
+        if coding in ("", "identity"):
+            continue
+        if coding in ("gzip", "x-gzip", "deflate"):
+            if len(layers) >= 8:  # nobody stacks eight: refuse rather than chain forever
+                raise _UnboundedEncoding(encoding, status_code)
+            layers.append(_Inflate(coding))
+        else:
+            raise _UnboundedEncoding(encoding, status_code)
+    return layers
+
+
+def _drain(layers: list[_Inflate], index: int) -> Iterator[bytes]:
+    """Everything layer ``index`` (and those after it) yields from its pending input, in
+    pieces of at most ``_INFLATE_STEP`` bytes: one step is passed on whole before the next."""
+    layer = layers[index]
+    last = index == len(layers) - 1
+    while layer.pending:
+        out = layer.step(min(layer.room + 1, _INFLATE_STEP) if last else _INFLATE_STEP)
+        if not out:
+            continue
+        if last:
+            layer.room = max(layer.room - len(out), 0)
+            yield out
+        else:
+            layers[index + 1].pending = out
+            yield from _drain(layers, index + 1)
+
+
+def _finish(layers: list[_Inflate]) -> Iterator[bytes]:
+    """What the layers still hold once the input has ended."""
+    for index, layer in enumerate(layers):
+        tail = layer.flush()
+        if not tail:
+            continue
+        if index == len(layers) - 1:
+            yield tail
+        else:
+            layers[index + 1].pending = tail
+            yield from _drain(layers, index + 1)
+
+
+async def _decoded(response: httpx.Response, layers: list[_Inflate],
+                   limit: int | None = None) -> AsyncIterator[bytes]:
+    """The body of ``response`` decoded, in pieces of at most ``_INFLATE_STEP`` bytes per
+    layer step (a compressed body is never inflated a whole network chunk at a time). With
+    ``limit``, the last layer inflates no more than one byte past it."""
+    if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
+        if response.content:
+            yield response.content
+        return
+    if layers and limit is not None:
+        layers[-1].room = limit
+    if not layers:
+        async for data in response.aiter_raw():
+            if data:
+                yield data
+        return
+    async for data in response.aiter_raw():
+        layers[0].pending = data
+        for out in _drain(layers, 0):
+            yield out
+    for out in _finish(layers):
+        yield out
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> None:
@@ -66,10 +176,12 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
 
     Own code rather than ``response.aread()``: aread has no cap, and httpx's decoders inflate
     each network chunk whole (one 64 KiB gzip chunk can become 64 MB) before anyone could
-    count. Here zlib's ``max_length`` bounds every inflate step to ``_INFLATE_STEP``, so the
-    memory one answer takes stays within about twice ``limit`` (the pieces, then their join)
-    whatever it inflates to. A 2xx answer past ``limit`` raises ``_AnswerTooLarge``; an error
-    answer is only cut short (its snippet is all anyone reads; its status decides a retry).
+    count. Here zlib's ``max_length`` bounds every inflate step, of every stacked layer, to
+    ``_INFLATE_STEP``, so the memory one answer takes stays within about twice ``limit`` (the
+    pieces, then their join) whatever it inflates to. A 2xx answer past ``limit`` raises
+    ``_AnswerTooLarge``, one in an encoding other than gzip/deflate ``_UnboundedEncoding``; an
+    error answer is only cut short (its snippet is all anyone reads; its status decides a
+    retry), and one in an unknown encoding is read as empty.
     """
     status = response.status_code
     if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
@@ -78,75 +190,68 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
                 raise _AnswerTooLarge(limit, status)
             response._content = response.content[:limit]
         return
-    encoding = response.headers.get("content-encoding", "")
-    inflater = _inflater(encoding)
-    # "deflate" is zlib-wrapped per the RFC, but some servers send it raw; zlib tells which
-    # once it has seen two bytes (its header), so those are kept until then.
-    head: bytes | None = b"" if encoding.strip().lower() == "deflate" else None
+    try:
+        layers = _inflaters(response.headers.get("content-encoding", ""), status)
+    except _UnboundedEncoding:
+        if status < 300:
+            raise
+        response._content = b""
+        return
     chunks: list[bytes] = []
     room = limit  # bytes still allowed
-    # An encoding we do not inflate ourselves (br, zstd, stacked ones) goes through httpx's
-    # decoders: still counted and capped, only a single chunk is not bounded while inflating.
-    source = response.aiter_bytes() if inflater is False else response.aiter_raw()
-    async for data in source:
-        while data:
-            if inflater:
-                if head is not None:
-                    head += data
-                try:
-                    out = inflater.decompress(data, min(room + 1, _INFLATE_STEP))
-                except zlib.error as exc:
-                    if head is not None:  # not a zlib header: raw deflate, from the start
-                        inflater, data, head = zlib.decompressobj(-zlib.MAX_WBITS), head, None
-                        continue
-                    raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
-                if head is not None and len(head) >= 2:
-                    head = None  # a valid zlib header: decided
-                # Whatever follows the compressed stream (unused_data) is ignored, as httpx does.
-                data = b"" if inflater.eof else inflater.unconsumed_tail
-            else:
-                out, data = data, b""
-            if len(out) > room:
-                if status < 300:
-                    raise _AnswerTooLarge(limit, status)
-                chunks.append(out[:room])
-                response._content = b"".join(chunks)
-                return
-            room -= len(out)
-            chunks.append(out)
-    if inflater:
-        tail = inflater.flush()
-        if len(tail) > room and status < 300:
-            raise _AnswerTooLarge(limit, status)
-        chunks.append(tail[:room])
+    async for out in _decoded(response, layers, limit):
+        if len(out) > room:
+            if status < 300:
+                raise _AnswerTooLarge(limit, status)
+            chunks.append(out[:room])
+            response._content = b"".join(chunks)
+            return
+        room -= len(out)
+        chunks.append(out)
     response._content = b"".join(chunks)  # what aread() would set: .content works as usual
 
 
 class _UploadStream(httpx.AsyncByteStream):
     """A multipart request body that calls ``uploaded`` once its last byte is handed over.
 
-    An upload may take as long as bytes keep flowing (httpx's write timeout guards each
-    write), so its attempt has no overall deadline until then; from then on the wait for
-    the answer is bounded by ``timeout`` like any request's (see ``_request``).
+    An upload may take as long as bytes keep flowing, so its attempt has no overall deadline
+    until then; but each chunk handed to the transport must be taken within ``timeout``
+    (``uploaded(True)`` re-arms the attempt's deadline per chunk): a server that stops reading
+    ends the attempt even where the transport has no write timeout (aiohttp's). From the
+    last byte on, the wait for the answer is bounded by ``timeout`` like any request's.
     """
 
     __slots__ = ("_stream", "_uploaded")
 
-    def __init__(self, stream: httpx.AsyncByteStream, uploaded: Callable[[], None]) -> None:
+    def __init__(self, stream: httpx.AsyncByteStream,
+                 uploaded: Callable[..., None]) -> None:
         self._stream = stream
         self._uploaded = uploaded
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
+            self._uploaded(True)  # this chunk must be taken within ``timeout``
             yield chunk
         self._uploaded()
 
 
-def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[[], None]:
-    """Start ``scope``'s deadline (``timeout`` from now) the first time this is called."""
-    def start() -> None:
-        if scope.deadline == math.inf:
+def _unmapped(exc: Exception) -> httpx.TransportError:
+    """An exception the transport did not map to httpx's, as one (its text is redacted and
+    cut where the ``CambError`` is made, and the original is not chained)."""
+    return httpx.TransportError(f"{type(exc).__name__}: {exc}")
+
+
+def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[..., None]:
+    """``start(progress=False)``: set ``scope``'s deadline to ``timeout`` from now. A
+    ``progress`` call (an upload chunk handed over) re-arms it each time; the first plain
+    call (the upload is sent, or an answer came) fixes it for the rest of the attempt."""
+    fixed = False
+
+    def start(progress: bool = False) -> None:
+        nonlocal fixed
+        if not fixed:
             scope.deadline = anyio.current_time() + timeout
+            fixed = not progress
     return start
 
 
@@ -216,6 +321,8 @@ class BodyStream:
                 chunk = await anext(chunks, None)
         except (httpx.RequestError, httpx.StreamError) as exc:
             failure = exc
+        except Exception as exc:  # unmapped by the transport: still a connection failure
+            failure = _unmapped(exc)
         finally:
             client._scopes.discard(scope)
         if client._closed:
@@ -224,7 +331,8 @@ class BodyStream:
             failure = httpx.ReadTimeout(f"no data for {client.timeout}s")
         if failure is not None:
             self._chunks = None
-            raise transport_error(client, failure, self._method, self._path) from failure
+            # Never chained: httpx's texts quote raw bytes, the key among them.
+            raise transport_error(client, failure, self._method, self._path) from None
         if chunk is None:
             self._chunks = None
         return chunk

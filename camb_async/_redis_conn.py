@@ -126,6 +126,10 @@ def _tls_defaults(url: str) -> str:
     if parts.scheme != "rediss":
         return url
     query = parse_qsl(parts.query, keep_blank_values=True)
+    for key, value in query:  # coredis looks it up as is: anything else was a raw KeyError
+        if key == "ssl_cert_reqs" and value not in ("none", "optional", "required"):
+            raise ValueError("ssl_cert_reqs must be 'none', 'optional' or 'required', got "
+                             f"{value[:40]!r}")
     if any(key == "ssl_check_hostname" for key, _ in query):
         return url
     if any(key == "ssl_cert_reqs" and value.lower() == "none" for key, value in query):

@@ -22,7 +22,16 @@ from ._errors import (
     ClientClosedError,
 )
 from ._hooks import RequestHooks
-from ._reading import BodyStream, _answer_deadline, _AnswerTooLarge, _read_capped, _UploadStream
+from ._reading import (
+    BodyStream,
+    _answer_deadline,
+    _AnswerTooLarge,
+    _decoded,
+    _inflaters,
+    _read_capped,
+    _unmapped,
+    _UploadStream,
+)
 from ._transports import _DirectSender
 
 if TYPE_CHECKING:
@@ -43,7 +52,9 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
     """Seconds the server asked us to wait, capped at ``cap``; None if absent/bad.
 
     Accepts ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as (fractional)
-    seconds or an HTTP date. Negative or unparseable values count as absent.
+    seconds or an HTTP date. Negative, NaN or unparseable values count as absent (an unusable
+    ``retry-after-ms`` falls back to ``Retry-After``); an infinite or huge one is ``cap``
+    (with ``cap=inf``: longer than any ``max_retry_wait``).
     """
     value: float | None = None
     ms = headers.get("retry-after-ms")
@@ -51,6 +62,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
         try:
             value = float(ms) / 1000.0
         except ValueError:
+            value = None
+        if value is not None and not value >= 0:  # negative or NaN: unusable
             value = None
     if value is None:
         raw = headers.get("retry-after")
@@ -67,7 +80,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None,
                 return None
             value = date.timestamp() - (time.time() if now is None else now)
             value = max(value, 0.0)
-    if not math.isfinite(value) or value < 0:
+    if not value >= 0:  # negative or NaN
         return None
     return min(value, cap)
 
@@ -192,8 +205,8 @@ class _Call:
             await client._acquire(budget)
         # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
         # server trickling a byte per read (or an in-process transport, which has none)
-        # could otherwise hold the call forever. An upload may run while bytes flow (the
-        # write timeout guards it); the deadline starts once it is sent (_UploadStream).
+        # could otherwise hold the call forever. An upload may run while bytes flow: the
+        # deadline is re-armed per chunk handed over, fixed once it is sent (_UploadStream).
         scope = anyio.CancelScope(
             deadline=anyio.current_time() + client.timeout if self.files is None else math.inf)
         uploaded = None if self.files is None else _answer_deadline(scope, client.timeout)
@@ -220,7 +233,12 @@ class _Call:
                 raise APIConnectionError(
                     f"{method} {path}: the HTTP client is closed "
                     f"({client._snippet(str(exc), 80)})"
-                ) from exc
+                ) from None  # the text above is redacted; the raw one may quote the key
+        except Exception as exc:
+            # Anything else the transport let through unmapped (h11's LocalProtocolError
+            # for an upload whose file changed size, a file object's read error...):
+            # no usable answer all the same, never a raw library error.
+            failure = _unmapped(exc)
         finally:
             client._scopes.discard(scope)
             budget.release()
@@ -278,8 +296,7 @@ class _Call:
             raise ClientClosedError("the AsyncCambClient was closed during the request")
         if too_large is not None:  # not retried: the same answer would come again
             raise APIError(
-                f"{self.method} {self.path}: answer {too_large.status_code} is larger than "
-                f"max_response_bytes ({too_large.limit} bytes)",
+                f"{self.method} {self.path}: answer {too_large.status_code} {too_large.detail}",
                 status_code=too_large.status_code, method=self.method, path=self.path,
                 url=client._redact(self.url),
             )
@@ -357,15 +374,18 @@ async def send_streaming(client: AsyncCambClient, http: httpx.AsyncClient,
         response = await direct.send(method, url, None, params, None, None, stream=True,
                                      extra_headers=extra)
     else:
-        request = http.build_request(method, url, params=params,
-                                     headers=headers or client._headers)
+        request = http.build_request(method, url, params=params, headers={
+            **(headers or client._headers), "accept-encoding": "identity"})
         response = await http.send(request, stream=True, follow_redirects=False)
     try:
         if response.status_code >= 300:  # read like any answer: capped, then closed
             await _read_capped(response, client.max_response_bytes)
             await response.aclose()
             return response, None
-        chunks = aiter(response.aiter_bytes())
+        # A compressed answer all the same is inflated in bounded steps (never a whole
+        # network chunk at once); an encoding we cannot bound is an APIError.
+        chunks = aiter(_decoded(response, _inflaters(
+            response.headers.get("content-encoding", ""), response.status_code)))
         first = await anext(chunks, None)
     except BaseException:
         with anyio.CancelScope(shield=True):

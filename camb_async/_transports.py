@@ -212,6 +212,7 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
     return CambAiohttpTransport
 
 
+
 class _DirectSender:
     """The request path's send for a client that owns its ``httpx.AsyncClient``.
 
@@ -224,7 +225,7 @@ class _DirectSender:
     ``http_client`` keeps going through ``AsyncClient.request`` (its auth, hooks, cookies).
     """
 
-    __slots__ = ("_http", "_transport", "_headers", "_timeout", "_max_bytes")
+    __slots__ = ("_http", "_transport", "_headers", "_stream_headers", "_timeout", "_max_bytes")
 
     def __init__(self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport,
                  headers: Mapping[str, str], timeout: float, max_bytes: int) -> None:
@@ -236,19 +237,25 @@ class _DirectSender:
             "connection": "keep-alive",
             **headers,
         }).raw
+        # A streamed body (audio) asks for no compression: FLAC/MP3 do not shrink further.
+        self._stream_headers = httpx.Headers({
+            **dict(httpx.Headers(self._headers).items()), "accept-encoding": "identity",
+        }).raw
         self._timeout = httpx.Timeout(timeout).as_dict()
 
     async def send(self, method: str, url: str, json_body: Any,
                    params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
                    files: Any, stream: bool = False,
-                   uploaded: Callable[[], None] | None = None,
+                   uploaded: Callable[..., None] | None = None,
                    extra_headers: Mapping[str, str] | None = None) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        headers: Any = self._headers
+        headers: Any = self._stream_headers if stream else self._headers
         if extra_headers:
             headers = httpx.Headers(headers)
             headers.update(extra_headers)
+            if stream:  # never a compressed audio body, whatever the extra headers say
+                headers["accept-encoding"] = "identity"
         request = httpx.Request(method, httpx.URL(url), params=params, headers=headers,
                                 json=json_body, data=data, files=files,
                                 extensions={"timeout": self._timeout})

@@ -137,6 +137,12 @@ def _check_arguments(
     key_prefix: Any,
     redis_timeout: Any,
     give_back_timeout: Any,
+    recovery: Any,
+    min_rate: Any,
+    default_pause: Any,
+    max_pause: Any,
+    reset_hold: Any,
+    state_ttl: Any,
 ) -> None:
     """The checks of ``RedisRateBudget``'s arguments (messages are part of the contract)."""
     if not is_number(rate):
@@ -169,6 +175,22 @@ def _check_arguments(
             or poll_interval <= 0 or redis_timeout <= 0 or give_back_timeout <= 0:
         raise ValueError("window, lease_ttl, retry_interval, poll_interval, redis_timeout "
                          "and give_back_timeout must be > 0, margin >= 0")
+    # NaN passes every comparison above as False (then every acquire waited forever),
+    # and an infinite one is no setting: each must be a finite number in range.
+    for label, setting, least in (
+            ("window", window, 0.0), ("lease_ttl", lease_ttl, 0.0),
+            ("retry_interval", retry_interval, 0.0), ("poll_interval", poll_interval, 0.0),
+            ("redis_timeout", redis_timeout, 0.0),
+            ("give_back_timeout", give_back_timeout, 0.0), ("state_ttl", state_ttl, 0.0),
+            ("margin", margin, None), ("min_rate", min_rate, None),
+            ("default_pause", default_pause, None), ("max_pause", max_pause, None),
+            ("recovery", recovery, None), ("reset_hold", reset_hold, None)):
+        if setting is None and label in ("recovery", "reset_hold"):
+            continue
+        if (not is_number(setting) or not math.isfinite(setting) or setting < 0
+                or (least is not None and setting <= least)):
+            raise ValueError(f"{label} must be a finite number "
+                             f"{'> 0' if least is not None else '>= 0'}, got {setting!r}")
     if not 0 <= smooth <= 1:
         raise ValueError(f"smooth must be between 0 and 1, got {smooth}")
 
@@ -231,6 +253,12 @@ class RedisRateBudget(_FleetEngine):
             key_prefix=key_prefix,
             redis_timeout=redis_timeout,
             give_back_timeout=give_back_timeout,
+            recovery=recovery,
+            min_rate=min_rate,
+            default_pause=default_pause,
+            max_pause=max_pause,
+            reset_hold=reset_hold,
+            state_ttl=state_ttl,
         )
         super().__init__(
             redis,

@@ -8,6 +8,7 @@ all-or-nothing file and the retry-before-the-first-byte rule are exercised on bo
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -258,6 +259,72 @@ async def test_unwritable_target_fails_before_any_request(api: FakeCambAPI,
     with pytest.raises(IsADirectoryError):
         await client.tts.save_audio(run_id, tmp_path)
     assert api.log == []
+
+
+async def test_save_audio_takes_any_legal_file_name(api: FakeCambAPI, client: AsyncCambClient,
+                                                   tmp_path: Path) -> None:
+    """A 250-character name (the limit is 255): before, the temporary name built from it
+    (``.<name>.<12 hex>.part``) was too long and the call failed."""
+    run_id = tts_run(api)
+    target = tmp_path / ("n" * 245 + ".flac")
+    await client.tts.save_audio(run_id, target)
+    assert target.read_bytes() == api.audio_bytes(run_id)
+    assert leftovers(tmp_path) == [target.name]
+
+
+async def test_save_audio_keeps_the_mode_of_the_file_it_replaces(
+        api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path) -> None:
+    run_id = tts_run(api)
+    target = tmp_path / "private.flac"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    await client.tts.save_audio(run_id, target)
+    assert target.read_bytes() == api.audio_bytes(run_id)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # before: 0o644 (a new file's)
+    fresh = tmp_path / "fresh.flac"
+    umask = os.umask(0)
+    os.umask(umask)
+    await client.tts.save_audio(run_id, fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+async def test_save_audio_writes_through_a_symlink(api: FakeCambAPI, client: AsyncCambClient,
+                                                  tmp_path: Path) -> None:
+    """The file the link points to is replaced; the link stays a link (before, the link
+    itself was replaced by a regular file)."""
+    run_id = tts_run(api)
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "real.flac"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.flac"
+    link.symlink_to(real)
+    await client.tts.save_audio(run_id, link)
+    assert link.is_symlink() and real.read_bytes() == api.audio_bytes(run_id)
+    assert leftovers(tmp_path / "store") == ["real.flac"]
+    assert leftovers(tmp_path) == ["link.flac", "store"]
+
+
+async def test_a_trickled_download_ends_at_its_deadline(make_client: ClientFactory,
+                                                       tmp_path: Path) -> None:
+    """A byte every 0.9 x timeout never trips the per-chunk deadline (before: save_audio ran
+    forever); ``deadline=`` bounds the whole download: APITimeoutError, no file left."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"fLaC"
+        while True:
+            await anyio.sleep(0.9 * 10.0)
+            yield b"\x00"
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=trickle()))
+    client = make_client(transport=transport, timeout=10.0)
+    target = tmp_path / "slow.flac"
+    started = anyio.current_time()
+    with anyio.fail_after(1000), pytest.raises(APITimeoutError, match="deadline"):
+        await client.tts.save_audio(5, target, deadline=60.0)
+    assert anyio.current_time() - started == pytest.approx(60.0, abs=0.01)
+    assert leftovers(tmp_path) == []
+    with pytest.raises(ValueError, match="deadline"):
+        await client.tts.save_audio(5, target, deadline=float("nan"))
 
 
 async def test_raw_bytes_is_sent_and_file_url_for_result(api: FakeCambAPI,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import itertools
 import json
+import math
 import time
 from typing import Any
 
@@ -235,10 +236,21 @@ def test_retry_after_parsing_is_capped_and_never_negative(value: str) -> None:
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("-1", None), ("-0.5", None), ("1e308", MAX_RETRY_AFTER), ("99999999999", MAX_RETRY_AFTER),
-    ("1.5", 1.5), ("0", 0.0), ("nan", None), ("inf", None), ("soon", None),
+    ("1.5", 1.5), ("0", 0.0), ("nan", None), ("inf", MAX_RETRY_AFTER), ("soon", None),
 ])
 def test_retry_after_examples(value: str, expected: float | None) -> None:
     assert parse_retry_after({"retry-after": value}) == expected
+
+
+@pytest.mark.parametrize(("ms", "expected"), [
+    ("-1", 3600.0), ("nan", 3600.0), ("-inf", 3600.0), ("soon", 3600.0),
+    ("inf", math.inf), ("1e400", math.inf), ("2500", 2.5),
+])
+def test_an_unusable_retry_after_ms_falls_back_to_retry_after(ms: str, expected: float) -> None:
+    """Before, a negative or NaN ``retry-after-ms`` masked a valid ``Retry-After`` (the call
+    was retried at once), and an infinite one counted as absent."""
+    headers = {"retry-after-ms": ms, "retry-after": "3600"}
+    assert parse_retry_after(headers, cap=math.inf) == expected
 
 
 def test_retry_after_http_dates() -> None:

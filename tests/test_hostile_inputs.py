@@ -161,6 +161,11 @@ def test_allowed_odd_ids_over_real_sockets() -> None:
         ({"max_concurrency": None}, TypeError),
         ({"timeout": 0}, ValueError),
         ({"timeout": -1}, ValueError),
+        ({"timeout": float("nan")}, ValueError),
+        ({"timeout": float("inf")}, ValueError),
+        ({"max_retry_wait": float("nan")}, ValueError),
+        ({"max_retry_wait": float("inf")}, ValueError),
+        ({"max_retry_wait": -1}, ValueError),
         ({"max_retries": -1}, ValueError),
         ({"max_retries": 1.5}, ValueError),
         ({"budget": object()}, TypeError),
@@ -186,6 +191,15 @@ async def test_bad_client_settings_are_refused_at_construction(
 def test_bad_rate_budget_settings(rate: Any, concurrency: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         RateBudget(rate, concurrency)
+
+
+@pytest.mark.parametrize("name", ["window", "margin", "min_rate", "default_pause", "max_pause",
+                                  "recovery", "burst"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_rate_budget_float_settings_must_be_finite(name: str, value: float) -> None:
+    """Before, NaN passed every ``<= 0`` check (and then waited forever or never)."""
+    with pytest.raises(ValueError, match=name):
+        RateBudget(5, 4, **{name: value})
 
 
 async def test_handle_from_another_client_is_refused_before_any_request(

@@ -10,10 +10,12 @@ upload is also shown over real sockets.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import io
 import itertools
+import os
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -26,9 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from camb_async import (
+    APIConnectionError,
     APIError,
     APITimeoutError,
     AsyncCambClient,
+    CambError,
     InternalServerError,
     RateLimitError,
     TaskStatus,
@@ -166,6 +170,120 @@ async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_clien
     else:  # an error answer is only cut short: still a 503, still retried
         assert isinstance(info.value, InternalServerError) and len(log) == 2
     assert peak < 4 * cap, peak
+
+
+@both_branches
+@pytest.mark.parametrize("status", [200, 503])
+async def test_a_stacked_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_client: bool
+                                                                  ) -> None:
+    """``Content-Encoding: gzip, gzip``: 64 MB behind a few hundred bytes, each layer inflated
+    in bounded steps (before, stacked encodings went to httpx's decoders: one network chunk
+    inflated whole, the reviewer's 822 wire bytes took 800 MiB)."""
+    cap = 256 * 1024
+    bomb = gzip.compress(gzip_bomb(64 << 20))
+    log: list[float] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        async with make(streamed(status, bomb, "gzip, gzip", log, chunk=1 << 16), own_client,
+                        max_response_bytes=cap, max_retries=1) as client:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            with pytest.raises(APIError) as info:
+                await client.dub.status("t1")
+            peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    if status == 200:
+        assert type(info.value) is APIError and len(log) == 1
+    else:
+        assert isinstance(info.value, InternalServerError) and len(log) == 2
+    assert peak < 4 * cap, peak
+
+
+@pytest.mark.parametrize("header", ["gzip, gzip", "deflate, gzip", "gzip,deflate",
+                                    "identity, gzip", "GZIP , x-gzip"])
+async def test_stacked_encodings_read_as_their_layers(header: str) -> None:
+    body = json_of_size(5000)
+    wire = body
+    for coding in (c.strip().lower() for c in header.split(",")):
+        wire = encode(wire, {"x-gzip": "gzip"}.get(coding, coding))
+    pieces = [wire[i:i + 7] for i in range(0, len(wire), 7)]
+    response = httpx.Response(200, headers={"content-encoding": header},
+                              stream=Pieces(pieces))
+    await _read_capped(response, 10_000)
+    assert response.content == body
+
+
+@both_branches
+@pytest.mark.parametrize("header", ["br", "zstd", "gzip, br", "compress", "gzip, " * 8 + "gzip"])
+async def test_an_encoding_we_cannot_bound_is_api_error_and_not_retried(
+        header: str, own_client: bool) -> None:
+    log: list[float] = []
+    transport = streamed(200, json_of_size(100), header, log)
+    async with make(transport, own_client) as client:
+        with pytest.raises(APIError, match="Content-Encoding") as info:
+            await client.dub.status("t1")
+    assert type(info.value) is APIError and info.value.status_code == 200
+    assert len(log) == 1
+
+
+@both_branches
+async def test_an_error_answer_in_an_unknown_encoding_keeps_its_status(own_client: bool
+                                                                       ) -> None:
+    log: list[float] = []
+    async with make(streamed(503, b"\x00" * 500, "br", log), own_client) as client:
+        with pytest.raises(InternalServerError):
+            await client.dub.status("t1")
+    assert len(log) == 3  # still a 503: retried
+
+
+@both_branches
+async def test_only_bounded_encodings_are_advertised(own_client: bool) -> None:
+    """JSON answers: gzip and deflate (what _read_capped inflates in bounded steps), never
+    br/zstd (httpx adds them to its default when their packages are installed); a streamed
+    audio body asks for none."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("accept-encoding", ""))
+        if request.url.path.startswith("/tts-result"):
+            return httpx.Response(200, content=b"fLaC" + b"\x00" * 100)
+        return httpx.Response(200, json={"status": "PENDING"})
+
+    async with make(httpx.MockTransport(handle), own_client) as client:
+        await client.dub.status("t1")
+        async for _ in client.tts.audio(7):
+            pass
+    assert seen == ["gzip, deflate", "identity"]
+
+
+@both_branches
+@pytest.mark.parametrize("header", ["gzip", "gzip, gzip"])
+async def test_a_compressed_audio_body_is_inflated_in_bounded_pieces(
+        header: str, own_client: bool) -> None:
+    """A server that compresses the audio anyway: every piece handed out is at most one
+    inflate step (before, httpx inflated each network chunk whole: 64 MiB per chunk)."""
+    bomb = gzip_bomb(32 << 20)
+    if header == "gzip, gzip":
+        bomb = gzip.compress(bomb)
+    log: list[float] = []
+    biggest = total = 0
+    async with make(streamed(200, bomb, header, log, chunk=1 << 16), own_client) as client:
+        async for chunk in client.tts.audio(7):
+            biggest, total = max(biggest, len(chunk)), total + len(chunk)
+    assert total >= 32 << 20
+    assert biggest <= 256 * 1024
+
+
+@both_branches
+async def test_an_audio_body_in_an_unknown_encoding_is_api_error(own_client: bool) -> None:
+    log: list[float] = []
+    async with make(streamed(200, b"x" * 1000, "br", log), own_client) as client:
+        with pytest.raises(APIError, match="Content-Encoding") as info:
+            async for _ in client.tts.audio(7):
+                pass
+    assert type(info.value) is APIError and len(log) == 1
 
 
 @both_branches
@@ -374,6 +492,124 @@ async def test_an_upload_may_outlast_timeout_while_its_bytes_flow(own_client: bo
     assert handle.task_id == "t-1"
 
 
+@both_branches
+async def test_an_upload_the_server_stops_taking_ends_at_timeout(own_client: bool) -> None:
+    """The server takes one piece of the upload, then nothing: no progress for ``timeout``
+    is an ``APITimeoutError`` (before, the attempt had no deadline until the last byte)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await receive()
+            await anyio.sleep_forever()
+
+    async with make(httpx.ASGITransport(app=app), own_client, timeout=TIMEOUT) as client:
+        for call in create_calls(client)[1:]:
+            started = anyio.current_time()
+            with anyio.fail_after(20 * TIMEOUT), pytest.raises(APITimeoutError):
+                await call()
+            assert anyio.current_time() - started <= TIMEOUT + 0.01
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_upload_to_a_server_that_stops_reading_ends_over_real_sockets(backend: str
+                                                                         ) -> None:
+    """A server that accepts and never reads: 20 MB fill the socket buffers, then no chunk
+    is taken. On asyncio (aiohttp's transport, no write timeout) the call never ended."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+
+    async def main() -> None:
+        async with AsyncCambClient(API_KEY, base_url=f"http://127.0.0.1:{port}", timeout=0.5,
+                                   rate_limit=None, max_retries=0) as client:
+            with anyio.fail_after(60), pytest.raises(APITimeoutError):
+                await client.transcription.create(language=1, file=b"\0" * (20 << 20))
+
+    try:
+        anyio.run(main, backend=backend)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+class ProtocolSlip(Exception):
+    """Stands for what a transport may let through unmapped (h11's LocalProtocolError)."""
+
+
+class SlipsMidBody(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"fLaC"
+        raise ProtocolSlip("Too much data for declared Content-Length")
+
+
+@both_branches
+async def test_an_unmapped_transport_error_is_an_api_connection_error(own_client: bool
+                                                                      ) -> None:
+    """Before, h11's LocalProtocolError (an upload whose file read more than fstat said)
+    escaped the request path raw; now any such error is an ``APIConnectionError``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/tts-result"):
+            return httpx.Response(200, stream=SlipsMidBody())
+        raise ProtocolSlip("Too much data for declared Content-Length")
+
+    async with make(httpx.MockTransport(handle), own_client, max_retries=0) as client:
+        for call in create_calls(client)[1:]:
+            with pytest.raises(APIConnectionError, match="ProtocolSlip"):
+                await call()
+        with pytest.raises(APIConnectionError, match="ProtocolSlip"):
+            await client.dub.status("t1")
+        with pytest.raises(APIConnectionError, match="ProtocolSlip"):
+            async for _ in client.tts.audio(3):
+                pass
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_pipe_upload_whose_size_fstat_misreports_is_a_camb_error(backend: str) -> None:
+    """A pipe's fstat size is 0, so httpx declares ``Content-Length`` for an empty file and
+    then sends 60 000 bytes: on trio h11's LocalProtocolError escaped (not a CambError)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"task_id": "t-1"}'})
+
+    async def main(url: str) -> None:
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"x" * 60_000)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            async with AsyncCambClient(API_KEY, base_url=url, timeout=0.5, rate_limit=None,
+                                       max_retries=0) as client:
+                # A CambError or a handle (what the server makes of the body is its own
+                # business); anything else fails the test.
+                with anyio.fail_after(30), contextlib.suppress(CambError):
+                    await client.transcription.create(language=1, file=pipe,
+                                                      filename="a.wav")
+
+    with serve_in_thread(app, log_level="critical") as url:
+        anyio.run(main, url, backend=backend)
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_trickled_answer_after_an_upload_ends_at_timeout_over_real_sockets(
         backend: str) -> None:
@@ -429,6 +665,24 @@ async def test_a_retry_after_past_max_retry_wait_raises_at_once(retry_after: str
         elapsed = anyio.current_time() - started
     assert len(log) == 1 and elapsed < 1.0  # not slept on (before: 2 x 60 s, 3 requests)
     assert info.value.retry_after is not None and info.value.retry_after > 60
+
+
+@pytest.mark.parametrize("ms", ["-1", "nan", "inf", "1e400"])
+async def test_a_bad_retry_after_ms_does_not_mask_a_long_retry_after(ms: str) -> None:
+    """``retry-after-ms`` unusable (negative/NaN: fall back to ``Retry-After: 3600``) or
+    infinite: longer than ``max_retry_wait`` either way, so raised at once, one request."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        log.append(anyio.current_time())
+        return httpx.Response(429, headers={"retry-after-ms": ms, "retry-after": "3600"},
+                              content=b'{"detail": "slow down"}')
+
+    log: list[float] = []
+    async with make(httpx.MockTransport(handle), True, max_retries=2) as client:
+        with pytest.raises(RateLimitError) as info:
+            await client.dub.status("t1")
+    assert len(log) == 1
+    assert info.value.retry_after is not None and info.value.retry_after >= 3600
 
 
 async def test_max_retry_wait_is_configurable() -> None:

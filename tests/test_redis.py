@@ -314,6 +314,27 @@ def test_configuration_is_checked() -> None:
         RedisRateBudget.from_url("unix:///tmp/redis.sock", rate=10, name="x", cluster=True)
 
 
+@pytest.mark.parametrize("field", ["window", "margin", "lease_ttl", "retry_interval",
+                                   "poll_interval", "redis_timeout", "give_back_timeout",
+                                   "state_ttl", "min_rate", "default_pause", "max_pause",
+                                   "recovery", "reset_hold"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_redis_budget_float_settings_must_be_finite(field: str, value: float) -> None:
+    """Before, NaN passed the ``<= 0`` checks and every acquire then waited for Redis
+    forever (the reviewer's r5_redis_nan_settings.py)."""
+    with pytest.raises(ValueError, match=field):
+        RedisRateBudget.from_url("redis://127.0.0.1:1/0", rate=10, name="x",
+                                 **{field: value})
+
+
+@pytest.mark.parametrize("value", ["bogus", "REQUIRED", ""])
+def test_a_bad_ssl_cert_reqs_is_a_value_error(value: str) -> None:
+    """Before: a raw KeyError from coredis' lookup table."""
+    with pytest.raises(ValueError, match="ssl_cert_reqs"):
+        RedisRateBudget.from_url(f"rediss://127.0.0.1:1/0?ssl_cert_reqs={value}", rate=10,
+                                 name="x")
+
+
 async def test_a_coredis_client_of_the_callers_own(redis_server: RedisServer, name: str) -> None:
     """Held open by the caller, or not: the budget uses it as it is, or opens it per call."""
     client = coredis.Redis.from_url(redis_server.url)

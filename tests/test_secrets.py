@@ -35,6 +35,7 @@ from camb_async import (
     TaskFailedError,
     UnprocessableEntityError,
     WaitTimeoutError,
+    gather_results,
     gather_statuses,
 )
 from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
@@ -381,6 +382,116 @@ async def test_a_key_the_server_echoes_is_redacted_from_errors_and_logs(
     for part in PARTS:
         assert part not in caplog.text
     assert_no_secret(caplog.text)
+
+
+def escaped(text: str) -> str:
+    """``text`` spelled entirely in JSON ``\\uXXXX`` escapes."""
+    return "".join(f"\\u{ord(ch):04x}" for ch in text)
+
+
+def echoing_in_disguise(request: httpx.Request) -> httpx.Response:
+    """2xx answers that echo the key where a bytes check cannot see it: as JSON escapes,
+    or in a UTF-16/UTF-32 body (json.loads accepts both)."""
+    key = request.headers["x-api-key"]
+    path = request.url.path
+    if path == "/tts":  # a created task whose id is the key
+        text = '{"task_id": "' + escaped(key) + '"}'
+    elif path.startswith("/tts-result/"):
+        text = '{"output_url": "https://x.example/' + escaped(key) + '"}'
+    else:
+        kind = path.rsplit("/", 1)[-1]
+        key_text = key if kind.startswith("utf") else escaped(key)
+        text = ('{"status": "ERROR", "message": "invalid x-api-key ' + key_text +
+                '", "exception_reason": "key ' + key_text + '"}')
+        if kind.startswith("utf"):
+            return httpx.Response(200, content=text.encode(kind),
+                                  headers={"content-type": "application/json"})
+    return httpx.Response(200, content=text.encode(),
+                          headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
+async def test_a_key_echoed_in_json_escapes_or_utf16_is_redacted(own_client: bool) -> None:
+    """Before, the echo check ran on the raw bytes only: the key came back whole in the
+    StatusResult, TaskFailedError, TTSResult.output_url and a created handle's repr."""
+    transport = httpx.MockTransport(echoing_in_disguise)
+    kwargs: dict[str, Any] = ({"transport": transport} if own_client else
+                              {"http_client": httpx.AsyncClient(transport=transport)})
+    texts: list[str] = []
+    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=0,
+                               rate_limit=None, **kwargs) as client:
+        for kind in ("escaped", "utf-16", "utf-16-be", "utf-32"):
+            status = await client.dub.status(kind)
+            texts += [repr(status), str(status.message), str(status.exception_reason)]
+            assert "[redacted]" in str(status.message)
+            with pytest.raises(TaskFailedError) as failed:
+                await client.dub.task(kind).result()
+            texts += error_texts(failed.value)
+        result = await client.tts.result(1)
+        texts.append(repr(result))
+        assert result.output_url.startswith("https://x.example/")
+        handle = await client.tts.create(text="hi", voice_id=1, language=1)
+        texts += [repr(handle), str(handle.task_id)]
+    for text in texts:
+        for part in PARTS:
+            assert part not in text, f"key echo leaked into: {text[:300]!r}"
+
+
+async def test_a_short_echo_in_a_failed_task_is_redacted_from_the_message() -> None:
+    """A failed task quoting 8-14 characters of the key (below the 2xx body check): the
+    TaskFailedError message is built with the key, so they are redacted there."""
+    part = SECRET[3:14]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "ERROR", "message": f"bad {part}",
+                                         "exception_reason": f"key {part}"})
+
+    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=0,
+                               rate_limit=None,
+                               transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(TaskFailedError) as failed:
+            await client.dub.task("t1").result()
+        outcome = await gather_results(client, ["t1"], kind="dub", return_exceptions=True)
+    assert isinstance(outcome[0], TaskFailedError)
+    for error in (failed.value, outcome[0]):
+        assert part not in str(error) and "[redacted]" in str(error)
+
+
+class BreaksQuotingTheKey(httpx.AsyncByteStream):
+    """An audio body whose framing breaks on a line quoting the key (as h11/aiohttp word it)."""
+
+    async def __aiter__(self) -> Any:
+        yield b"fLaC"
+        raise httpx.RemoteProtocolError(f"malformed chunk size: b'zz {SECRET}'")
+
+
+@pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
+async def test_a_transport_error_quoting_the_key_is_not_chained(own_client: bool) -> None:
+    """Mid-body (BodyStream) and from the transport itself: the CambError is raised ``from
+    None``, so the raw error quoting the key is in no formatted traceback (before, audio
+    errors were raised ``from`` it)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/tts-result"):
+            return httpx.Response(200, stream=BreaksQuotingTheKey())
+        raise RuntimeError(f"transport broke on {SECRET}")
+
+    transport = httpx.MockTransport(answer)
+    kwargs: dict[str, Any] = ({"transport": transport} if own_client else
+                              {"http_client": httpx.AsyncClient(transport=transport)})
+    errors: list[BaseException] = []
+    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=0,
+                               rate_limit=None, **kwargs) as client:
+        with pytest.raises(APIConnectionError) as audio:
+            async for _ in client.tts.audio(5):
+                pass
+        errors.append(audio.value)
+        with pytest.raises(APIConnectionError) as status:
+            await client.dub.status("t1")
+        errors.append(status.value)
+    for error in errors:
+        for text in error_texts(error):
+            assert_no_secret(text)
 
 
 def test_a_key_the_server_echoes_is_redacted_over_real_sockets(

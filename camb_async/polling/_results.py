@@ -293,7 +293,7 @@ class _Gatherer:
             return True
         key = (item.kind, item.task_id)
         try:
-            run_id = _run_id(item)
+            run_id = _run_id(item, self.client._redact)
         except CambError as exc:
             if not return_exceptions:
                 self.failures.append(exc)
@@ -336,7 +336,7 @@ class _Gatherer:
         return out
 
 
-def _run_id(status: StatusResult) -> int:
+def _run_id(status: StatusResult, redact: Callable[[str], str]) -> int:
     """The run id to fetch, or the error for the task's slot (kind and task_id set)."""
     try:
         if not status.is_terminal:
@@ -345,7 +345,7 @@ def _run_id(status: StatusResult) -> int:
                 f"deadline (last status: {status.raw_status})",
                 status,
             )
-        return run_id_of(status)
+        return run_id_of(status, redact)
     except CambError as exc:
         exc.kind, exc.task_id = status.kind, status.task_id
         raise

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._download import save_atomically
+from .._errors import APITimeoutError
 from .._handle import TaskHandle
 from .._models import (
     DurationHint,
@@ -79,6 +81,7 @@ class TTSResource(TaskResource[TTSResult]):
                 await body.aclose()
 
     async def save_audio(self, run_id: int, path: str | os.PathLike[str], *,
+                         deadline: float | None = None,
                          extra_headers: _Headers = None, extra_query: _Query = None) -> int:
         """Stream the FLAC audio of run ``run_id`` to ``path``; returns the bytes written.
 
@@ -86,15 +89,31 @@ class TTSResource(TaskResource[TTSResult]):
         a dropped connection, an error or cancellation leaves no partial file at ``path``
         (and whatever was there before untouched). Never holds the audio in memory.
 
+        Each chunk must arrive within the client's ``timeout``, but a server sending a byte
+        just inside it keeps the download going: ``deadline`` bounds the whole call.
+
         Args:
             run_id: the run id a successful status carries.
             path: where the audio ends up.
+            deadline: seconds the download may take at most, retries included (default
+                none); past it: ``APITimeoutError``, no file at ``path``.
             extra_headers: headers added to the request (never ``x-api-key``).
             extra_query: query parameters added to the request.
         """
         run_id = check_run_id(run_id)
-        return await save_atomically(
-            path, lambda: self._audio_body(run_id, extra_headers, extra_query))
+
+        def body() -> Awaitable[BodyStream]:
+            return self._audio_body(run_id, extra_headers, extra_query)
+
+        if deadline is None:
+            return await save_atomically(path, body)
+        if (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                or not 0 < deadline < math.inf):
+            raise ValueError(f"deadline must be a finite positive number, got {deadline!r}")
+        with anyio.move_on_after(deadline):
+            return await save_atomically(path, body)
+        raise APITimeoutError(f"GET /tts-result/{run_id}: the audio did not arrive "
+                              f"within deadline={deadline}s")
 
     async def _audio_body(self, run_id: int, extra_headers: _Headers = None,
                           extra_query: _Query = None) -> BodyStream:
