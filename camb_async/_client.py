@@ -55,6 +55,13 @@ T = TypeVar("T")
 logger = logging.getLogger("camb_async")
 
 
+def _check_collaborators(hooks: object, completion_stats: object) -> None:
+    if hooks is not None and not isinstance(hooks, RequestHooks):
+        raise TypeError("hooks must be a RequestHooks")
+    if completion_stats is not None and not isinstance(completion_stats, CompletionStats):
+        raise TypeError("completion_stats must be a CompletionStats")
+
+
 class AsyncCambClient(_ClientSurface):
     """Client for the CAMB.AI task API, for asyncio and trio.
 
@@ -147,15 +154,8 @@ class AsyncCambClient(_ClientSurface):
             budget = RateBudget(rate_limit, max_concurrency)
         elif not is_budget(budget):
             raise TypeError("budget must provide acquire(), release() and penalize()")
-
-        self.__key = key
-        self.__echo = echo_pattern(key)
-        # The same pieces as text, checked on decoded strings when the bytes could hide an
-        # echo from the check above: JSON escapes (``\u0073k-...``) or a UTF-16/32 body.
-        self.__echo_text = echo_text_pattern(key)
-        # Which escapes could spell the key: ``\u`` always, any backslash if the key holds a
-        # character JSON may escape as ``\/``, ``\\`` or ``\"``.
-        self.__escape = b"\\" if any(c in key for c in '/\\"') else b"\\u"
+        _check_collaborators(hooks, completion_stats)
+        self._set_key(key)
         KEY_FILTER.clients.add(self)
         self.base_url = str(parsed).rstrip("/")
         self.timeout = float(timeout)
@@ -173,12 +173,8 @@ class AsyncCambClient(_ClientSurface):
         self._views: weakref.WeakSet[AsyncCambClient] = weakref.WeakSet()
         #: The budget's own ``async with``, when ``async with client`` entered it.
         self._budget_entered = False
-        if hooks is not None and not isinstance(hooks, RequestHooks):
-            raise TypeError("hooks must be a RequestHooks")
         #: Request hooks for metrics/tracing; ``None`` costs one check per attempt.
         self._hooks = hooks
-        if completion_stats is not None and not isinstance(completion_stats, CompletionStats):
-            raise TypeError("completion_stats must be a CompletionStats")
         #: How long each kind of task took, learned from every completion this client saw;
         #: read by ``PollPolicy.adaptive``. ``to_dict()``/``CompletionStats.from_dict()``
         #: carry it across restarts.
@@ -203,7 +199,6 @@ class AsyncCambClient(_ClientSurface):
         #: connect while this did not move tells "server unreachable" from "this task's
         #: problem" (the bulk poller and handles then stop instead of re-polling).
         self._answers = 0
-
         self._attach_resources()
 
     def _attach_resources(self) -> None:
@@ -220,6 +215,17 @@ class AsyncCambClient(_ClientSurface):
         }
 
     # ------------------------------------------------------------------ public surface
+
+    def _set_key(self, key: str) -> None:
+        """Keep the key, and the patterns that find echoes of it in answers."""
+        self.__key = key
+        self.__echo = echo_pattern(key)
+        # The same pieces as text, checked on decoded strings when the bytes could hide an
+        # echo from the check above: JSON escapes (``\u0073k-...``) or a UTF-16/32 body.
+        self.__echo_text = echo_text_pattern(key)
+        # Which escapes could spell the key: ``\u`` always, any backslash if the key holds a
+        # character JSON may escape as ``\/``, ``\\`` or ``\"``.
+        self.__escape = b"\\" if any(c in key for c in '/\\"') else b"\\u"
 
     def _snippet(self, text: bytes | str, limit: int = SNIPPET_LIMIT) -> str:
         """``snippet`` of ``text`` without this client's key."""

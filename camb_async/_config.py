@@ -1,23 +1,29 @@
 """Configuration of a client: the key, the base URL (and when plain http is refused), the
-proxy (given or from the environment), and the numeric settings ``AsyncCambClient`` and
-``with_options`` share. Error messages are part of the contract (tests match them)."""
+proxy (given or from the environment), the numeric settings ``AsyncCambClient`` and
+``with_options`` share, and a request's ``extra_*`` fields (``with_extras``). Error
+messages are part of the contract (tests match them)."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
 import urllib.request
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ._errors import MIN_ECHO
 from ._validation import is_int, is_number
 
+if TYPE_CHECKING:
+    from ._client import AsyncCambClient
+
 __all__ = ["DEFAULT_BASE_URL", "check_base_url", "check_key", "check_settings", "echo_pattern",
-           "echo_text_pattern", "resolve_proxy"]
+           "echo_text_pattern", "resolve_proxy", "with_extras"]
 
 DEFAULT_BASE_URL = "https://client.camb.ai/apis"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -149,3 +155,55 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def with_extras(
+    client: AsyncCambClient,
+    extra_headers: Mapping[str, str] | None,
+    extra_query: Mapping[str, str | int] | None,
+    extra_body: Mapping[str, Any] | None,
+    params: Mapping[str, str | int] | None,
+    json_body: Any,
+    files: Any,
+    reopen_body: Callable[[], Awaitable[Any]] | None,
+) -> tuple[Mapping[str, str], Mapping[str, str | int] | None, Any, Any,
+           Callable[[], Awaitable[Any]] | None]:
+    """The request's headers, query, body and multipart parts with a caller's extra
+    fields added (``extra_*`` on the public calls). The key header is never theirs."""
+    headers: Mapping[str, str] = client._headers
+    if extra_headers:
+        if not isinstance(extra_headers, Mapping):
+            raise TypeError("extra_headers must be a mapping of header names to values")
+        merged = dict(client._headers)
+        for name, value in extra_headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError("extra_headers names and values must be strings")
+            if name.strip().lower() == "x-api-key":
+                raise ValueError("extra_headers cannot set x-api-key; pass api_key= to "
+                                 "the client")
+            merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
+            merged[name] = value
+        headers = merged
+    if extra_query:
+        if not isinstance(extra_query, Mapping):
+            raise TypeError("extra_query must be a mapping")
+        params = {**(params or {}), **extra_query}
+    if extra_body:
+        if not isinstance(extra_body, Mapping):
+            raise TypeError("extra_body must be a mapping")
+        if files is not None:
+            form = [(str(name), (None, value if isinstance(value, str)
+                                 else json.dumps(value)))
+                    for name, value in extra_body.items()]
+            files = [*files, *form]
+            if reopen_body is not None:
+                reopen = reopen_body
+
+                async def reopen_with_extras() -> Any:
+                    return [*(await reopen()), *form]
+                reopen_body = reopen_with_extras
+        elif json_body is None:
+            json_body = dict(extra_body)
+        elif isinstance(json_body, Mapping):
+            json_body = {**json_body, **extra_body}
+        else:
+            raise TypeError("extra_body needs a JSON object body")
+    return headers, params, json_body, files, reopen_body

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import math
 import time
@@ -16,6 +15,7 @@ import backoff
 import httpx
 
 from ._answers import decode, status_error, transport_error
+from ._config import with_extras
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -407,57 +407,3 @@ def throttled(client: AsyncCambClient, hooks: RequestHooks | None, method: str, 
             "the default pause" if retry_after is None else f"{retry_after:.2f}s",
             "unlimited" if rate is None else f"{rate:.1f} requests/s",
         )
-
-
-def with_extras(
-    client: AsyncCambClient,
-    extra_headers: Mapping[str, str] | None,
-    extra_query: Mapping[str, str | int] | None,
-    extra_body: Mapping[str, Any] | None,
-    params: Mapping[str, str | int] | None,
-    json_body: Any,
-    files: Any,
-    reopen_body: Callable[[], Awaitable[Any]] | None,
-) -> tuple[Mapping[str, str], Mapping[str, str | int] | None, Any, Any,
-           Callable[[], Awaitable[Any]] | None]:
-    """The request's headers, query, body and multipart parts with a caller's extra
-    fields added (``extra_*`` on the public calls). The key header is never theirs."""
-    headers: Mapping[str, str] = client._headers
-    if extra_headers:
-        if not isinstance(extra_headers, Mapping):
-            raise TypeError("extra_headers must be a mapping of header names to values")
-        merged = dict(client._headers)
-        for name, value in extra_headers.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError("extra_headers names and values must be strings")
-            if name.strip().lower() == "x-api-key":
-                raise ValueError("extra_headers cannot set x-api-key; pass api_key= to "
-                                 "the client")
-            merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
-            merged[name] = value
-        headers = merged
-    if extra_query:
-        if not isinstance(extra_query, Mapping):
-            raise TypeError("extra_query must be a mapping")
-        params = {**(params or {}), **extra_query}
-    if extra_body:
-        if not isinstance(extra_body, Mapping):
-            raise TypeError("extra_body must be a mapping")
-        if files is not None:
-            form = [(str(name), (None, value if isinstance(value, str)
-                                 else json.dumps(value)))
-                    for name, value in extra_body.items()]
-            files = [*files, *form]
-            if reopen_body is not None:
-                reopen = reopen_body
-
-                async def reopen_with_extras() -> Any:
-                    return [*(await reopen()), *form]
-                reopen_body = reopen_with_extras
-        elif json_body is None:
-            json_body = dict(extra_body)
-        elif isinstance(json_body, Mapping):
-            json_body = {**json_body, **extra_body}
-        else:
-            raise TypeError("extra_body needs a JSON object body")
-    return headers, params, json_body, files, reopen_body
