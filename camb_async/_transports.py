@@ -123,20 +123,10 @@ class _ReleasingStream(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
-@functools.cache
-def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
-    """httpx-aiohttp's transport with an exception mapping that keeps httpx's hierarchy.
-
-    Built lazily so trio users never import aiohttp. httpx-aiohttp 0.2 maps every
-    ``aiohttp.ClientConnectionError`` (a refused connection, a server that hung up, a reset,
-    a read timeout) to ``httpx.ConnectTimeout``, and lets other aiohttp errors escape
-    unmapped. That breaks two promises of the request path: a connect failure must read as
-    ``APIConnectionError`` (not a timeout), and only failures that prove the server never saw
-    the request may be resent for task creation. So the original aiohttp error (kept as the
-    ``__cause__``) is mapped again here, the way httpcore would have reported it.
-    """
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
+def _aiohttp_error_mapping(aiohttp: Any) -> Callable[[Exception], httpx.TransportError | None]:
+    """``to_httpx(exc)``: an aiohttp failure (or httpx-aiohttp's mapping of one, whose
+    ``__cause__`` is the original) as the httpx error httpcore would have raised; ``None``
+    for an exception that is no transport failure."""
 
     def to_httpx(exc: Exception) -> httpx.TransportError | None:
         cause: BaseException = exc
@@ -161,6 +151,26 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
         if isinstance(cause, aiohttp.ClientError):
             return httpx.TransportError(message)
         return exc if isinstance(exc, httpx.TransportError) else None
+
+    return to_httpx
+
+
+@functools.cache
+def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
+    """httpx-aiohttp's transport with an exception mapping that keeps httpx's hierarchy.
+
+    Built lazily so trio users never import aiohttp. httpx-aiohttp 0.2 maps every
+    ``aiohttp.ClientConnectionError`` (a refused connection, a server that hung up, a reset,
+    a read timeout) to ``httpx.ConnectTimeout``, and lets other aiohttp errors escape
+    unmapped. That breaks two promises of the request path: a connect failure must read as
+    ``APIConnectionError`` (not a timeout), and only failures that prove the server never saw
+    the request may be resent for task creation. So the original aiohttp error (kept as the
+    ``__cause__``) is mapped again here, the way httpcore would have reported it.
+    """
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    to_httpx = _aiohttp_error_mapping(aiohttp)
 
     class MappedStream(httpx.AsyncByteStream):
         """The response body, with read errors mapped like the request's."""

@@ -92,6 +92,19 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
                                     plain_every=2.0 if plain else None, out=out)
             wall = time.monotonic() - started
 
+    summary, matches = _demo_summary(api, meter, scripted, final, args, wall, scale)
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_demo_summary(summary, scripted)
+    return EXIT_OK if matches == len(scripted) else EXIT_FAILED
+
+
+def _demo_summary(api: Any, meter: RequestMeter, scripted: list[tuple[TaskKind, str, str]],
+                  final: dict[tuple[TaskKind, str], StatusResult | BaseException],
+                  args: argparse.Namespace, wall: float, scale: float
+                  ) -> tuple[dict[str, Any], int]:
+    """The demo's figures, and how many tasks ended as scripted."""
     statuses = collections.Counter(
         item.status.value if isinstance(item, StatusResult) else type(item).__name__
         for item in final.values())
@@ -118,11 +131,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
         "wall_seconds": round(wall, 2),
         "time_scale": round(scale, 5),
     }
-    if args.json:
-        _print_json(summary)
-    else:
-        _print_demo_summary(summary, scripted)
-    return EXIT_OK if matches == len(scripted) else EXIT_FAILED
+    return summary, matches
 
 
 def _print_demo_summary(s: dict[str, Any], scripted: list[tuple[TaskKind, str, str]]) -> None:
