@@ -212,7 +212,8 @@ async def test_handles_of_a_view_poll_through_its_client(
 
 
 @pytest.mark.parametrize("bad", [{"timeout": 0}, {"timeout": True}, {"max_retries": -1},
-                                 {"max_response_bytes": 0}, {"max_retry_wait": float("inf")}])
+                                 {"max_response_bytes": 0}, {"max_retry_wait": float("inf")},
+                                 {"timeout": float("inf")}, {"timeout": float("nan")}])
 async def test_with_options_checks_its_values(make_client: ClientFactory,
                                               bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
