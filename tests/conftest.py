@@ -70,7 +70,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The count of README/docs snippets executed (tests/test_doc_snippets.py)."""
     import sys
 
-    snippets = sys.modules.get("tests.test_doc_snippets")
+    snippets = sys.modules.get("tests.tcp.test_doc_snippets")
     if snippets is not None:
         executed = len(snippets.EXECUTED)  # type: ignore[attr-defined]
         terminalreporter.write_line(

@@ -5,7 +5,7 @@ Used by tests/test_redis.py and benchmarks/bench_fleet.py. ``RedisServer`` runs 
 (so a restart loses every key, the worst case for the budget). ``run_fleet`` serves a
 FakeCambAPI over loopback TCP from this process (uvicorn in a thread, ``clock=time.monotonic``
 so its log is on the same clock as the workers'), starts N worker processes
-(``python -m tests.redis_server worker CONFIG``) that each poll their own tasks through one
+(``python -m tests.tcp.redis_server worker CONFIG``) that each poll their own tasks through one
 AsyncCambClient with a RedisRateBudget, and returns the server's log and each worker's report.
 """
 
@@ -30,7 +30,7 @@ import attrs
 from camb_async import TaskKind
 from camb_async.testing import FakeCambAPI, LoggedRequest, peak_per_window, serve_in_thread
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk-fleet-0123456789abcdef"
 
 
@@ -357,7 +357,7 @@ def run_fleet(
                 "local_rate": local_rate, "backend": backends[w % len(backends)],
             }
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.redis_server", "worker", json.dumps(config)],
+                [sys.executable, "-m", "tests.tcp.redis_server", "worker", json.dumps(config)],
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             ))
@@ -448,7 +448,7 @@ def main(argv: list[str]) -> None:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if argv[:1] != ["worker"] or len(argv) != 2:
-        raise SystemExit("usage: python -m tests.redis_server worker CONFIG_JSON")
+        raise SystemExit("usage: python -m tests.tcp.redis_server worker CONFIG_JSON")
     import camb_async.redis  # noqa: F401  (imported before the start, not timed)
 
     print("ready", flush=True)

@@ -36,7 +36,7 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
 

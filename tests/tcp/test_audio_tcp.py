@@ -16,7 +16,7 @@ import pytest
 from camb_async import APIConnectionError, AsyncCambClient, PollPolicy, TaskKind
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

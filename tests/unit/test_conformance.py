@@ -48,7 +48,7 @@ from camb.types import (
 import camb_async
 from camb_async import AsyncCambClient, TaskKind, TaskStatus
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
 

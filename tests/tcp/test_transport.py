@@ -23,7 +23,7 @@ import sniffio
 from camb_async import APIConnectionError, APITimeoutError, AsyncCambClient
 from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
 

@@ -31,7 +31,7 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI
 
-from .conftest import API_KEY, ClientFactory
+from ..conftest import API_KEY, ClientFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from camb_async import AsyncCambClient, TaskKind, UnprocessableEntityError
 from camb_async.testing import FakeCambAPI
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 from .reference_api import app as reference_app
 
 pytestmark = pytest.mark.anyio

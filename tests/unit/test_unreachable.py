@@ -28,7 +28,7 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, Fault
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
 

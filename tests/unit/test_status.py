@@ -23,7 +23,7 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, Fault
 
-from .conftest import API_KEY, ClientFactory
+from ..conftest import API_KEY, ClientFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -30,7 +30,7 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
-from .conftest import API_KEY, ClientFactory
+from ..conftest import API_KEY, ClientFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -22,11 +22,11 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, Fault
 
-from .conftest import API_KEY, ClientFactory
+from ..conftest import API_KEY, ClientFactory
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def load_example(name: str) -> ModuleType:

@@ -27,7 +27,7 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -38,7 +38,7 @@ from camb_async._models import (
 )
 from camb_async.testing import FakeCambAPI, FakeTask
 
-from .conftest import ClientFactory
+from ..conftest import ClientFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -25,11 +25,11 @@ import pytest
 from camb_async import AsyncCambClient, PollPolicy, StatusResult, WaitTimeoutError
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FAST = PollPolicy(initial=0.05, factor=2.0, max_interval=0.2)
 
 

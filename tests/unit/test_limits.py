@@ -37,7 +37,7 @@ from camb_async import (
 from camb_async._client import DEFAULT_MAX_RESPONSE_BYTES, _AnswerTooLarge, _read_capped
 from camb_async.testing import serve_in_thread
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
 

@@ -35,7 +35,7 @@ import pytest
 from camb_async import TaskKind
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 API_KEY = "docs-snippet-key"
 _FENCE = re.compile(r"^(?P<indent> *)```python[ \t]*$")

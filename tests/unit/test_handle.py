@@ -17,7 +17,7 @@ from camb_async import (
 from camb_async._polling import DEFAULT_POLICIES
 from camb_async.testing import FakeCambAPI
 
-from .conftest import ClientFactory
+from ..conftest import ClientFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -518,7 +518,7 @@ def test_exit_codes_in_docs_help_and_code_agree() -> None:
     assert (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_AUTH, cli.EXIT_TIMEOUT,
             cli.EXIT_ERRORS, cli.EXIT_INTERRUPTED, cli.EXIT_INTERNAL) == (0, 1, 2, 3, 4, 5,
                                                                           130, 70)
-    page = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    page = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
     section = page[page.index("## Exit codes"):]
     rows = re.findall(r"^\| `(\d+)` \| (.+) \|$", section.split("\n\n", 3)[2], re.MULTILINE)
     assert [(int(code), text.replace("`", "")) for code, text in rows] == list(table.items())

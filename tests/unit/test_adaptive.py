@@ -22,7 +22,7 @@ from camb_async._adaptive import (
 from camb_async._polling import DEFAULT_POLICIES
 from camb_async.testing import FakeCambAPI
 
-from .conftest import ClientFactory
+from ..conftest import ClientFactory
 
 pytestmark = pytest.mark.anyio
 

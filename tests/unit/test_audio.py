@@ -31,7 +31,7 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, Fault
 
-from .conftest import ClientFactory
+from ..conftest import ClientFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -41,7 +41,7 @@ from camb_async._client import MAX_RETRY_AFTER, parse_retry_after
 from camb_async._errors import SNIPPET_LIMIT
 from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
 
-from .conftest import API_KEY
+from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
 

@@ -33,7 +33,7 @@ from camb_async._adaptive import (
 )
 from camb_async.testing import FakeCambAPI
 
-from .conftest import ClientFactory
+from ..conftest import ClientFactory
 
 pytestmark = pytest.mark.anyio
 

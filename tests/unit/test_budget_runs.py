@@ -19,8 +19,8 @@ import trio.testing
 from camb_async import AsyncCambClient, RateBudget
 from camb_async.testing import FakeCambAPI
 
-from .conftest import API_KEY
-from .virtual_clock import VirtualTimeLoop
+from ..conftest import API_KEY
+from ..virtual_clock import VirtualTimeLoop
 
 RATE = 5.0
 REQUESTS = 10
