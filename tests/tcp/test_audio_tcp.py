@@ -7,36 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from camb_async import APIConnectionError, AsyncCambClient, PollPolicy, TaskKind
-from camb_async.testing import FakeCambAPI, serve_in_thread
+from camb_async.testing import FakeCambAPI
 
 from ..conftest import API_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 MB = 1 << 20
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def api() -> FakeCambAPI:
-    return FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
-
-
-@pytest.fixture
-def base_url(api: FakeCambAPI) -> Iterator[str]:
-    with serve_in_thread(api) as url:
-        yield url
 
 
 def tts_run(api: FakeCambAPI, size: int, reset_after: int | None = None) -> int:

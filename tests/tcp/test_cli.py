@@ -21,6 +21,8 @@ import pytest
 
 from camb_async import cli
 
+from ..fake_server import FakeServer
+
 BIN = Path(sys.executable).parent / "camb-async"
 KEY = "sk-cli-test-5f2c9a"
 
@@ -37,37 +39,14 @@ def run(*args: str, key: str | None = KEY, timeout: float = 60,
                           env=environ, stdin=subprocess.DEVNULL)
 
 
-class FakeServer:
-    def __init__(self, tmp: Path, *args: str) -> None:
-        self.ids_file = tmp / "ids.txt"
-        self.log = tmp / "server.log"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CAMB_")}
-        with self.log.open("w") as err:
-            self.proc = subprocess.Popen(
-                [str(BIN), "fake-server", "--port", "0", "--api-key", KEY,
-                 "--ids-file", str(self.ids_file), *args],
-                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=environ)
-        deadline = time.monotonic() + 30
-        while True:
-            match = re.search(r"listening on (http://\S+)", self.log.read_text())
-            if match:
-                self.url = match.group(1)
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"fake-server did not start: {self.log.read_text()}")
-            time.sleep(0.05)
-        self.ids = [tuple(line.split()) for line in self.ids_file.read_text().splitlines()]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def quick_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Six TTS/translation tasks that all succeed within 0.5 s."""
-    server = FakeServer(tmp_path_factory.mktemp("quick"), "--tasks", "6", "--kinds",
-                        "tts,translate", "--max-duration", "0.5")
+    server = FakeServer.cli(
+        tmp_path_factory.mktemp("quick"), KEY, "--tasks", "6", "--kinds", "tts,translate",
+        "--max-duration", "0.5")
     yield server
     server.stop()
 
@@ -75,8 +54,9 @@ def quick_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServe
 @pytest.fixture(scope="module")
 def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Four tasks that all end ERROR or TIMEOUT within 1 s."""
-    server = FakeServer(tmp_path_factory.mktemp("failing"), "--tasks", "4", "--kinds", "tts",
-                        "--max-duration", "1", "--error-rate", "1")
+    server = FakeServer.cli(
+        tmp_path_factory.mktemp("failing"), KEY, "--tasks", "4", "--kinds", "tts",
+        "--max-duration", "1", "--error-rate", "1")
     yield server
     server.stop()
 
@@ -84,9 +64,9 @@ def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSer
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Tasks that take minutes, behind a server that faults half of the time (seeded)."""
-    server = FakeServer(tmp_path_factory.mktemp("slow"), "--tasks", "3", "--kinds", "dub",
-                        "--min-duration", "300", "--max-duration", "600",
-                        "--fault-rate", "0.5")
+    server = FakeServer.cli(
+        tmp_path_factory.mktemp("slow"), KEY, "--tasks", "3", "--kinds", "dub", "--min-duration",
+        "300", "--max-duration", "600", "--fault-rate", "0.5")
     yield server
     server.stop()
 
@@ -418,8 +398,9 @@ def test_trio_missing_is_a_usage_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def faulting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Every request answered with a transient fault: clients retry (and log it with -v)."""
-    server = FakeServer(tmp_path_factory.mktemp("faulting"), "--tasks", "2", "--kinds", "dub",
-                        "--min-duration", "300", "--max-duration", "600", "--fault-rate", "1")
+    server = FakeServer.cli(
+        tmp_path_factory.mktemp("faulting"), KEY, "--tasks", "2", "--kinds", "dub",
+        "--min-duration", "300", "--max-duration", "600", "--fault-rate", "1")
     yield server
     server.stop()
 

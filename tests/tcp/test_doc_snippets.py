@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import inspect
 import re
-import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +97,6 @@ class DocsAPI(FakeCambAPI):
 _KINDS = {kind.value for kind in TaskKind}
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    from .redis_server import RedisServer
-
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    with RedisServer() as server:
-        yield server.url
-
-
 def _params() -> list[Any]:
     return [pytest.param(s, id=s.name,
                          marks=[pytest.mark.redis] if "camb_async.redis" in s.code else [])
@@ -120,7 +108,7 @@ def test_snippet_runs(snippet: Snippet, request: pytest.FixtureRequest,
                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     if "camb_async.redis" in snippet.code:
-        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
     api = DocsAPI(api_key=API_KEY)
     # Line numbers in tracebacks are the page's own: the code is padded to its first line.
     code = compile("\n" * (snippet.line - 1) + snippet.code, str(snippet.path), "exec")

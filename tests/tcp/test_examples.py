@@ -9,13 +9,9 @@ the same routes, so the same tests run against each.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
@@ -25,27 +21,11 @@ import pytest
 from camb_async import AsyncCambClient, PollPolicy, StatusResult, WaitTimeoutError
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
-from ..conftest import API_KEY
+from ..conftest import API_KEY, load_example
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FAST = PollPolicy(initial=0.05, factor=2.0, max_interval=0.2)
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Real sockets: real time."""
-    return str(request.param)
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class serve_aiohttp:

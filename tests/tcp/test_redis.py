@@ -11,7 +11,7 @@ Every async test runs on asyncio and on trio (coredis: one code path), both on r
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,17 +24,6 @@ from camb_async.redis import RedisBudgetUnavailableError, RedisRateBudget, Redis
 from .redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -35,11 +35,6 @@ def cluster() -> Iterator[LocalCluster]:
         yield local_cluster
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def keys(name: str) -> list[str]:
     return [f"camb-async:{{{name}}}:{suffix}" for suffix in ("log", "state", "leases")]
 

@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -32,15 +32,10 @@ from .redis_server import RedisServer, free_port
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as redis_server:
-        yield redis_server
+def server(fresh_redis_server: RedisServer) -> RedisServer:
+    """Each test breaks its server: a fresh one per test (tests/tcp/conftest.py)."""
+    return fresh_redis_server
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ assertions are on counts from the server's log: tasks finished, requests in the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,12 +18,6 @@ from camb_async.testing import FakeCambAPI, Fault
 from .redis_server import RedisServer, run_fleet
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 # The server counts arrivals, so its count also holds the jitter of every process between

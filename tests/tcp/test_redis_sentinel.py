@@ -30,11 +30,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 SERVICE = "camb"
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 class Sentinel:
     def __init__(self, master: RedisServer) -> None:
         self.port = free_port()

@@ -26,11 +26,6 @@ from .redis_server import RedisServer, TLSFiles
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def certs() -> Iterator[TLSFiles]:
     with tempfile.TemporaryDirectory() as directory:

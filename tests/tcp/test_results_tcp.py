@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -25,29 +24,13 @@ from camb_async import (
     TranslationResult,
     TTSResult,
 )
-from camb_async.testing import FakeCambAPI, serve_in_thread
+from camb_async.testing import FakeCambAPI
 
 from ..conftest import API_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 QUICK = PollPolicy(initial=0.05, factor=1.5, max_interval=0.2)
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def api() -> FakeCambAPI:
-    return FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
-
-
-@pytest.fixture
-def base_url(api: FakeCambAPI) -> Iterator[str]:
-    with serve_in_thread(api) as url:
-        yield url
 
 
 def wait_for(predicate: Any, seconds: float = 10.0) -> None:

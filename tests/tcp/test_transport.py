@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -21,27 +19,11 @@ import pytest
 import sniffio
 
 from camb_async import APIConnectionError, APITimeoutError, AsyncCambClient
-from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
+from camb_async.testing import FakeCambAPI, Fault
 
 from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def api() -> FakeCambAPI:
-    return FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
-
-
-@pytest.fixture
-def url(api: FakeCambAPI) -> Iterator[str]:
-    with serve_in_thread(api, log_level="critical") as base_url:
-        yield base_url
 
 
 def closed_port_url() -> str:
@@ -82,8 +64,10 @@ def transport_of(client: AsyncCambClient) -> Any:
     return client._open()._transport
 
 
-async def test_default_transport_is_aiohttp_on_asyncio_and_sharded_httpx_on_trio(url: str) -> None:
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None) as client:
+async def test_default_transport_is_aiohttp_on_asyncio_and_sharded_httpx_on_trio(
+    base_url: str,
+) -> None:
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None) as client:
         name = type(transport_of(client)).__name__
         if sniffio.current_async_library() == "asyncio":
             assert name == "CambAiohttpTransport"
@@ -102,10 +86,10 @@ async def test_a_callers_transport_or_http_client_wins(api: FakeCambAPI) -> None
         assert client._open() is own
 
 
-async def test_status_round_trip_over_sockets(api: FakeCambAPI, url: str) -> None:
+async def test_status_round_trip_over_sockets(api: FakeCambAPI, base_url: str) -> None:
     done = api.add_task("dub", "d1", status="SUCCESS", run_id=7)
     pending = api.add_task("tts", "t1", after=1e9)
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None) as client:
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None) as client:
         first = await client.dub.status(done)
         second = await client.tts.status(pending)
     assert (first.raw_status, first.run_id, first.is_success) == ("SUCCESS", 7, True)
@@ -123,10 +107,10 @@ async def test_refused_connection_is_httpx_connect_error() -> None:
             await client._open().get(client.base_url + "/dub/x")
 
 
-async def test_slow_answer_is_httpx_timeout(api: FakeCambAPI, url: str) -> None:
+async def test_slow_answer_is_httpx_timeout(api: FakeCambAPI, base_url: str) -> None:
     api.add_task("dub", "slow")
     api.inject(status=None, delay=1.0)
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None, timeout=0.2) as client:
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None, timeout=0.2) as client:
         with pytest.raises(httpx.TimeoutException) as info:
             await client._open().get(client.base_url + "/dub/slow")
     # The request reached the server: it must not read as "never connected".
@@ -134,11 +118,11 @@ async def test_slow_answer_is_httpx_timeout(api: FakeCambAPI, url: str) -> None:
 
 
 async def test_reset_mid_answer_is_httpx_transport_error_not_timeout(
-    api: FakeCambAPI, url: str
+    api: FakeCambAPI, base_url: str
 ) -> None:
     api.add_task("dub", "r")
     api.inject(status=None, reset=True)
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None) as client:
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None) as client:
         with pytest.raises(httpx.TransportError) as info:
             await client._open().get(client.base_url + "/dub/r")
     assert not isinstance(info.value, (httpx.TimeoutException, httpx.ConnectError))
@@ -155,28 +139,30 @@ async def test_refused_connection_raises_api_connection_error_not_timeout() -> N
     assert not isinstance(info.value, APITimeoutError)
 
 
-async def test_slow_answer_raises_api_timeout_error(api: FakeCambAPI, url: str) -> None:
+async def test_slow_answer_raises_api_timeout_error(api: FakeCambAPI, base_url: str) -> None:
     api.add_task("dub", "slow")
     api.inject(status=None, delay=1.0)
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None, timeout=0.2,
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None, timeout=0.2,
                                max_retries=0) as client:
         with pytest.raises(APITimeoutError):
             await client.dub.status("slow")
 
 
-async def test_reset_status_check_is_retried_and_succeeds(api: FakeCambAPI, url: str) -> None:
+async def test_reset_status_check_is_retried_and_succeeds(api: FakeCambAPI, base_url: str) -> None:
     api.add_task("dub", "r", status="SUCCESS", run_id=3)
     api.inject(status=None, reset=True)
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None, max_retries=2) as client:
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None,
+                               max_retries=2) as client:
         result = await client.dub.status("r")
     assert result.run_id == 3
     assert [r.fault for r in api.log] == ["reset", None]
 
 
-async def test_reset_after_a_create_was_sent_is_not_resent(api: FakeCambAPI, url: str) -> None:
+async def test_reset_after_a_create_was_sent_is_not_resent(api: FakeCambAPI, base_url: str) -> None:
     """A create whose answer was lost may have made a job: resending could make a second."""
     api.inject(Fault(status=200, reset=True), count=5)
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None, max_retries=3) as client:
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None,
+                               max_retries=3) as client:
         with pytest.raises(APIConnectionError) as info:
             await client._request("POST", "/dub", lambda data: data, json_body={},
                                   idempotent=False)
@@ -264,14 +250,14 @@ async def test_callers_http_client_keeps_its_hooks_and_headers() -> None:
 
 
 async def test_many_in_flight_then_cancelled_leave_no_shard_busy(
-    api: FakeCambAPI, url: str
+    api: FakeCambAPI, base_url: str
 ) -> None:
     """Concurrent checks spread over the pools and every one is given back, also when the
     caller cancels mid-request (on asyncio the aiohttp transport has no shards: the
     requests must still all succeed)."""
     ids = [api.add_task("tts", f"t{i}", after=1e9) for i in range(40)]
     api.inject(status=None, delay=5.0, count=10)  # ten slow answers, cancelled below
-    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None,
+    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None,
                                max_concurrency=40) as client:
         transport = transport_of(client)
         loads = getattr(transport, "_load", None)

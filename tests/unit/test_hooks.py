@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
@@ -22,20 +18,9 @@ from camb_async import (
 )
 from camb_async.testing import FakeCambAPI, Fault
 
-from ..conftest import API_KEY, ClientFactory
+from ..conftest import API_KEY, ClientFactory, load_example
 
 pytestmark = pytest.mark.anyio
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class Recorder:
