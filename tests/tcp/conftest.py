@@ -6,12 +6,14 @@ both loops on real time, overriding the virtual-time one in ``tests/conftest.py`
 
 * ``api`` / ``base_url``: a ``FakeCambAPI`` on ``time.monotonic`` (its log on the same clock
   as the test's) served by uvicorn in a thread; ``base_url`` is its ``http://127.0.0.1:PORT``.
+* ``refused_url``: a loopback port nobody listens on (connections refused).
 * ``redis_server``: one throwaway ``redis-server`` per test module (tests/tcp/redis_server.py);
   ``fresh_redis_server``: one per test, for tests that stop, kill or restart it.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -39,6 +41,15 @@ def base_url(api: FakeCambAPI) -> Iterator[str]:
     """``api`` served over loopback TCP for the duration of the test."""
     with serve_in_thread(api, log_level="critical") as url:
         yield url
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A loopback port with nothing listening: bound, then closed, so connects are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ are re-polled after connection failures only while the server answers something.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -24,7 +22,6 @@ from camb_async import (
     RequestHooks,
     TaskStatus,
     gather_statuses,
-    iter_statuses,
 )
 from camb_async.testing import FakeCambAPI, Fault
 
@@ -37,15 +34,6 @@ MAX_RETRIES = 2
 MAX_CONCURRENCY = 16
 #: Every worker's first poll, each with its retries; nothing more.
 MAX_ATTEMPTS = MAX_CONCURRENCY * (MAX_RETRIES + 1)
-
-
-@pytest.fixture
-def refused_url() -> Iterator[str]:
-    """A loopback port with nothing listening: bound, then closed, so connects are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
 
 
 class Attempts:
@@ -63,40 +51,6 @@ def refused_client(url: str, attempts: Attempts, **options: Any) -> AsyncCambCli
     return AsyncCambClient(API_KEY, base_url=url, max_retries=MAX_RETRIES,
                            max_concurrency=MAX_CONCURRENCY, rate_limit=None,
                            hooks=attempts.hooks(), **options)
-
-
-class TestRefusedPort:
-    """Real sockets, real time (the default transports of both loops)."""
-
-    @pytest.fixture(params=["asyncio", "trio"])
-    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
-        return str(request.param)
-
-    @pytest.mark.parametrize("wait", [False, True])
-    @pytest.mark.parametrize("return_exceptions", [False, True])
-    async def test_bulk_poll_fails_fast(self, refused_url: str, wait: bool,
-                                        return_exceptions: bool) -> None:
-        attempts = Attempts()
-        async with refused_client(refused_url, attempts) as client:
-            # Before the fix: every task re-polled on dub's schedule, minutes.
-            with anyio.fail_after(30), pytest.raises(APIConnectionError):
-                await gather_statuses(client, IDS, kind="dub", wait=wait,
-                                      return_exceptions=return_exceptions)
-        assert 1 <= attempts.count <= MAX_ATTEMPTS
-
-    async def test_iter_statuses_and_handle_wait_fail_fast(self, refused_url: str) -> None:
-        attempts = Attempts()
-        async with refused_client(refused_url, attempts) as client:
-            with anyio.fail_after(30), pytest.raises(APIConnectionError):
-                async with iter_statuses(client, IDS, kind="dub",
-                                         return_exceptions=True) as stream:
-                    async for _ in stream:
-                        pass
-            assert attempts.count <= MAX_ATTEMPTS
-            attempts.count = 0
-            with anyio.fail_after(30), pytest.raises(APIConnectionError):
-                await client.dub.task(IDS[0]).wait()
-            assert attempts.count == MAX_RETRIES + 1
 
 
 def _refusing_transport(api: FakeCambAPI | None = None) -> httpx.AsyncBaseTransport:
