@@ -94,7 +94,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The count of README/docs snippets executed (tests/tcp/test_doc_snippets.py)."""
     snippets = sys.modules.get("tests.tcp.test_doc_snippets")
     if snippets is not None:
-        executed = len(snippets.EXECUTED)  # type: ignore[attr-defined]
+        executed = len(snippets.EXECUTED)
         terminalreporter.write_line(
-            f"doc snippets: {executed} of {len(snippets.SNIPPETS)} executed "  # type: ignore[attr-defined]
+            f"doc snippets: {executed} of {len(snippets.SNIPPETS)} executed "
             f"(README.md and docs/)")

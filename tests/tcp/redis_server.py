@@ -307,11 +307,11 @@ class FleetRun:
     @property
     def began(self) -> float:
         """When the first worker had its client open and began polling."""
-        return min(w["began"] for w in self.workers)
+        return float(min(w["began"] for w in self.workers))
 
     @property
     def wall(self) -> float:
-        return max(w["finished"] for w in self.workers) - self.began
+        return float(max(w["finished"] for w in self.workers)) - self.began
 
     def peak(self, window: float = 1.0, since: float = -1e18) -> int:
         return peak_per_window([r.time for r in self.log if r.time >= since], window)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import coredis
@@ -64,8 +64,8 @@ async def state(redis_server: RedisServer, name: str) -> dict[str, float]:
     async with coredis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
         fields = await raw.hgetall(f"camb-async:{{{name}}}:state")
         # Not raw.time(): coredis 6.9 reads its microseconds as milliseconds.
-        seconds, micros = await raw.eval("return redis.call('TIME')")
-    out = {k: float(v) for k, v in fields.items()}
+        seconds, micros = cast(Any, await raw.eval("return redis.call('TIME')"))
+    out = {str(k): float(v) for k, v in fields.items()}
     out["now"] = int(seconds) + int(micros) / 1e6
     return out
 
@@ -82,10 +82,10 @@ async def wait_for_pauses(redis_server: RedisServer, name: str, pauses: int) -> 
 
 async def test_is_a_budget_the_client_accepts(make_budget: Any) -> None:
     budget = make_budget()
+    assert (budget.max_concurrency, budget.fleet_concurrency) == (16, None)
     assert isinstance(budget, Budget)
     client = AsyncCambClient("k", base_url="http://127.0.0.1:1", budget=budget)
     assert client.budget is budget
-    assert budget.max_concurrency == 16 and budget.fleet_concurrency is None
 
 
 async def test_rate_is_shared_by_processes_and_keyed_by_name(make_budget: Any) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -66,7 +66,7 @@ async def test_round_trip_over_loopback(api: FakeCambAPI, base_url: str, kind: s
         assert set(result) == {"54", "76"}
         assert all(isinstance(r, DubbingResult) for r in result.values())
     if kind == "translate":
-        assert result.texts == ("[54] hello", "[54] world")
+        assert cast(Any, result).texts == ("[54] hello", "[54] world")
     statuses = api.requests("GET", f"/{kind}/")
     assert len(statuses) >= 2 and statuses[-1].status == 200  # polled through PENDING
 

@@ -86,6 +86,7 @@ def test_refits_are_rationed_not_one_per_poll() -> None:
         assert est.fit(0.1) is fit
     est.observe(10.0, 11.0)  # one new completion among 64: not yet worth a refit
     assert est.fit(0.1) is fit
+    assert fit is not None
     assert est.fit(0.1 + 0.05 * fit.median) is not fit  # pending tasks aged: refit
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import attrs
@@ -369,6 +369,7 @@ def test_hinted_statistics_round_trip_and_bad_rows_are_refused() -> None:
     a, b = stats.fit(TaskKind.TTS, 0.0, hint), copy.fit(TaskKind.TTS, 0.0, hint)
     assert a is not None and b is not None
     assert (b.mu, b.sigma) == pytest.approx((a.mu, a.sigma), abs=1e-6)
+    bad: Any
     for bad in ({"furlongs": []}, {"chars": [[1, 2, 3]]}, {"chars": [[1.5, 2, 3, 1.0]]},
                 {"chars": [[1, 3, 2, 1.0]]}, [1]):
         entry = {"bins": [], "hinted": bad}
@@ -384,7 +385,7 @@ def test_duration_hint_values() -> None:
     with pytest.raises(ValueError):
         DurationHint(1.0, "furlongs")
     with pytest.raises(TypeError):
-        DurationHint("12")  # type: ignore[arg-type]
+        DurationHint(cast(Any, "12"))
 
 
 async def test_handles_carry_hints(client: AsyncCambClient) -> None:

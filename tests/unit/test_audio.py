@@ -8,10 +8,10 @@ all-or-nothing file and the retry-before-the-first-byte rule are exercised on bo
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -189,7 +189,7 @@ async def test_audio_iterator_raises_on_a_drop(api: FakeCambAPI,
     client = make_client(transport=NetworkTransport(api, fail_at=3 * CHUNK))
     got = 0
     with pytest.raises(APIConnectionError):
-        async with aclosing(client.tts.audio(run_id)) as chunks:
+        async with aclosing(cast(AsyncGenerator[bytes, None], client.tts.audio(run_id))) as chunks:
             async for chunk in chunks:
                 got += len(chunk)
     assert got == 3 * CHUNK
@@ -272,7 +272,7 @@ async def test_raw_bytes_is_sent_and_file_url_for_result(api: FakeCambAPI,
 
     client = make_client(transport=httpx.MockTransport(spy))
     await client.tts.result(run_id)
-    async with aclosing(client.tts.audio(run_id)) as chunks:
+    async with aclosing(cast(AsyncGenerator[bytes, None], client.tts.audio(run_id))) as chunks:
         async for _ in chunks:
             pass
     assert [dict(url.params) for url in seen] == [{"output_type": "file_url"},

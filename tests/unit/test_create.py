@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -354,7 +354,7 @@ async def test_unseekable_upload_is_sent_once(api: FakeCambAPI,
 
     api.inject(status=429, retry_after="1", path="/transcribe")
     with pytest.raises(RateLimitError):
-        await client.transcription.create(language=1, file=Pipe(), filename="x.mp3")
+        await client.transcription.create(language=1, file=cast(Any, Pipe()), filename="x.mp3")
     assert len(api.requests("POST")) == 1
 
 
@@ -402,7 +402,7 @@ def test_fake_refuses_json_transcription(api: FakeCambAPI) -> None:
                                {"x-api-key": API_KEY, "content-type": "application/json"},
                                b'{"language": 1}', 0.0)
     assert status == 422
-    assert json.loads(body) == {"detail": [{"loc": ["body", "language"],
+    assert json.loads(cast(bytes, body)) == {"detail": [{"loc": ["body", "language"],
                                             "msg": "Field required", "type": "missing"}]}
 
 
@@ -412,12 +412,13 @@ def test_fake_refuses_a_bad_fault_free_create(api: FakeCambAPI) -> None:
     assert status == 422
     # The schema's own errors come first (FastAPI validates before the handler runs); the
     # target is optional in the schema, so its absence is reported once the schema passes.
-    assert json.loads(body) == {"detail": [{"loc": ["body", "source_language"],
+    assert json.loads(cast(bytes, body)) == {"detail": [{"loc": ["body", "source_language"],
                                             "msg": "Field required", "type": "missing"}]}
     status, body = api._handle("POST", "/dub", {"x-api-key": API_KEY},
                                b'{"video_url": "u", "source_language": 1}', 0.0)
     assert status == 422
-    assert [d["loc"] for d in json.loads(body)["detail"]] == [["body", "target_language"]]
+    detail = json.loads(cast(bytes, body))["detail"]
+    assert [d["loc"] for d in detail] == [["body", "target_language"]]
 
 
 async def test_auto_is_for_sources_only(api: FakeCambAPI, client: AsyncCambClient) -> None:

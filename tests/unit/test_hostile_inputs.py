@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -194,7 +194,8 @@ async def test_handle_from_another_client_is_refused_before_any_request(
     ok = api.add_task("dub", "mine")
     api.add_task("dub", "theirs")
     foreign = other.dub.task("theirs")
-    for tasks in ([foreign], [mine.dub.task(ok), foreign], [ok, foreign]):
+    mixes: list[list[Any]] = [[foreign], [mine.dub.task(ok), foreign], [ok, foreign]]
+    for tasks in mixes:
         with pytest.raises(ValueError, match="another AsyncCambClient"):
             await gather_statuses(mine, tasks, kind="dub")
         with pytest.raises(ValueError, match="another AsyncCambClient"):
@@ -239,14 +240,14 @@ async def test_closed_client_refuses_every_call_before_any_request(
     "call",
     [
         lambda c: gather_statuses(c, "one-string-not-a-list", kind="dub"),
-        lambda c: gather_statuses(c, [b"bytes-id"], kind="dub"),
+        lambda c: gather_statuses(c, cast(Any, [b"bytes-id"]), kind="dub"),
         lambda c: gather_statuses(c, ["id"]),  # ids need a kind
         lambda c: gather_statuses(c, ["id"], kind="sing"),
         lambda c: gather_statuses(c, ["id"], kind="dub", timeout=-1),
-        lambda c: gather_statuses(c, ["id"], kind="dub", timeout="5"),
-        lambda c: gather_statuses(c, ["id"], kind="dub", policy={"initial": 1}),
-        lambda c: gather_statuses(c, [42], kind="dub"),
-        lambda c: gather_statuses(c, [None], kind="dub"),
+        lambda c: gather_statuses(c, ["id"], kind="dub", timeout=cast(Any, "5")),
+        lambda c: gather_statuses(c, ["id"], kind="dub", policy=cast(Any, {"initial": 1})),
+        lambda c: gather_statuses(c, cast(Any, [42]), kind="dub"),
+        lambda c: gather_statuses(c, cast(Any, [None]), kind="dub"),
     ],
     ids=["str", "bytes", "no-kind", "bad-kind", "neg-timeout", "str-timeout", "dict-policy",
          "int-id", "none-id"],
@@ -290,7 +291,7 @@ async def test_a_bad_id_is_a_per_slot_value_error_with_return_exceptions(
         assert [type(x) for x in out][::2] == [StatusResult, StatusResult]
         assert [x.task_id for x in out[::2]] == good
         for error in out[1::2]:
-            assert isinstance(error, ValueError) and error.task_id == bad_id
+            assert isinstance(error, ValueError) and cast(Any, error).task_id == bad_id
             assert len(str(error)) < 200
 
     check(await gather_statuses(client, tasks, kind="dub", return_exceptions=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -281,7 +281,7 @@ async def test_policy_per_kind_mapping(api: FakeCambAPI, client: AsyncCambClient
         assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(
             [gap, gap], abs=1e-6)
     with pytest.raises(TypeError):
-        await gather_statuses(client, [tts], kind="tts", policy={"tts": 3})  # type: ignore[dict-item]
+        await gather_statuses(client, [tts], kind="tts", policy=cast(Any, {"tts": 3}))
     with pytest.raises(ValueError):
         await gather_statuses(client, [tts], kind="tts", policy={"sing": fast})
 
