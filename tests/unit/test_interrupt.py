@@ -23,8 +23,8 @@ import trio.testing
 from camb_async import AsyncCambClient, PollPolicy, gather_results, gather_statuses, iter_statuses
 from camb_async.testing import FakeCambAPI
 
-from .conftest import API_KEY
-from .virtual_clock import VirtualTimeLoop
+from ..conftest import API_KEY
+from ..virtual_clock import VirtualTimeLoop
 
 POLICY = PollPolicy(initial=0.5, factor=1, max_interval=0.5, jitter=0)
 
