@@ -8,12 +8,10 @@ before the first request: after each refusal the fake API's log is still empty.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any, cast
 
-import anyio
 import pytest
 
 from camb_async import (
@@ -28,9 +26,9 @@ from camb_async import (
     gather_statuses,
     iter_statuses,
 )
-from camb_async.testing import FakeCambAPI, serve_in_thread
+from camb_async.testing import FakeCambAPI
 
-from ..conftest import API_KEY, ClientFactory
+from ..conftest import ClientFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -120,28 +118,6 @@ async def test_allowed_odd_ids_arrive_as_exactly_that_one_id(
     assert [r.path.split("/")[1] for r in api.log] == ["dub", "dub", "tts"]
     assert all(r.path.count("/") == 2 and r.status == 200 for r in api.log)
     assert api.tasks[(TaskKind.DUB, "victim")].seen == 0
-
-
-def test_allowed_odd_ids_over_real_sockets() -> None:
-    """Same promise through uvicorn's HTTP parser: what the server decodes is the one id."""
-    api = FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
-    for task_id in ALLOWED_IDS:
-        api.add_task("translate", task_id, status="PAYMENT_REQUIRED")
-    api.add_task("translate", "victim")
-
-    async def main() -> list[Any]:
-        async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None) as client:
-            return await gather_statuses(client, ALLOWED_IDS, kind="translate", wait=False)
-
-    with serve_in_thread(api) as url:
-        for backend in ("asyncio", "trio"):
-            api.log.clear()
-            results = anyio.run(main, backend=backend)
-            assert [r.task_id for r in results] == ALLOWED_IDS
-            assert {r.status for r in results} == {TaskStatus.PAYMENT_REQUIRED}
-            assert len(api.log) == len(ALLOWED_IDS)
-            assert all(r.status == 200 and r.path.count("/") == 2 for r in api.log)
-    assert api.tasks[(TaskKind.TRANSLATION, "victim")].seen == 0
 
 
 @pytest.mark.parametrize(
