@@ -11,6 +11,9 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
+#: Branch coverage of camb_async and its floor (pyproject.toml [tool.coverage]); .ci/run too.
+COVERAGE = ["--cov=camb_async", "--cov-branch", "--cov-report=term:skip-covered"]
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
@@ -19,15 +22,24 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def coverage(session: nox.Session) -> None:
+    """The test suite with branch coverage and its floor, as CI runs it."""
+    session.install("-e", ".[test,dev]")
+    session.run("python", "-m", "pytest", *COVERAGE, *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
-    session.run("ruff", "check", "camb_async", "tests", "benchmarks", "examples", "docs")
+    """ruff and the import-linter layers: .ci/check, as CI runs it."""
+    session.install("-e", ".[dev]")
+    session.run(".ci/check", "lint", external=True, env={"PYTHON": "python"})
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[test,dev]")
-    session.run("mypy", "camb_async")
+    """mypy --strict over camb_async and tests: .ci/check, as CI runs it."""
+    session.install("-e", ".[test,dev,redis]")
+    session.run(".ci/check", "typecheck", external=True, env={"PYTHON": "python"})
 
 
 @nox.session
