@@ -3,16 +3,15 @@
 * ``Nginx``: a static nginx on loopback answering every GET with one status JSON from memory.
   For client-overhead figures: the server is never the bottleneck and costs the client
   process nothing, so process CPU time per request is the client's own cost.
-* ``FakeServer``: ``camb_async.testing.FakeCambAPI`` on uvicorn in a subprocess (this file run
-  as a script), so its work never shares the measured client's GIL. ``GET /_bench/log``
-  returns every request it served (arrival time on its monotonic clock, status), which is
-  what budget-fidelity figures are computed from: what the server saw, not what the client
-  believes it sent.
+* ``FakeServer``: ``camb_async.testing.FakeCambAPI`` on uvicorn in a subprocess, so its work
+  never shares the measured client's GIL. One class for the tests and the benchmarks, in
+  tests/fake_server.py (re-exported here). ``server.log()`` returns every request it served
+  (arrival time on its monotonic clock, status), which is what budget-fidelity figures are
+  computed from: what the server saw, not what the client believes it sent.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,9 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests/
+from tests.fake_server import FakeServer
+
+__all__ = ["FakeServer", "Nginx", "free_port", "wait_for_port"]
 
 STATUS_BODY = '{"status":"SUCCESS","run_id":4242,"message":null,"exception_reason":null}'
 
@@ -105,77 +107,3 @@ http {{
                 self._proc.kill()
                 self._proc.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-
-class FakeServer:
-    """``with FakeServer(tasks=[...], rate_limit=None) as url:`` — FakeCambAPI on uvicorn.
-
-    ``tasks``: dicts of ``FakeCambAPI.add_task`` keyword arguments (``kind`` and ``task_id``
-    included); ``after`` counts from the first request the server answers. ``fault_rate``:
-    share of requests answered with one of ``testing.TRANSIENT_FAULTS`` (seeded). ``audio``:
-    dicts of ``FakeCambAPI.set_audio`` keyword arguments (raw TTS bodies).
-    """
-
-    def __init__(self, tasks: list[dict[str, Any]], *, api_key: str = "bench-key",
-                 rate_limit: float | None = None, fault_rate: float = 0.0,
-                 seed: int = 0, audio: list[dict[str, Any]] | None = None) -> None:
-        self.port = free_port()
-        self.spec = {"tasks": tasks, "api_key": api_key, "rate_limit": rate_limit,
-                     "fault_rate": fault_rate, "seed": seed, "port": self.port,
-                     "audio": audio or []}
-        self._proc: subprocess.Popen[bytes] | None = None
-        fd, self._spec_path = tempfile.mkstemp(suffix=".json", prefix="camb-bench-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.spec, f)
-
-    def __enter__(self) -> str:
-        self._proc = subprocess.Popen([sys.executable, __file__, self._spec_path])
-        wait_for_port(self.port, self._proc)
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> list[tuple[float, int, str, str | None]]:
-        """Every request served so far: (arrival on the server's monotonic clock, status,
-        path, fault label or None). ``time.monotonic`` is system-wide, so the client can
-        compare its own."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_bench/log") as r:
-            return [(t, s, p, f) for t, s, p, f in json.loads(r.read())]
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        os.unlink(self._spec_path)
-
-
-def _serve(spec_path: str) -> None:  # the FakeServer subprocess
-    import uvicorn
-
-    from camb_async.testing import FakeCambAPI
-
-    spec = json.loads(Path(spec_path).read_text())
-    api = FakeCambAPI(api_key=spec["api_key"], rate_limit=spec["rate_limit"],
-                      fault_rate=spec["fault_rate"], seed=spec["seed"], clock=time.monotonic)
-    for task in spec["tasks"]:
-        api.add_task(**task)
-    for audio in spec.get("audio", []):  # FakeCambAPI.set_audio keyword arguments
-        api.set_audio(**audio)
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/_bench/log":
-            body = json.dumps([(r.time, r.status, r.path, r.fault) for r in api.log]).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await api(scope, receive, send)
-
-    uvicorn.run(app, host="127.0.0.1", port=spec["port"], log_level="warning",
-                access_log=False, lifespan="off")
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1])

@@ -4,7 +4,7 @@
 
 Needs ``redis-server`` on PATH (Debian package); starts its own on a free loopback port. A
 FakeCambAPI is served over loopback TCP from this process (uvicorn thread, time.monotonic
-clock); the workers are separate processes (``python -m tests.redis_server worker``).
+clock); the workers are separate processes (``python -m tests.tcp.redis_server worker``).
 
 Scenarios, each printed as a row of one Markdown table:
 
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from camb_async.testing import FakeCambAPI, Fault  # noqa: E402
-from tests.redis_server import FleetRun, LocalCluster, RedisServer, run_fleet  # noqa: E402
+from tests.tcp.redis_server import FleetRun, LocalCluster, RedisServer, run_fleet  # noqa: E402
 
 RATE = 100.0
 

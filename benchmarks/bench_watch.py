@@ -247,9 +247,9 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
               margin: float = 0.1, fsync: str = "everysec",
               crash: bool = False) -> dict[str, Any]:
     import anyio
+    from tests.redis_server import RedisServer
 
     from camb_async.redis import RedisWatchList
-    from tests.redis_server import RedisServer
 
     name = f"bench-{uuid.uuid4().hex[:6]}"
     out_path = tempfile.mktemp(prefix="camb-watch-events-", suffix=".txt")

@@ -20,7 +20,6 @@ from ._errors import (
     UnprocessableEntityError,
     WaitTimeoutError,
 )
-from ._handle import TaskHandle
 from ._hooks import RequestHooks
 from ._models import (
     DubbingOutcome,
@@ -38,6 +37,7 @@ from ._models import (
 )
 from ._version import __version__
 from .polling._adaptive import AdaptivePollPolicy
+from .polling._handle import TaskHandle
 from .polling._policy import PollPolicy
 from .polling._results import gather_results
 from .polling._stats import CompletionStats

@@ -24,8 +24,8 @@ from .resources._tts import TTSResource
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
     from ._errors import CambError
-    from ._handle import TaskHandle
     from ._models import DurationHint
+    from .polling._handle import TaskHandle
     from .polling._policy import PolicyArg
 
 __all__ = ["_ClientSurface"]

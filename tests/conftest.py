@@ -1,6 +1,18 @@
+"""What every test shares: the API key, the in-process client fixtures, virtual time.
+
+``tests/unit/`` runs in-process (``httpx.ASGITransport``) on virtual time, both loops, with the
+fixtures here. ``tests/tcp/`` (real sockets, subprocesses, redis-server) overrides
+``anyio_backend`` with real time and adds the served ``FakeCambAPI`` and Redis fixtures in
+its own conftest. ``tests/soak/`` is the long fault soak, not collected by default.
+"""
+
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -13,6 +25,17 @@ from camb_async.testing import FakeCambAPI
 from .virtual_clock import VirtualTimeLoop
 
 API_KEY = "sk-test-0123456789abcdef"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as module ``example_<name>``."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(
@@ -26,7 +49,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 
     In-process tests do no real I/O, so the clock jumps to the next timer whenever the loop is
     idle: trio's MockClock(autojump_threshold=0), and its asyncio twin VirtualTimeLoop.
-    Modules that use real sockets override this with ``real_time_backend``.
+    Tests over real sockets (``tests/tcp/``) override this in ``tests/tcp/conftest.py``
+    with real time.
     """
     if request.param == "trio":
         return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
@@ -67,12 +91,10 @@ async def client(make_client: ClientFactory) -> AsyncCambClient:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The count of README/docs snippets executed (tests/test_doc_snippets.py)."""
-    import sys
-
-    snippets = sys.modules.get("tests.test_doc_snippets")
+    """The count of README/docs snippets executed (tests/tcp/test_doc_snippets.py)."""
+    snippets = sys.modules.get("tests.tcp.test_doc_snippets")
     if snippets is not None:
-        executed = len(snippets.EXECUTED)  # type: ignore[attr-defined]
+        executed = len(snippets.EXECUTED)
         terminalreporter.write_line(
-            f"doc snippets: {executed} of {len(snippets.SNIPPETS)} executed "  # type: ignore[attr-defined]
+            f"doc snippets: {executed} of {len(snippets.SNIPPETS)} executed "
             f"(README.md and docs/)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from typing import Any
+from typing import Any, cast
 
 
 class _AutojumpSelector:
@@ -34,7 +34,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self._virtual_now = 0.0
-        self._selector = _AutojumpSelector(self, self._selector)  # type: ignore[assignment]
+        this = cast(Any, self)  # _selector: an untyped internal of SelectorEventLoop
+        this._selector = _AutojumpSelector(self, this._selector)
 
     def time(self) -> float:
         return self._virtual_now

@@ -66,7 +66,7 @@ from ._demo import _cmd_demo
 from ._fake_server import _cmd_fake_server
 from ._fake_server import _listen_socket as _listen_socket
 from ._fleet import _cmd_worker
-from ._parser import _parser
+from ._parser import _parser as _parser
 from ._scenario import DEMO_MIX as DEMO_MIX
 from ._scenario import REAL_DURATIONS as REAL_DURATIONS
 from ._scenario import scaled_policy as scaled_policy

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from .._handle import TaskHandle
 from .._models import StatusResult, TaskKind
+from ..polling._handle import TaskHandle
 from ..polling._stream import iter_statuses
 from ._common import (
     EXIT_ERRORS,

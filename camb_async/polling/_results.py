@@ -18,7 +18,6 @@ import anyio.abc
 
 from .._budget import concurrency_of
 from .._errors import CambError, WaitTimeoutError, is_fatal
-from .._handle import TaskHandle, run_id_of
 from .._models import (
     DubbingOutcome,
     StatusResult,
@@ -29,6 +28,7 @@ from .._models import (
 )
 from .._taskgroup import create_task_group
 from .._validation import DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
+from ._handle import TaskHandle, run_id_of
 from ._policy import PolicyArg
 from ._stream import StatusIterator, iter_statuses
 

@@ -23,10 +23,10 @@ import anyio.lowlevel
 
 from .._budget import concurrency_of
 from .._errors import CambError, ClientClosedError, is_fatal, is_transient, unanswered
-from .._handle import TaskHandle
 from .._models import DurationHint, StatusResult, TaskKind, TaskStatus
 from .._taskgroup import create_task_group
 from .._validation import check_task_id, is_number
+from ._handle import TaskHandle
 from ._policy import PolicyArg, PollPolicy, final_poll_time, next_poll_delay
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from ._scheduler import _Poller, make_poller
 if TYPE_CHECKING:
     from .._client import AsyncCambClient
     from .._errors import CambError
-    from .._handle import TaskHandle
+    from ._handle import TaskHandle
 
 __all__ = ["StatusIterator", "gather_statuses", "iter_statuses"]
 

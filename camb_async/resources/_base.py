@@ -19,7 +19,6 @@ import anyio
 
 from .._budget import concurrency_of
 from .._errors import CambError, is_fatal
-from .._handle import TaskHandle
 from .._models import (
     DurationHint,
     ModelError,
@@ -40,6 +39,7 @@ from .._validation import (
     check_chunk_size,
     check_task_id,
 )
+from ..polling._handle import TaskHandle
 from ._args import (
     check_run_id,
     check_run_ids,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._handle import TaskHandle
 from .._models import (
     DubbingOutcome,
     DurationHint,
 )
+from ..polling._handle import TaskHandle
 from ._args import (
     LanguageArg,
     _check_flag,

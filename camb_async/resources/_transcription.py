@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._handle import TaskHandle
 from .._models import (
     DurationHint,
     TranscriptionResult,
 )
+from ..polling._handle import TaskHandle
 from ._args import (
     FileArg,
     LanguageArg,

@@ -11,11 +11,11 @@ import anyio
 
 from .._download import save_atomically
 from .._errors import APITimeoutError
-from .._handle import TaskHandle
 from .._models import (
     DurationHint,
     TTSResult,
 )
+from ..polling._handle import TaskHandle
 from ._args import (
     _check_flag,
     _opt_int,
