@@ -209,6 +209,24 @@ class RedisRateBudget(_FleetEngine):
     (``local_concurrency``); the fleet limit is ``fleet_concurrency``.
     """
 
+    # Declared here too (the state lives in _FleetEngine): the public class's own attributes.
+    redis_timeout: float
+    give_back_timeout: float
+    recovery: float
+    min_rate: float
+    lease_ttl: float
+    retry_interval: float
+    poll_interval: float
+    reset_hold: float
+    grants: int
+    local_grants: int
+    pauses: int
+    redis_errors: int
+    outages: int
+    resets_seen: int
+    redis_calls: int
+    give_backs: int
+
     def __init__(
         self,
         redis: RedisClient,
