@@ -49,7 +49,7 @@ def docs(session: nox.Session) -> None:
 def soak(session: nox.Session) -> None:
     """10,000 tasks over loopback TCP with 20 % injected faults; prints its figures."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", "-p", "no:cov", "-s", "-q", "tests/soak/",
+    session.run("python", "-m", "pytest", "--no-cov", "-s", "-q", "tests/soak/",
                 *session.posargs)
 
 
