@@ -58,8 +58,8 @@ class LogNormal:
         """E[T; T <= t] = integral_0^t u f(u) du."""
         if t <= 0.0:
             return 0.0
-        z = (math.log(t) - self.mu - self.sigma ** 2) / self.sigma
-        return math.exp(self.mu + 0.5 * self.sigma ** 2) * 0.5 * math.erfc(-z / _SQRT2)
+        z = (math.log(t) - self.mu - self.sigma**2) / self.sigma
+        return math.exp(self.mu + 0.5 * self.sigma**2) * 0.5 * math.erfc(-z / _SQRT2)
 
     def quantile_z(self, z: float) -> float:
         return math.exp(self.mu + self.sigma * z)
@@ -73,8 +73,9 @@ class Solution:
     ages: tuple[float, ...]  # the schedule (poll ages)
 
 
-def evaluate(dist: LogNormal, ages: Sequence[float], d: float | None = None
-             ) -> tuple[float, float, float]:
+def evaluate(
+    dist: LogNormal, ages: Sequence[float], d: float | None = None
+) -> tuple[float, float, float]:
     """Exact (expected requests, mean delay, P(delay > d)) of a poll schedule."""
     req = mean = late = 0.0
     prev_t, prev_f, prev_g = 0.0, 0.0, 0.0
@@ -117,8 +118,9 @@ def _solve_mean(grid: _Grid, lam: float) -> list[int]:
         n = len(hull_t)
         if ptr >= n:
             ptr = n - 1
-        while ptr + 1 < n and (hull_b[ptr + 1] - slope * hull_t[ptr + 1]
-                               <= hull_b[ptr] - slope * hull_t[ptr]):
+        while ptr + 1 < n and (
+            hull_b[ptr + 1] - slope * hull_t[ptr + 1] <= hull_b[ptr] - slope * hull_t[ptr]
+        ):
             ptr += 1
         best = hull_b[ptr] - slope * hull_t[ptr]
         nxt[k] = hull_j[ptr]
@@ -184,12 +186,17 @@ def _mix(lo: Solution, hi: Solution, target: float) -> Solution:
         return hi
     w = (lo.constraint - target) / (lo.constraint - hi.constraint)
     w = min(max(w, 0.0), 1.0)
-    return Solution((1 - w) * lo.requests + w * hi.requests, target,
-                    (1 - w) * lo.mean_delay + w * hi.mean_delay, hi.ages)
+    return Solution(
+        (1 - w) * lo.requests + w * hi.requests,
+        target,
+        (1 - w) * lo.mean_delay + w * hi.mean_delay,
+        hi.ages,
+    )
 
 
-def oracle_quantile(dist: LogNormal, d: float, share: float = 0.05,
-                    max_points: int = 40_000) -> Solution:
+def oracle_quantile(
+    dist: LogNormal, d: float, share: float = 0.05, max_points: int = 40_000
+) -> Solution:
     """Fewest expected requests with ``P(delay > d) <= share``."""
     t_max = dist.quantile_z(Z_MAX)
     m = max(8, math.ceil(8 * t_max / (max_points * d)))
@@ -228,8 +235,12 @@ def mean_grids(dists: Sequence[LogNormal], points: int = 20_000) -> list[_Grid]:
     return [_Grid(dist, dist.quantile_z(Z_MAX) / points) for dist in dists]
 
 
-def oracle_mean(dists: Sequence[LogNormal], weights: Sequence[float], target: float,
-                grids: Sequence[_Grid] | None = None) -> tuple[Solution, list[Solution]]:
+def oracle_mean(
+    dists: Sequence[LogNormal],
+    weights: Sequence[float],
+    target: float,
+    grids: Sequence[_Grid] | None = None,
+) -> tuple[Solution, list[Solution]]:
     """Fewest pooled expected requests with pooled mean delay ``target`` (one ``lam``).
 
     ``weights``: each kind's share of the tasks. Returns the pooled solution and, per kind,
@@ -253,8 +264,9 @@ def oracle_mean(dists: Sequence[LogNormal], weights: Sequence[float], target: fl
     return pooled, list(per_kind)
 
 
-def oracle_quantile_mixture(dists: Sequence[LogNormal], d: float, share: float = 0.05,
-                            max_points: int = 20_000) -> Solution:
+def oracle_quantile_mixture(
+    dists: Sequence[LogNormal], d: float, share: float = 0.05, max_points: int = 20_000
+) -> Solution:
     """Fewest expected requests over a mix of equally likely task types (here: tasks whose
     durations a size hint narrows to ``dists[i]``) with ``P(delay > d) <= share`` over the
     mix: one ``lam`` for all, each type on its own schedule."""

@@ -51,7 +51,8 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.
 
 def find_nginx() -> str | None:
     return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
 
 
 class Nginx:
@@ -62,8 +63,11 @@ class Nginx:
         self.binary = find_nginx()
         if self.binary is None:
             raise RuntimeError("nginx not found: apt-get install nginx (nox -s bench does)")
-        self.version = subprocess.run([self.binary, "-v"], capture_output=True, text=True
-                                      ).stderr.strip().split("/")[-1]
+        self.version = (
+            subprocess.run([self.binary, "-v"], capture_output=True, text=True)
+            .stderr.strip()
+            .split("/")[-1]
+        )
         self._dir = tempfile.mkdtemp(prefix="camb-bench-nginx-")
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = free_port()
@@ -94,7 +98,9 @@ http {{
         Path(d, "nginx.conf").write_text(conf)
         self._proc = subprocess.Popen(
             [self.binary, "-p", d, "-c", f"{d}/nginx.conf", "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         wait_for_port(self.port, self._proc)
         return f"http://127.0.0.1:{self.port}"
 

@@ -59,15 +59,18 @@ class PeakSampler(threading.Thread):
             time.sleep(0.002)
 
 
-async def _measure(base_url: str, run_id: int, warm_run: int, writes: str,
-                   expect_reset: bool) -> dict[str, Any]:
+async def _measure(
+    base_url: str, run_id: int, warm_run: int, writes: str, expect_reset: bool
+) -> dict[str, Any]:
     import anyio
 
     from camb_async import APIConnectionError, AsyncCambClient, _download
 
     if writes == "inline":
+
         async def inline(func: Any, *args: Any) -> Any:
             return func(*args)
+
         _download._offload = inline  # type: ignore[assignment]
 
     lags: list[float] = []
@@ -121,8 +124,9 @@ def _child(args: list[str]) -> None:
     import anyio
 
     backend, base_url, run_id, warm_run, writes, reset = args
-    result = anyio.run(_measure, base_url, int(run_id), int(warm_run), writes, reset == "1",
-                       backend=backend)
+    result = anyio.run(
+        _measure, base_url, int(run_id), int(warm_run), writes, reset == "1", backend=backend
+    )
     print(json.dumps(result))
 
 
@@ -137,48 +141,79 @@ def main() -> None:
     from _servers import FakeServer
 
     run_id, warm_run, reset_run = 5001, 5002, 5003
-    tasks = [{"kind": "tts", "task_id": f"tts-{r}", "run_id": r}
-             for r in (run_id, warm_run, reset_run)]
-    audio = [{"run_id": run_id, "size": options.mb * MB},
-             {"run_id": warm_run, "size": 4 * MB}]
+    tasks = [
+        {"kind": "tts", "task_id": f"tts-{r}", "run_id": r} for r in (run_id, warm_run, reset_run)
+    ]
+    audio = [{"run_id": run_id, "size": options.mb * MB}, {"run_id": warm_run, "size": 4 * MB}]
     if options.reset_mb:
-        audio.append({"run_id": reset_run, "size": options.mb * MB,
-                      "reset_after": options.reset_mb * MB})
+        audio.append(
+            {"run_id": reset_run, "size": options.mb * MB, "reset_after": options.reset_mb * MB}
+        )
     rows: list[dict[str, Any]] = []
     with FakeServer(tasks, api_key=KEY, audio=audio) as url:
-        plan = [(backend, writes, run_id, False)
-                for backend in options.backends.split(",")
-                for writes in options.writes.split(",")]
+        plan = [
+            (backend, writes, run_id, False)
+            for backend in options.backends.split(",")
+            for writes in options.writes.split(",")
+        ]
         if options.reset_mb:
-            plan += [(backend, "thread", reset_run, True)
-                     for backend in options.backends.split(",")]
+            plan += [
+                (backend, "thread", reset_run, True) for backend in options.backends.split(",")
+            ]
         for backend, writes, run, reset in plan:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", backend, url, str(run), str(warm_run),
-                 writes, "1" if reset else "0"],
-                check=True, capture_output=True, text=True)
-            row = {"backend": backend, "writes": writes, "size_mb": options.mb,
-                   "reset_after_mb": options.reset_mb if reset else None,
-                   **json.loads(out.stdout.strip().splitlines()[-1])}
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    backend,
+                    url,
+                    str(run),
+                    str(warm_run),
+                    writes,
+                    "1" if reset else "0",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            row = {
+                "backend": backend,
+                "writes": writes,
+                "size_mb": options.mb,
+                "reset_after_mb": options.reset_mb if reset else None,
+                **json.loads(out.stdout.strip().splitlines()[-1]),
+            }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
 
     RESULTS.mkdir(exist_ok=True)
-    machine = {"python": platform.python_version(), "platform": platform.platform(),
-               "cpus": os.cpu_count()}
-    (RESULTS / "audio.json").write_text(json.dumps({"machine": machine, "rows": rows},
-                                                   indent=2) + "\n")
-    print("| loop | file writes | body | peak RSS growth | MB/s | loop lag max / p99 | "
-          "outcome |")
+    machine = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    (RESULTS / "audio.json").write_text(
+        json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n"
+    )
+    print("| loop | file writes | body | peak RSS growth | MB/s | loop lag max / p99 | outcome |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        body = (f"{r['size_mb']} MB" if r["reset_after_mb"] is None
-                else f"{r['size_mb']} MB, reset after {r['reset_after_mb']} MB")
-        outcome = (f"{r['error']}; files left: {r['files_left'] or 'none'}" if r["error"]
-                   else f"{r['file_size_mb']} MB file")
-        print(f"| {r['backend']} | {r['writes']} | {body} | {r['peak_growth_mb']} MB | "
-              f"{r['mb_per_s'] or '-'} | {r['lag_max_ms']} / {r['lag_p99_ms']} ms | "
-              f"{outcome} |")
+        body = (
+            f"{r['size_mb']} MB"
+            if r["reset_after_mb"] is None
+            else f"{r['size_mb']} MB, reset after {r['reset_after_mb']} MB"
+        )
+        outcome = (
+            f"{r['error']}; files left: {r['files_left'] or 'none'}"
+            if r["error"]
+            else f"{r['file_size_mb']} MB file"
+        )
+        print(
+            f"| {r['backend']} | {r['writes']} | {body} | {r['peak_growth_mb']} MB | "
+            f"{r['mb_per_s'] or '-'} | {r['lag_max_ms']} / {r['lag_p99_ms']} ms | "
+            f"{outcome} |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ KEY = "bench-key"
 
 def workload(n: int, seed: int, lo: float, hi: float) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    return [{"kind": "tts", "task_id": f"tts-{i}", "after": rng.uniform(lo, hi)}
-            for i in range(n)]
+    return [{"kind": "tts", "task_id": f"tts-{i}", "after": rng.uniform(lo, hi)} for i in range(n)]
 
 
 async def run_camb(url: str, ids: list[str], rate: float) -> dict[str, float]:
@@ -102,8 +101,13 @@ def measure(label: str, tasks: list[dict[str, Any]], rate: float) -> dict[str, A
     while t0 + k + 1 <= t_end:
         lo, hi = t0 + k, t0 + k + 1
         unfinished = len(ids) - sum(1 for f in finish if f <= lo)
-        windows.append({"start_s": k, "requests": sum(1 for t in times if lo <= t < hi),
-                        "unfinished": unfinished})
+        windows.append(
+            {
+                "start_s": k,
+                "requests": sum(1 for t in times if lo <= t < hi),
+                "unfinished": unfinished,
+            }
+        )
         k += 1
     saturated = [w for w in windows if w["unfinished"] >= rate * 5]
     in_run = [t for t in times if t <= t_end]
@@ -116,8 +120,10 @@ def measure(label: str, tasks: list[dict[str, Any]], rate: float) -> dict[str, A
         "peak_per_1s_window": peak_per_window(times),
         "peak_vs_budget": round(peak_per_window(times) / rate, 3),
         "utilisation_while_saturated": round(
-            sum(w["requests"] for w in saturated) / (rate * len(saturated)), 3)
-        if saturated else None,
+            sum(w["requests"] for w in saturated) / (rate * len(saturated)), 3
+        )
+        if saturated
+        else None,
         "saturated_seconds": len(saturated),
         "utilisation_overall": round(len(in_run) / (rate * (t_end - t0)), 3),
         "run_s": round(t_end - t0, 2),
@@ -127,9 +133,11 @@ def measure(label: str, tasks: list[dict[str, Any]], rate: float) -> dict[str, A
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| client | budget req/s | tasks | peak in any 1 s | peak / budget "
-             "| utilisation while work exceeds budget | overall utilisation | run s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| client | budget req/s | tasks | peak in any 1 s | peak / budget "
+        "| utilisation while work exceeds budget | overall utilisation | run s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         sat = r["utilisation_while_saturated"]
         sat_text = "-" if sat is None else f"{sat:.2f} over {r['saturated_seconds']} s"
@@ -137,13 +145,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['client']} | {r['budget_per_s']:g} | {r['tasks']} | "
             f"{r['peak_per_1s_window']} | {r['peak_vs_budget']:.2f} | "
             f"{sat_text} | "
-            f"{r['utilisation_overall']:.2f} | {r['run_s']:.1f} |")
+            f"{r['utilisation_overall']:.2f} | {r['run_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=4)
     args = parser.parse_args()
     scenarios = [

@@ -38,16 +38,19 @@ def _script(n: int, horizon: float, seed: int) -> list[dict[str, Any]]:
     """``FakeCambAPI.add_task`` arguments: the four kinds, mostly SUCCESS, random end times."""
     rng = random.Random(seed)
     return [
-        {"kind": KINDS[i % 4].value, "task_id": f"{KINDS[i % 4].value}-{i}",
-         "status": rng.choices(["SUCCESS", "ERROR", "TIMEOUT", "PAYMENT_REQUIRED"],
-                               [85, 7, 5, 3])[0],
-         "after": rng.uniform(0, horizon)}
+        {
+            "kind": KINDS[i % 4].value,
+            "task_id": f"{KINDS[i % 4].value}-{i}",
+            "status": rng.choices(
+                ["SUCCESS", "ERROR", "TIMEOUT", "PAYMENT_REQUIRED"], [85, 7, 5, 3]
+            )[0],
+            "after": rng.uniform(0, horizon),
+        }
         for i in range(n)
     ]
 
 
-async def _poll(url: str, tasks: list[dict[str, Any]], rate: float
-                ) -> tuple[list[Any], float, Any]:
+async def _poll(url: str, tasks: list[dict[str, Any]], rate: float) -> tuple[list[Any], float, Any]:
     async with AsyncCambClient(KEY, base_url=url, rate_limit=rate, max_concurrency=32) as client:
         handles = [client.task(t["kind"], t["task_id"]) for t in tasks]
         start = time.monotonic()
@@ -56,8 +59,12 @@ async def _poll(url: str, tasks: list[dict[str, Any]], rate: float
 
 
 def _correct(out: list[Any], tasks: list[dict[str, Any]]) -> bool:
-    return all(not isinstance(r, BaseException) and r.task_id == t["task_id"]
-               and r.raw_status == t["status"] for r, t in zip(out, tasks, strict=True))
+    return all(
+        not isinstance(r, BaseException)
+        and r.task_id == t["task_id"]
+        and r.raw_status == t["status"]
+        for r, t in zip(out, tasks, strict=True)
+    )
 
 
 def scenario_a(backend: str) -> dict[str, Any]:
@@ -73,11 +80,16 @@ def scenario_a(backend: str) -> dict[str, Any]:
     peak = peak_per_window(t for t, _, _, _ in log)
     bound = 1.5 * max(2000 / 150, 6.0)
     return {
-        "tasks": 2000, "rate_limit": 150, "max_concurrency": 32, "policy": "per-kind defaults",
+        "tasks": 2000,
+        "rate_limit": 150,
+        "max_concurrency": 32,
+        "policy": "per-kind defaults",
         "all_correct_in_order": correct,
         "server_peak_per_1s": peak,
-        "wall_s": round(wall, 2), "wall_bound_s": bound,
-        "requests": requests, "requests_per_task": round(requests / 2000, 3),
+        "wall_s": round(wall, 2),
+        "wall_bound_s": bound,
+        "requests": requests,
+        "requests_per_task": round(requests / 2000, 3),
         "pass": correct and peak <= 151 and wall <= bound and requests / 2000 <= 2,
     }
 
@@ -95,8 +107,12 @@ def scenario_b(backend: str) -> dict[str, Any]:
     n429 = sum(1 for _, status, _, _ in log if status == 429)
     correct = _correct(out, tasks)
     return {
-        "tasks": 2000, "server_rate_limit": 120, "client_rate_limit": 200, "fault_rate": 0.2,
-        "all_correct": correct, "requests": len(log),
+        "tasks": 2000,
+        "server_rate_limit": 120,
+        "client_rate_limit": 200,
+        "fault_rate": 0.2,
+        "all_correct": correct,
+        "requests": len(log),
         "answers_by_status": dict(sorted(by_status.items())),
         "share_429": round(n429 / len(log), 4),
         "budget_pauses": getattr(budget, "pauses", None),
@@ -112,8 +128,11 @@ def main() -> int:
     parser.add_argument("--only", default="A,B")
     args = parser.parse_args()
     report: dict[str, Any] = {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "backend": args.backend},
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "backend": args.backend,
+        }
     }
     runners = {"A": scenario_a, "B": scenario_b}
     names = args.only.split(",")

@@ -97,13 +97,15 @@ async def worker_official(url: str, c: int, warmup: int, n: int) -> dict[str, fl
     return await _measure(lambda ids: _drive_semaphore(one, ids, c), warmup, n)
 
 
-async def worker_httpx(url: str, c: int, warmup: int, n: int, transport: Any = None
-                       ) -> dict[str, float]:
+async def worker_httpx(
+    url: str, c: int, warmup: int, n: int, transport: Any = None
+) -> dict[str, float]:
     import httpx
 
     limits = httpx.Limits(max_connections=max(c, 100), max_keepalive_connections=max(c, 20))
-    async with httpx.AsyncClient(headers={"x-api-key": KEY}, limits=limits,
-                                 transport=transport) as client:
+    async with httpx.AsyncClient(
+        headers={"x-api-key": KEY}, limits=limits, transport=transport
+    ) as client:
 
         async def one(task_id: str) -> Any:
             r = await client.get(f"{url}/dub/{task_id}")
@@ -139,8 +141,9 @@ async def worker_aiohttp(url: str, c: int, warmup: int, n: int) -> dict[str, flo
         return await _measure(lambda ids: _drive_semaphore(one, ids, c), warmup, n)
 
 
-async def worker_camb(url: str, c: int, warmup: int, n: int, *, bulk: bool = False,
-                      native: bool = False) -> dict[str, float]:
+async def worker_camb(
+    url: str, c: int, warmup: int, n: int, *, bulk: bool = False, native: bool = False
+) -> dict[str, float]:
     import anyio
 
     from camb_async import AsyncCambClient, gather_statuses
@@ -150,9 +153,11 @@ async def worker_camb(url: str, c: int, warmup: int, n: int, *, bulk: bool = Fal
         import httpx
 
         transport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=max(c, 20)))
-    async with AsyncCambClient(KEY, base_url=url, rate_limit=None, max_concurrency=c,
-                               transport=transport) as client:
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=max(c, 20))
+        )
+    async with AsyncCambClient(
+        KEY, base_url=url, rate_limit=None, max_concurrency=c, transport=transport
+    ) as client:
 
         async def batch(ids: list[str]) -> int:
             if bulk:
@@ -205,8 +210,18 @@ def _version(dist: str) -> str:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("camb-async", "camb-sdk", "httpx", "httpcore", "aiohttp", "httpx-aiohttp",
-                 "anyio", "trio", "uvicorn", "pydantic"):
+    for dist in (
+        "camb-async",
+        "camb-sdk",
+        "httpx",
+        "httpcore",
+        "aiohttp",
+        "httpx-aiohttp",
+        "anyio",
+        "trio",
+        "uvicorn",
+        "pydantic",
+    ):
         out[dist] = _version(dist)
     return out
 
@@ -220,13 +235,29 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "load_avg_at_start": os.getloadavg()}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg(),
+    }
 
 
 def spawn(peer: str, url: str, c: int, warmup: int, n: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--worker", peer, "--url", url, "--concurrency", str(c),
-           "--warmup", str(warmup), "--requests", str(n)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        peer,
+        "--url",
+        url,
+        "--concurrency",
+        str(c),
+        "--warmup",
+        str(warmup),
+        "--requests",
+        str(n),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} c={c} failed:\n{proc.stderr[-3000:]}")
@@ -237,32 +268,39 @@ def table(result: dict[str, Any]) -> str:
     concs = result["concurrency"]
     rows = result["median"]
     official = rows["official SDK"]
-    lines = ["| client | " + " | ".join(f"c={c} µs/check" for c in concs)
-             + f" | c={concs[-1]} vs official SDK |",
-             "|---|" + "---:|" * (len(concs) + 1)]
+    lines = [
+        "| client | "
+        + " | ".join(f"c={c} µs/check" for c in concs)
+        + f" | c={concs[-1]} vs official SDK |",
+        "|---|" + "---:|" * (len(concs) + 1),
+    ]
     for label, by_c in rows.items():
         ratio = by_c[str(concs[-1])] / official[str(concs[-1])]
-        lines.append(f"| {label} | " + " | ".join(f"{by_c[str(c)]:.0f}" for c in concs)
-                     + f" | {ratio:.2f}x |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{by_c[str(c)]:.0f}" for c in concs)
+            + f" | {ratio:.2f}x |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker")
     parser.add_argument("--url")
     parser.add_argument("--concurrency", default="1,10,50")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help="comma-separated labels (default: all)")
+    parser.add_argument(
+        "--peers", default=",".join(PEERS), help="comma-separated labels (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="1 round, 600 requests")
     args = parser.parse_args()
     if args.worker:
-        out = run_worker(args.worker, args.url, int(args.concurrency), args.warmup,
-                         args.requests)
+        out = run_worker(args.worker, args.url, int(args.concurrency), args.warmup, args.requests)
         print(json.dumps(out))
         return 0
 
@@ -274,21 +312,27 @@ def main() -> int:
     concs = [int(c) for c in args.concurrency.split(",")]
     labels = [p for p in args.peers.split(",") if p]
     samples: dict[str, dict[str, list[dict[str, float]]]] = {
-        label: {str(c): [] for c in concs} for label in labels}
+        label: {str(c): [] for c in concs} for label in labels
+    }
     server = Nginx()
     started = time.time()
     with server as url:
         for rnd in range(args.rounds):
-            order = labels[rnd % len(labels):] + labels[: rnd % len(labels)]
+            order = labels[rnd % len(labels) :] + labels[: rnd % len(labels)]
             for c in concs:
                 for label in order:
                     s = spawn(PEERS[label], url, c, args.warmup, args.requests)
                     samples[label][str(c)].append(s)
-                    print(f"round {rnd + 1}/{args.rounds} c={c:>2} {label:<26} "
-                          f"{s['cpu_us']:7.0f} µs CPU/check  {s['req_per_s']:7.0f} req/s",
-                          file=sys.stderr, flush=True)
-    median = {label: {c: statistics.median(s["cpu_us"] for s in runs)
-                      for c, runs in by_c.items()} for label, by_c in samples.items()}
+                    print(
+                        f"round {rnd + 1}/{args.rounds} c={c:>2} {label:<26} "
+                        f"{s['cpu_us']:7.0f} µs CPU/check  {s['req_per_s']:7.0f} req/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    median = {
+        label: {c: statistics.median(s["cpu_us"] for s in runs) for c, runs in by_c.items()}
+        for label, by_c in samples.items()
+    }
     result: dict[str, Any] = {
         "figure": "CPU microseconds per status check (process CPU / requests), median round",
         "command": "python benchmarks/bench_cpu.py " + " ".join(sys.argv[1:]),
@@ -305,7 +349,8 @@ def main() -> int:
     if "official SDK" in median and "camb-async" in median:
         top = str(concs[-1])
         result["camb_async_vs_official_at_max_concurrency"] = round(
-            median["camb-async"][top] / median["official SDK"][top], 3)
+            median["camb-async"][top] / median["official SDK"][top], 3
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     if "official SDK" in median:

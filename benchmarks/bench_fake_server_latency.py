@@ -47,11 +47,25 @@ def fake_server_command(n: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         ids, log = Path(tmp) / "ids.txt", Path(tmp) / "server.log"
         with log.open("w") as err:
-            proc = subprocess.Popen([str(BIN), "fake-server", "--port", "0", "--api-key", KEY,
-                                     "--tasks", "1", "--kinds", "tts", "--ids-file", str(ids)],
-                                    stdout=subprocess.DEVNULL, stderr=err,
-                                    env={k: v for k, v in os.environ.items()
-                                         if not k.startswith("CAMB_")})
+            proc = subprocess.Popen(
+                [
+                    str(BIN),
+                    "fake-server",
+                    "--port",
+                    "0",
+                    "--api-key",
+                    KEY,
+                    "--tasks",
+                    "1",
+                    "--kinds",
+                    "tts",
+                    "--ids-file",
+                    str(ids),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={k: v for k, v in os.environ.items() if not k.startswith("CAMB_")},
+            )
         try:
             deadline = time.monotonic() + 30
             while not (match := re.search(r"listening on (http://\S+)", log.read_text())):
@@ -78,8 +92,10 @@ def main() -> None:
     args = parser.parse_args()
     print("| server | median ms/request | p90 ms/request |")
     print("|---|---|---|")
-    for name, run in (("camb-async fake-server (subprocess)", fake_server_command),
-                      ("testing.serve_in_thread (same process)", in_thread)):
+    for name, run in (
+        ("camb-async fake-server (subprocess)", fake_server_command),
+        ("testing.serve_in_thread (same process)", in_thread),
+    ):
         samples = sorted(run(args.requests))
         p90 = samples[int(len(samples) * 0.9)]
         print(f"| {name} | {statistics.median(samples):.2f} | {p90:.2f} |")

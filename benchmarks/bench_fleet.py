@@ -65,7 +65,9 @@ def summarize(label: str, run: FleetRun, ideal: float, **extra: Any) -> dict[str
         "to 1st request s": round(first - run.began, 2),
         "redis calls / grant": round(
             sum(w["redis_calls"] for w in run.workers)
-            / max(1, sum(w["grants"] for w in run.workers)), 2),
+            / max(1, sum(w["grants"] for w in run.workers)),
+            2,
+        ),
     }
     row.update(extra)
     print(json.dumps(row), flush=True)  # as it comes: a later failure keeps the earlier rows
@@ -83,29 +85,52 @@ def cluster_rows(n: int, ideal: float, name: Callable[[], str]) -> list[dict[str
     rows: list[dict[str, Any]] = []
     options = {"cluster": True, "retry_interval": 0.25}
     with LocalCluster() as cluster:
-        run = run_fleet(cluster.url, tasks=n, rate=RATE, name=name(), budget_options=options,
-                        backends=["asyncio", "trio"])
+        run = run_fleet(
+            cluster.url,
+            tasks=n,
+            rate=RATE,
+            name=name(),
+            budget_options=options,
+            backends=["asyncio", "trio"],
+        )
         rows.append(summarize("cluster shared (worker 1 on trio)", run, ideal))
         for label in ("failover", "kill"):
             budget = name()
             master = cluster.master_of(f"camb-async:{{{budget}}}:log")
             replica = cluster.replica_of(master)
-            action = ((lambda api, r=replica: r.cli("CLUSTER", "FAILOVER"))
-                      if label == "failover" else (lambda api, m=master: m.kill()))
-            run = run_fleet(cluster.url, tasks=n, rate=RATE, name=budget,
-                            budget_options=options, backends=["asyncio", "trio"],
-                            during=[(2.0, label, action)])
+            action = (
+                (lambda api, r=replica: r.cli("CLUSTER", "FAILOVER"))
+                if label == "failover"
+                else (lambda api, m=master: m.kill())
+            )
+            run = run_fleet(
+                cluster.url,
+                tasks=n,
+                rate=RATE,
+                name=budget,
+                budget_options=options,
+                backends=["asyncio", "trio"],
+                during=[(2.0, label, action)],
+            )
             gap, resumed = no_progress(run)
             switch = run.events[label]
             around = [r.time for r in run.log if switch - 1.0 <= r.time <= resumed + 1.0]
-            rows.append(summarize(
-                f"cluster {'CLUSTER FAILOVER' if label == 'failover' else 'master killed'}",
-                run, ideal,
-                **{"no progress s": round(gap, 2),
-                   "peak around the switch": FleetRun.peak_of(around),
-                   "new master is the replica":
-                       cluster.master_of(f"camb-async:{{{budget}}}:log").port == replica.port,
-                   "outages seen": sum(w["outages"] for w in run.workers)}))
+            rows.append(
+                summarize(
+                    f"cluster {'CLUSTER FAILOVER' if label == 'failover' else 'master killed'}",
+                    run,
+                    ideal,
+                    **{
+                        "no progress s": round(gap, 2),
+                        "peak around the switch": FleetRun.peak_of(around),
+                        "new master is the replica": cluster.master_of(
+                            f"camb-async:{{{budget}}}:log"
+                        ).port
+                        == replica.port,
+                        "outages seen": sum(w["outages"] for w in run.workers),
+                    },
+                )
+            )
             if label == "kill":
                 master.start()
             cluster.wait_ok()
@@ -114,8 +139,12 @@ def cluster_rows(n: int, ideal: float, name: Callable[[], str]) -> list[dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results"
-                        / "fleet.json", help="also write the rows here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).parent / "results" / "fleet.json",
+        help="also write the rows here",
+    )
     parser.add_argument("--quick", action="store_true", help="1/3 of the tasks")
     parser.add_argument("--only", choices=["single", "cluster"], help="one Redis setup only")
     args = parser.parse_args()
@@ -138,22 +167,33 @@ def single_rows(n: int, ideal: float, name: Callable[[], str]) -> list[dict[str,
     with RedisServer() as server:
         run = run_fleet(server.url, tasks=n, rate=RATE, name=name())
         rows.append(summarize("shared", run, ideal))
-        run = run_fleet(server.url, tasks=n, rate=RATE, name=name(),
-                        backends=["asyncio", "trio"])
+        run = run_fleet(server.url, tasks=n, rate=RATE, name=name(), backends=["asyncio", "trio"])
         rows.append(summarize("shared, worker 1 on trio", run, ideal))
 
         for mode in ("wait", "local"):
             options: dict[str, Any] = {"on_redis_error": mode, "retry_interval": 0.25}
             if mode == "local":
                 options["fleet_size"] = 3
-            run = run_fleet(server.url, tasks=n, rate=RATE, name=name(),
-                            budget_options=options,
-                            during=[(1.5, "restart", lambda api: server.restart(down_for=3.0))])
-            rows.append(summarize(
-                f"restart/{mode}", run, ideal,
-                **{"peak after recovery": run.peak(1.0, since=run.events["restart:done"]),
-                   "outages seen": sum(w["outages"] for w in run.workers),
-                   "local grants": sum(w["local_grants"] for w in run.workers)}))
+            run = run_fleet(
+                server.url,
+                tasks=n,
+                rate=RATE,
+                name=name(),
+                budget_options=options,
+                during=[(1.5, "restart", lambda api: server.restart(down_for=3.0))],
+            )
+            rows.append(
+                summarize(
+                    f"restart/{mode}",
+                    run,
+                    ideal,
+                    **{
+                        "peak after recovery": run.peak(1.0, since=run.events["restart:done"]),
+                        "outages seen": sum(w["outages"] for w in run.workers),
+                        "local grants": sum(w["local_grants"] for w in run.workers),
+                    },
+                )
+            )
 
         retry_after = 3.0
 
@@ -161,8 +201,9 @@ def single_rows(n: int, ideal: float, name: Callable[[], str]) -> list[dict[str,
             api.inject(Fault(status=429, retry_after=str(retry_after)), path="/tts/w0-60")
 
         half = n // 2
-        run = run_fleet(server.url, tasks=half, rate=RATE, name=name(),
-                        during=[(0.0, "429", throttle)])
+        run = run_fleet(
+            server.url, tasks=half, rate=RATE, name=name(), during=[(0.0, "429", throttle)]
+        )
         (hit,) = [r for r in run.log if r.status == 429]
         t0 = hit.time
         others = [r.time for r in run.log if not r.path.startswith("/tts/w0-")]
@@ -171,12 +212,19 @@ def single_rows(n: int, ideal: float, name: Callable[[], str]) -> list[dict[str,
         after_news = sum(1 for t in others if t0 + 0.5 < t < t0 + retry_after)
         later = sorted(t for t in others if t > t0)
         gap = next((t for t in later if t > t0 + 0.5), t0) - t0
-        rows.append(summarize(
-            "429", run, 3 * half / RATE + retry_after,
-            **{"others' requests in the 3 s before": before,
-               "in the 3 s after": during,
-               "after the first 0.5 s": after_news,
-               "others resumed after s": round(gap, 2)}))
+        rows.append(
+            summarize(
+                "429",
+                run,
+                3 * half / RATE + retry_after,
+                **{
+                    "others' requests in the 3 s before": before,
+                    "in the 3 s after": during,
+                    "after the first 0.5 s": after_news,
+                    "others resumed after s": round(gap, 2),
+                },
+            )
+        )
 
         uneven = [2 * n, 2 * n // 3, n // 3]
         run = run_fleet(server.url, tasks=uneven, rate=RATE, name=name())

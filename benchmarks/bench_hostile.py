@@ -67,26 +67,34 @@ async def serve(port: int) -> None:
             case = head.split(b" ", 2)[1].rsplit(b"/", 1)[-1].decode()
             if case == "ok":  # the warm-up: transport imported, connection pool built
                 body = b'{"status": "PENDING"}'
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\n\r\n" % len(body) + body)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body) + body
+                )
                 await writer.drain()
                 return
             if case == "largest":
                 head = b'{"status": "PENDING", "pad": "'
                 body = head + b"x" * (LARGEST - len(head) - 2) + b'"}'
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"connection: close\r\n"
-                             b"content-length: %d\r\n\r\n" % len(body) + body)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"connection: close\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body) + body
+                )
                 await writer.drain()
                 return
             if case == "bomb":
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-encoding: gzip\r\nconnection: close\r\n"
-                             b"content-length: %d\r\n\r\n" % len(bomb) + bomb)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-encoding: gzip\r\nconnection: close\r\n"
+                    b"content-length: %d\r\n\r\n" % len(bomb) + bomb
+                )
                 await writer.drain()
                 return
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                         b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            )
             chunk, pause = (b"A" * 65536, 0.0) if case == "endless" else (b" ", 0.05)
             frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
             writer.write(b'c\r\n{"status": "\r\n')
@@ -121,8 +129,10 @@ def client(backend: str, case: str, url: str, reference: bool) -> dict[str, Any]
     from camb_async import AsyncCambClient
 
     async def main() -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http, AsyncCambClient(
-                "bench-key", base_url=url, timeout=TIMEOUT, rate_limit=None) as camb:
+        async with (
+            httpx.AsyncClient(timeout=TIMEOUT) as http,
+            AsyncCambClient("bench-key", base_url=url, timeout=TIMEOUT, rate_limit=None) as camb,
+        ):
             # Warm-up: imports done, transports built, before the baseline is taken.
             (await http.get(f"{url}/dub/ok")).json()
             await camb.dub.status("ok")
@@ -138,10 +148,15 @@ def client(backend: str, case: str, url: str, reference: bool) -> dict[str, Any]
             else:
                 outcome = "returned"
             elapsed = time.perf_counter() - started
-        return {"backend": backend, "case": case, "client": "httpx" if reference else
-                "camb-async", "outcome": outcome, "elapsed_s": round(elapsed, 2),
-                "rss_before_mib": round(before / 1024, 1),
-                "peak_rise_mib": round((rss_kib("VmHWM") - before) / 1024, 1)}
+        return {
+            "backend": backend,
+            "case": case,
+            "client": "httpx" if reference else "camb-async",
+            "outcome": outcome,
+            "elapsed_s": round(elapsed, 2),
+            "rss_before_mib": round(before / 1024, 1),
+            "peak_rise_mib": round((rss_kib("VmHWM") - before) / 1024, 1),
+        }
 
     return anyio.run(main, backend=backend)
 
@@ -156,8 +171,9 @@ def spawn(backend: str, case: str, url: str, reference: bool) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference", action="store_true",
-                        help="also measure raw httpx reading the bomb whole")
+    parser.add_argument(
+        "--reference", action="store_true", help="also measure raw httpx reading the bomb whole"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,23 +189,31 @@ def main() -> int:
     try:
         wait_for_port(port, server)
         url = f"http://127.0.0.1:{port}"
-        rows = [spawn(backend, case, url, False)
-                for backend in ("asyncio", "trio") for case in CASES]
+        rows = [
+            spawn(backend, case, url, False) for backend in ("asyncio", "trio") for case in CASES
+        ]
         if args.reference:
             rows += [spawn(backend, "bomb", url, True) for backend in ("asyncio", "trio")]
     finally:
         server.terminate()
         server.wait()
-    print(f"One status call, timeout={TIMEOUT} s, defaults otherwise (max_response_bytes "
-          "8 MiB, max_retries=3); peak RSS (VmHWM) rise over the RSS before the call.\n")
+    print(
+        f"One status call, timeout={TIMEOUT} s, defaults otherwise (max_response_bytes "
+        "8 MiB, max_retries=3); peak RSS (VmHWM) rise over the RSS before the call.\n"
+    )
     print("| client | loop | answer | peak RSS rise | elapsed | ended with |")
     print("|---|---|---|---|---|---|")
-    names = {"bomb": "gzip, 300 MB inflated", "endless": "endless, 64 KiB chunks",
-             "trickle": "endless, 1 byte / 50 ms",
-             "largest": "valid JSON, 8 MiB - 64 B (accepted)"}
+    names = {
+        "bomb": "gzip, 300 MB inflated",
+        "endless": "endless, 64 KiB chunks",
+        "trickle": "endless, 1 byte / 50 ms",
+        "largest": "valid JSON, 8 MiB - 64 B (accepted)",
+    }
     for row in rows:
-        print(f"| {row['client']} | {row['backend']} | {names[row['case']]} | "
-              f"{row['peak_rise_mib']} MiB | {row['elapsed_s']} s | {row['outcome']} |")
+        print(
+            f"| {row['client']} | {row['backend']} | {names[row['case']]} | "
+            f"{row['peak_rise_mib']} MiB | {row['elapsed_s']} s | {row['outcome']} |"
+        )
     return 0
 
 

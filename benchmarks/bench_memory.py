@@ -45,9 +45,13 @@ async def _run(mode: str, n: int, traced: bool) -> dict[str, Any]:
     ids = [f"task-{i:06d}" for i in range(n)]
     lags: list[float] = []
     peak = 0
-    async with AsyncCambClient(KEY, base_url="http://localhost", rate_limit=None,
-                               max_concurrency=16,
-                               transport=httpx.MockTransport(handler)) as client:
+    async with AsyncCambClient(
+        KEY,
+        base_url="http://localhost",
+        rate_limit=None,
+        max_concurrency=16,
+        transport=httpx.MockTransport(handler),
+    ) as client:
         await client.tts.status("warm-up")
         stop = anyio.Event()
 
@@ -128,23 +132,34 @@ def spawn(mode: str, backend: str, n: int, traced: bool) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| pattern | loop | tasks | traced bytes/task | max loop lag ms | p99 lag ms "
-             "| wall s (timeout=4) |", "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['pattern']} | {r['backend']} | {r['tasks']:,} | "
-              f"{r['peak_traced_bytes_per_task']:.0f} | {r['max_loop_lag_ms']:.1f} | "
-              f"{r['p99_loop_lag_ms']:.1f} | {r['wall_s']:.2f} |" for r in rows]
+    lines = [
+        "| pattern | loop | tasks | traced bytes/task | max loop lag ms | p99 lag ms "
+        "| wall s (timeout=4) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['pattern']} | {r['backend']} | {r['tasks']:,} | "
+        f"{r['peak_traced_bytes_per_task']:.0f} | {r['max_loop_lag_ms']:.1f} | "
+        f"{r['p99_loop_lag_ms']:.1f} | {r['wall_s']:.2f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker")
     parser.add_argument("--traced", action="store_true")
     parser.add_argument("--tasks", type=int, default=100_000)
-    parser.add_argument("--baseline-tasks", type=int, default=10_000,
-                        help="tasks for the coroutine-per-task pattern (its cancellation of "
-                             "100,000 semaphore waiters takes minutes)")
+    parser.add_argument(
+        "--baseline-tasks",
+        type=int,
+        default=10_000,
+        help="tasks for the coroutine-per-task pattern (its cancellation of "
+        "100,000 semaphore waiters takes minutes)",
+    )
     parser.add_argument("--backends", default="asyncio,trio")
     parser.add_argument("--patterns", default="camb-async,coroutine per task")
     args = parser.parse_args()
@@ -157,14 +172,19 @@ def main() -> int:
             n = args.tasks if mode == "camb-async" else args.baseline_tasks
             plain = spawn(mode, backend, n, traced=False)
             traced = spawn(mode, backend, n, traced=True)
-            row = {"pattern": mode, "backend": backend, "tasks": n, **plain,
-                   "peak_traced_bytes_per_task": traced["peak_traced_bytes_per_task"],
-                   "traced_wall_s": traced["wall_s"]}
+            row = {
+                "pattern": mode,
+                "backend": backend,
+                "tasks": n,
+                **plain,
+                "peak_traced_bytes_per_task": traced["peak_traced_bytes_per_task"],
+                "traced_wall_s": traced["wall_s"],
+            }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     result = {
         "figure": "100,000 tracked tasks: traced memory per task and event-loop lag "
-                  "(10 ms ticker); in-process transport answering PENDING; timeout=4",
+        "(10 ms ticker); in-process transport answering PENDING; timeout=4",
         "command": "python benchmarks/bench_memory.py " + " ".join(sys.argv[1:]),
         "rows": rows,
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -127,15 +127,18 @@ def fixed(seconds: float) -> PollPolicy:
 #: ``e ~ N(0, RESIDUAL**2)``, with ``beta`` such that ``ln T`` keeps its base spread: the
 #: durations have the same distribution as in the base workload, only now partly explained.
 SIZES: dict[TaskKind, tuple[float, str]] = {
-    TaskKind.TTS: (400.0, "chars"), TaskKind.TRANSLATION: (2000.0, "chars"),
-    TaskKind.TRANSCRIPTION: (300.0, "seconds"), TaskKind.DUB: (300.0, "seconds"),
+    TaskKind.TTS: (400.0, "chars"),
+    TaskKind.TRANSLATION: (2000.0, "chars"),
+    TaskKind.TRANSCRIPTION: (300.0, "seconds"),
+    TaskKind.DUB: (300.0, "seconds"),
 }
 SIZE_SPREAD = 1.0
 RESIDUAL = 0.3
 
 
-def hinted_workload(seed: int, n: int = N_TASKS
-                    ) -> tuple[list[tuple[float, TaskKind, float]], list[DurationHint]]:
+def hinted_workload(
+    seed: int, n: int = N_TASKS
+) -> tuple[list[tuple[float, TaskKind, float]], list[DurationHint]]:
     """Like ``workload``, with each task's input size: durations correlate with size."""
     rng = random.Random(seed)
     kinds = [k for k in KINDS for _ in range(n // len(KINDS))]
@@ -160,17 +163,20 @@ def workload(seed: int, n: int = N_TASKS) -> list[tuple[float, TaskKind, float]]
     out = []
     for i, kind in enumerate(kinds):
         median, sigma = KINDS[kind]
-        out.append(((i // BATCH) * BATCH_EVERY, kind, rng.lognormvariate(math.log(median),
-                                                                          sigma)))
+        out.append(((i // BATCH) * BATCH_EVERY, kind, rng.lognormvariate(math.log(median), sigma)))
     return out
 
 
 class Run:
     """One strategy over one workload, on virtual time."""
 
-    def __init__(self, policy: PolicyArg, tasks: list[tuple[float, TaskKind, float]],
-                 stats: CompletionStats | None = None,
-                 hints: list[DurationHint] | None = None) -> None:
+    def __init__(
+        self,
+        policy: PolicyArg,
+        tasks: list[tuple[float, TaskKind, float]],
+        stats: CompletionStats | None = None,
+        hints: list[DurationHint] | None = None,
+    ) -> None:
         self.policy = policy
         self.tasks = tasks
         self.stats = stats
@@ -182,8 +188,13 @@ class Run:
     async def main(self) -> None:
         api = FakeCambAPI(api_key=KEY)
         client = self.client = AsyncCambClient(
-            api_key=KEY, base_url="http://localhost", rate_limit=None, max_concurrency=64,
-            transport=httpx.ASGITransport(app=api), completion_stats=self.stats)
+            api_key=KEY,
+            base_url="http://localhost",
+            rate_limit=None,
+            max_concurrency=64,
+            transport=httpx.ASGITransport(app=api),
+            completion_stats=self.stats,
+        )
         origin = anyio.current_time()
         batches: dict[float, list[tuple[TaskKind, float, DurationHint | None]]] = {}
         for i, (created, kind, duration) in enumerate(self.tasks):
@@ -196,8 +207,13 @@ class Run:
             kind = TaskKind(entry.path.split("/")[1])
             self.requests[kind] += 1
 
-    async def batch(self, api: FakeCambAPI, client: AsyncCambClient, at: float,
-                    batch: list[tuple[TaskKind, float, DurationHint | None]]) -> None:
+    async def batch(
+        self,
+        api: FakeCambAPI,
+        client: AsyncCambClient,
+        at: float,
+        batch: list[tuple[TaskKind, float, DurationHint | None]],
+    ) -> None:
         await anyio.sleep_until(at)
         now = anyio.current_time()
         handles, done_at = [], {}
@@ -237,7 +253,8 @@ class Run:
                     "requests_per_task": self.requests[k] / len(self.delays[k]),
                     "mean_delay_s": sum(self.delays[k]) / len(self.delays[k]),
                     "p95_delay_s": quantile(sorted(self.delays[k]), 0.95),
-                } for k in KINDS
+                }
+                for k in KINDS
             },
         }
         return {k: _round(v) for k, v in out.items()}
@@ -278,8 +295,9 @@ def hinted_dists(kind: TaskKind, points: int = 16) -> list[LogNormal]:
     return [LogNormal(math.log(median) + explained * z, RESIDUAL) for z in zs]
 
 
-def oracle_p95_per_kind(p95: dict[str, float], hinted: bool = False,
-                        shares: dict[str, float] | None = None) -> dict[str, Any]:
+def oracle_p95_per_kind(
+    p95: dict[str, float], hinted: bool = False, shares: dict[str, float] | None = None
+) -> dict[str, Any]:
     """The oracle at these per-kind p95 delays (or, with ``shares``, at "this share of the
     kind's completions seen later than ``p95[kind]``"): expected requests per task, per kind
     and pooled (the kinds are equally many)."""
@@ -294,20 +312,26 @@ def oracle_p95_per_kind(p95: dict[str, float], hinted: bool = False,
         else:
             sol = oracle_quantile(LogNormal.of(*KINDS[kind]), d, share)
         per_kind[kind.value] = round(sol.requests, 4)
-    return {"requests_per_task": round(sum(per_kind.values()) / len(per_kind), 4),
-            "per_kind": per_kind}
+    return {
+        "requests_per_task": round(sum(per_kind.values()) / len(per_kind), 4),
+        "per_kind": per_kind,
+    }
 
 
 def oracle_at_mean(mean: float) -> dict[str, Any]:
     """The oracle at this pooled mean delay (one Lagrange multiplier for every kind)."""
     pooled, per_kind = oracle_mean(true_dists(), [1.0] * len(KINDS), mean)
-    return {"requests_per_task": round(pooled.requests, 4),
-            "per_kind_requests": {k.value: round(s.requests, 3)
-                                  for k, s in zip(KINDS, per_kind, strict=True)}}
+    return {
+        "requests_per_task": round(pooled.requests, 4),
+        "per_kind_requests": {
+            k.value: round(s.requests, 3) for k, s in zip(KINDS, per_kind, strict=True)
+        },
+    }
 
 
-def _on_tasks(ages: list[float], durations: list[float], d: float = math.inf
-              ) -> tuple[float, float, float]:
+def _on_tasks(
+    ages: list[float], durations: list[float], d: float = math.inf
+) -> tuple[float, float, float]:
     """A schedule applied to these durations: (requests, mean delay, share later than d)."""
     req = delay = late = 0.0
     for t in durations:
@@ -320,8 +344,7 @@ def _on_tasks(ages: list[float], durations: list[float], d: float = math.inf
     return req / n, delay / n, late / n
 
 
-def _bracket(at: Callable[[float], tuple[float, float]], target: float
-             ) -> float:
+def _bracket(at: Callable[[float], tuple[float, float]], target: float) -> float:
     """Requests of the Lagrangian solutions mixed to meet ``target`` exactly: ``at(lam)``
     gives (requests, constraint); the constraint falls as ``lam`` grows."""
     lo_lam, hi_lam = 1e-3, 1e5
@@ -364,8 +387,9 @@ def oracle_on_tasks_mean(tasks: Tasks, target: float) -> float:
     return _bracket(at, target)
 
 
-def oracle_on_tasks_p95(tasks: Tasks, p95: dict[str, float], shares: dict[str, float]
-                        ) -> dict[str, Any]:
+def oracle_on_tasks_p95(
+    tasks: Tasks, p95: dict[str, float], shares: dict[str, float]
+) -> dict[str, Any]:
     """Per kind, the oracle's schedule applied to these tasks with the same share of them
     seen later than ``p95[kind]`` as the run: requests per task, per kind and pooled."""
     from _oracle import _Grid, _solve_quantile
@@ -376,15 +400,18 @@ def oracle_on_tasks_p95(tasks: Tasks, p95: dict[str, float], shares: dict[str, f
         dist, d = LogNormal.of(*KINDS[kind]), p95[kind.value]
         grid = _Grid(dist, d / 8)
 
-        def at(lam: float, grid: _Grid = grid, durations: list[float] = durations,
-               d: float = d) -> tuple[float, float]:
+        def at(
+            lam: float, grid: _Grid = grid, durations: list[float] = durations, d: float = d
+        ) -> tuple[float, float]:
             ages = [grid.t[i] for i in _solve_quantile(grid, lam, 8)]
             r, _, late = _on_tasks(ages, durations, d)
             return r, late
 
         per_kind[kind.value] = round(_bracket(at, shares[kind.value]), 4)
-    return {"requests_per_task": round(sum(per_kind.values()) / len(per_kind), 4),
-            "per_kind": per_kind}
+    return {
+        "requests_per_task": round(sum(per_kind.values()) / len(per_kind), 4),
+        "per_kind": per_kind,
+    }
 
 
 def run_job(job: Job, data: dict[str, Any]) -> dict[str, Any]:
@@ -405,8 +432,10 @@ def run_job(job: Job, data: dict[str, Any]) -> dict[str, Any]:
     elif spec["policy"] == "defaults":
         policy = None
     elif spec["policy"] == "p95":
-        policy = {TaskKind(k): PollPolicy.adaptive(p95_delay=d, **spec.get("options", {}))
-                  for k, d in spec["p95"].items()}
+        policy = {
+            TaskKind(k): PollPolicy.adaptive(p95_delay=d, **spec.get("options", {}))
+            for k, d in spec["p95"].items()
+        }
     else:
         policy = PollPolicy.adaptive(**spec["options"])
     run = Run(policy, tasks, stats, hints).go()
@@ -419,27 +448,35 @@ def run_job(job: Job, data: dict[str, Any]) -> dict[str, Any]:
         late = sum(d > bound for ds in run.delays.values() for d in ds)
         row["share_later_than_max_delay"] = round(late / len(tasks), 4)
     if spec["policy"] == "p95":  # share of each kind's completions seen later than target
-        row["late_share"] = {k: round(sum(x > spec["p95"][k] for x in run.delays[TaskKind(k)])
-                                      / len(run.delays[TaskKind(k)]), 4) for k in spec["p95"]}
+        row["late_share"] = {
+            k: round(
+                sum(x > spec["p95"][k] for x in run.delays[TaskKind(k)])
+                / len(run.delays[TaskKind(k)]),
+                4,
+            )
+            for k in spec["p95"]
+        }
     if spec.get("oracle") == "p95":
         # At the delay quantile this run achieved: the same share of each kind's
         # completions later than the seed's p95 (not the run's sample p95, which jumps as
         # one more or one fewer of ~12 late tasks per kind lands past the 95th percentile).
-        row["oracle_at_own_delay"] = oracle_p95_per_kind(spec["p95"], hinted,
-                                                         row["late_share"])
+        row["oracle_at_own_delay"] = oracle_p95_per_kind(spec["p95"], hinted, row["late_share"])
     elif spec.get("oracle") == "mean":
         row["oracle_at_own_delay"] = oracle_at_mean(row["mean_delay_s"])
     if "oracle_at_own_delay" in row:
         row["ratio_to_oracle"] = round(
-            row["requests_per_task"] / row["oracle_at_own_delay"]["requests_per_task"], 4)
+            row["requests_per_task"] / row["oracle_at_own_delay"]["requests_per_task"], 4
+        )
     if spec.get("oracle") == "p95" and not hinted:
         row["oracle_on_tasks"] = oracle_on_tasks_p95(tasks, spec["p95"], row["late_share"])
     elif spec.get("oracle") == "mean":
-        row["oracle_on_tasks"] = {"requests_per_task": round(
-            oracle_on_tasks_mean(tasks, row["mean_delay_s"]), 4)}
+        row["oracle_on_tasks"] = {
+            "requests_per_task": round(oracle_on_tasks_mean(tasks, row["mean_delay_s"]), 4)
+        }
     if "oracle_on_tasks" in row:
         row["ratio_to_oracle_on_tasks"] = round(
-            row["requests_per_task"] / row["oracle_on_tasks"]["requests_per_task"], 4)
+            row["requests_per_task"] / row["oracle_on_tasks"]["requests_per_task"], 4
+        )
     row["wall_s"] = round(time.perf_counter() - t0, 2)
     return row
 
@@ -452,13 +489,15 @@ def oracle_job(seed: dict[str, Any], hinted: bool, tasks: Tasks) -> dict[str, An
     if not hinted:
         out["mean"] = oracle_at_mean(seed["mean_delay_s"])
         out["p95_on_tasks"] = oracle_on_tasks_p95(tasks, p95, dict.fromkeys(p95, 0.05))[
-            "requests_per_task"]
+            "requests_per_task"
+        ]
         out["mean_on_tasks"] = round(oracle_on_tasks_mean(tasks, seed["mean_delay_s"]), 4)
     return out
 
 
-def expected_mean_delay(options: dict[str, Any], fits: dict[TaskKind, DurationFit]
-                        ) -> tuple[float, float]:
+def expected_mean_delay(
+    options: dict[str, Any], fits: dict[TaskKind, DurationFit]
+) -> tuple[float, float]:
     """Pooled (requests, mean delay) of the mean-mode schedule, jitter off, *as the fits
     predict* (what a service can compute from its own statistics: no true distribution)."""
     policy = PollPolicy.adaptive(jitter=0.0, **options)
@@ -466,16 +505,20 @@ def expected_mean_delay(options: dict[str, Any], fits: dict[TaskKind, DurationFi
     req = mean = 0.0
     for fit in fits.values():
         dist = LogNormal(fit.mu, fit.sigma)
-        ages = ages_of(policy.mean_gap(fit, 0.0), lambda age, n, fit=fit: policy.mean_gap(
-            fit, age), horizon=dist.quantile_z(5.5))
+        ages = ages_of(
+            policy.mean_gap(fit, 0.0),
+            lambda age, n, fit=fit: policy.mean_gap(fit, age),
+            horizon=dist.quantile_z(5.5),
+        )
         r, m, _ = evaluate(dist, ages)
         req += r / len(fits)
         mean += m / len(fits)
     return req, mean
 
 
-def expected_vs_oracle(seed: dict[str, Any], cost: float,
-                       fits: dict[TaskKind, DurationFit]) -> dict[str, Any]:
+def expected_vs_oracle(
+    seed: dict[str, Any], cost: float, fits: dict[TaskKind, DurationFit]
+) -> dict[str, Any]:
     """Both modes with the warm fits held fixed (no jitter, no learning), evaluated exactly
     against the true distributions, beside the oracle at the delay each achieves: the
     adaptive-vs-oracle ratio without any sample's luck. Quantile mode: per kind, at the
@@ -488,38 +531,53 @@ def expected_vs_oracle(seed: dict[str, Any], cost: float,
         assert isinstance(policy, AdaptivePollPolicy)
         first, cut = policy.plan(fit)
         dist = LogNormal.of(*KINDS[kind])
-        ages = ages_of(first, lambda age, n, d=d, cut=cut: d if age < cut else max(30.0, d),
-                       horizon=dist.quantile_z(5.5))
+        ages = ages_of(
+            first,
+            lambda age, n, d=d, cut=cut: d if age < cut else max(30.0, d),
+            horizon=dist.quantile_z(5.5),
+        )
         r, _, share = evaluate(dist, ages, d)
         late[kind.value] = round(share, 4)
         req += r
         oracle_req += oracle_quantile(dist, d, max(share, 1e-4)).requests
     mean_req, mean_delay = 0.0, 0.0
-    policy = PollPolicy.adaptive(max_delay=MEAN_MODE_MAX_DELAY, request_cost=cost, tail=0.0,
-                                 jitter=0.0)
+    policy = PollPolicy.adaptive(
+        max_delay=MEAN_MODE_MAX_DELAY, request_cost=cost, tail=0.0, jitter=0.0
+    )
     assert isinstance(policy, AdaptivePollPolicy)
     for kind, fit in fits.items():
         dist = LogNormal.of(*KINDS[kind])
-        ages = ages_of(policy.mean_gap(fit, 0.0), lambda age, n, fit=fit: policy.mean_gap(
-            fit, age), horizon=dist.quantile_z(5.5))
+        ages = ages_of(
+            policy.mean_gap(fit, 0.0),
+            lambda age, n, fit=fit: policy.mean_gap(fit, age),
+            horizon=dist.quantile_z(5.5),
+        )
         r, m, _ = evaluate(dist, ages)
         mean_req += r / len(fits)
         mean_delay += m / len(fits)
     pooled, _ = oracle_mean(true_dists(), [1.0] * len(KINDS), mean_delay)
-    return {"p95_mode": {"requests": round(req / len(fits), 4), "late_share": late,
-                         "ratio_to_oracle": round(req / oracle_req, 4)},
-            "mean_mode": {"requests": round(mean_req, 4), "mean_delay_s": round(mean_delay, 3),
-                          "ratio_to_oracle": round(mean_req / pooled.requests, 4)}}
+    return {
+        "p95_mode": {
+            "requests": round(req / len(fits), 4),
+            "late_share": late,
+            "ratio_to_oracle": round(req / oracle_req, 4),
+        },
+        "mean_mode": {
+            "requests": round(mean_req, 4),
+            "mean_delay_s": round(mean_delay, 3),
+            "ratio_to_oracle": round(mean_req / pooled.requests, 4),
+        },
+    }
 
 
-def calibrate_cost(target: float, fits: dict[TaskKind, DurationFit],
-                   max_delay: float) -> float:
+def calibrate_cost(target: float, fits: dict[TaskKind, DurationFit], max_delay: float) -> float:
     """The request_cost whose schedule the fits expect to give pooled mean delay ``target``."""
     lo, hi = 1e-3, 1e3
     for _ in range(40):
         mid = math.sqrt(lo * hi)
-        _, mean = expected_mean_delay({"max_delay": max_delay, "request_cost": mid,
-                                       "tail": 0.0}, fits)
+        _, mean = expected_mean_delay(
+            {"max_delay": max_delay, "request_cost": mid, "tail": 0.0}, fits
+        )
         if mean > target:
             hi = mid
         else:
@@ -527,8 +585,9 @@ def calibrate_cost(target: float, fits: dict[TaskKind, DurationFit],
     return lo
 
 
-def closed_form(name: str, group: str, tasks: Tasks,
-                schedule: Callable[[TaskKind], list[float]]) -> dict[str, Any]:
+def closed_form(
+    name: str, group: str, tasks: Tasks, schedule: Callable[[TaskKind], list[float]]
+) -> dict[str, Any]:
     """A strategy whose poll times (ages) do not depend on what it observes, evaluated
     exactly per task: requests = polls up to the first at or after completion."""
     delays: dict[TaskKind, list[float]] = {k: [] for k in KINDS}
@@ -544,8 +603,9 @@ def closed_form(name: str, group: str, tasks: Tasks,
     return {"strategy": name, "group": group, "engine": "closed form", **run.summary()}
 
 
-def ages_of(first: float, gap: Callable[[float, int], float], horizon: float = 50_000.0
-            ) -> list[float]:
+def ages_of(
+    first: float, gap: Callable[[float, int], float], horizon: float = 50_000.0
+) -> list[float]:
     """Poll ages: the first at ``first``, then ``gap(age, polls)`` apart, past ``horizon``."""
     ages = [first]
     while ages[-1] < horizon:
@@ -561,8 +621,9 @@ def doubling_ages(kind: TaskKind) -> list[float]:
     return ages_of(0.0, lambda age, n: min(2.0 ** min(n - 1, 10), 10.0))
 
 
-def adaptive_ages(options: dict[str, Any], stats: CompletionStats
-                  ) -> Callable[[TaskKind], list[float]]:
+def adaptive_ages(
+    options: dict[str, Any], stats: CompletionStats
+) -> Callable[[TaskKind], list[float]]:
     """The adaptive schedule with the warm-start fit held fixed (no learning in the run)."""
     policy = PollPolicy.adaptive(jitter=0.0, **options)
     assert isinstance(policy, AdaptivePollPolicy)
@@ -577,24 +638,49 @@ def adaptive_ages(options: dict[str, Any], stats: CompletionStats
 
 SCHEDULER_JOBS: list[Job] = [
     ("camb-async exponential defaults", "camb-async", {"policy": "defaults"}),
-    ("adaptive(max_delay=30), cold", "adaptive",
-     {"policy": "adaptive", "options": {"max_delay": 30.0}}),
-    ("adaptive(max_delay=30), warm", "adaptive",
-     {"policy": "adaptive", "options": {"max_delay": 30.0}, "warm": True}),
-    ("adaptive(max_delay=15), warm", "adaptive",
-     {"policy": "adaptive", "options": {"max_delay": 15.0}, "warm": True}),
-    ("adaptive(max_delay=10), warm", "adaptive",
-     {"policy": "adaptive", "options": {"max_delay": 10.0}, "warm": True}),
-    ("adaptive(max_delay=30, request_cost=0.3), warm", "adaptive",
-     {"policy": "adaptive", "options": {"max_delay": 30.0, "request_cost": 0.3},
-      "warm": True}),
-    ("fixed 30 s (cross-check of the closed form)", "check",
-     {"policy": "fixed", "seconds": 30.0}),
+    (
+        "adaptive(max_delay=30), cold",
+        "adaptive",
+        {"policy": "adaptive", "options": {"max_delay": 30.0}},
+    ),
+    (
+        "adaptive(max_delay=30), warm",
+        "adaptive",
+        {"policy": "adaptive", "options": {"max_delay": 30.0}, "warm": True},
+    ),
+    (
+        "adaptive(max_delay=15), warm",
+        "adaptive",
+        {"policy": "adaptive", "options": {"max_delay": 15.0}, "warm": True},
+    ),
+    (
+        "adaptive(max_delay=10), warm",
+        "adaptive",
+        {"policy": "adaptive", "options": {"max_delay": 10.0}, "warm": True},
+    ),
+    (
+        "adaptive(max_delay=30, request_cost=0.3), warm",
+        "adaptive",
+        {"policy": "adaptive", "options": {"max_delay": 30.0, "request_cost": 0.3}, "warm": True},
+    ),
+    ("fixed 30 s (cross-check of the closed form)", "check", {"policy": "fixed", "seconds": 30.0}),
 ]
 SWEEP_FIXED = (2.0, 3.0, 7.5, 10.0, 20.0, 45.0, 60.0)
-SWEEP_ADAPTIVE = ((5.0, 0.1), (5.0, 0.33), (8.0, 0.1), (10.0, 0.2), (10.0, 0.67), (15.0, 1.0),
-                  (20.0, 0.4), (30.0, 0.3), (30.0, 0.75), (30.0, 2.0), (60.0, 1.0), (60.0, 4.0),
-                  (120.0, 8.0))
+SWEEP_ADAPTIVE = (
+    (5.0, 0.1),
+    (5.0, 0.33),
+    (8.0, 0.1),
+    (10.0, 0.2),
+    (10.0, 0.67),
+    (15.0, 1.0),
+    (20.0, 0.4),
+    (30.0, 0.3),
+    (30.0, 0.75),
+    (30.0, 2.0),
+    (60.0, 1.0),
+    (60.0, 4.0),
+    (120.0, 8.0),
+)
 
 
 SEEDS: dict[str, Callable[[TaskKind], list[float]]] = {
@@ -637,63 +723,122 @@ def main(argv: list[str] | None = None) -> int:
     h_trainer = Run(PollPolicy.adaptive(max_delay=30.0), h_tasks, hints=h_hints).go()
     assert h_trainer.client is not None
     exported_hinted = json.loads(json.dumps(h_trainer.client.completion_stats.to_dict()))
-    data = {"tasks": tasks, "hinted_tasks": hinted_tasks, "hints": hints,
-            "exported": exported, "exported_hinted": exported_hinted}
+    data = {
+        "tasks": tasks,
+        "hinted_tasks": hinted_tasks,
+        "hints": hints,
+        "exported": exported,
+        "exported_hinted": exported_hinted,
+    }
     fits = {k: f for k in KINDS if (f := warm.fit(k, 0.0)) is not None}
 
     seeds = {name: closed_form(name, "seed", tasks, sched) for name, sched in SEEDS.items()}
-    hinted_seeds = {name: closed_form(name, "seed (hint scenario)", hinted_tasks, sched)
-                    for name, sched in SEEDS.items()}
+    hinted_seeds = {
+        name: closed_form(name, "seed (hint scenario)", hinted_tasks, sched)
+        for name, sched in SEEDS.items()
+    }
     targeted: list[Job] = []
     costs = {}
     for name, seed in seeds.items():
         p95 = {k: v["p95_delay_s"] for k, v in seed["per_kind"].items()}
-        targeted.append((f"adaptive(p95_delay=per-kind p95 of {name}), warm", "p95 mode",
-                         {"policy": "p95", "p95": p95, "warm": True, "oracle": "p95",
-                          "seed": name}))
+        targeted.append(
+            (
+                f"adaptive(p95_delay=per-kind p95 of {name}), warm",
+                "p95 mode",
+                {"policy": "p95", "p95": p95, "warm": True, "oracle": "p95", "seed": name},
+            )
+        )
         cost = costs[name] = calibrate_cost(seed["mean_delay_s"], fits, MEAN_MODE_MAX_DELAY)
-        targeted.append((f"adaptive(request_cost={cost:.3g}, max_delay="
-                         f"{MEAN_MODE_MAX_DELAY:g}, tail=0), warm: mean of {name}", "mean mode",
-                         {"policy": "adaptive", "warm": True, "oracle": "mean", "seed": name,
-                          "options": {"max_delay": MEAN_MODE_MAX_DELAY, "request_cost": cost,
-                                      "tail": 0.0}}))
+        targeted.append(
+            (
+                f"adaptive(request_cost={cost:.3g}, max_delay="
+                f"{MEAN_MODE_MAX_DELAY:g}, tail=0), warm: mean of {name}",
+                "mean mode",
+                {
+                    "policy": "adaptive",
+                    "warm": True,
+                    "oracle": "mean",
+                    "seed": name,
+                    "options": {
+                        "max_delay": MEAN_MODE_MAX_DELAY,
+                        "request_cost": cost,
+                        "tail": 0.0,
+                    },
+                },
+            )
+        )
         hp95 = {k: v["p95_delay_s"] for k, v in hinted_seeds[name]["per_kind"].items()}
-        targeted.append((f"adaptive(p95_delay=per-kind p95 of {name}) + hints, warm",
-                         "p95 mode + hints",
-                         {"policy": "p95", "p95": hp95, "warm": True, "hinted": True,
-                          "oracle": "p95", "seed": name}))
-        targeted.append((f"adaptive(p95_delay=per-kind p95 of {name}, delay_quantile="
-                         f"{HINT_MARGIN_QUANTILE}) + hints, warm", "p95 mode + hints, margin",
-                         {"policy": "p95", "p95": hp95, "warm": True, "hinted": True,
-                          "oracle": "p95", "seed": name,
-                          "options": {"delay_quantile": HINT_MARGIN_QUANTILE}}))
+        targeted.append(
+            (
+                f"adaptive(p95_delay=per-kind p95 of {name}) + hints, warm",
+                "p95 mode + hints",
+                {
+                    "policy": "p95",
+                    "p95": hp95,
+                    "warm": True,
+                    "hinted": True,
+                    "oracle": "p95",
+                    "seed": name,
+                },
+            )
+        )
+        targeted.append(
+            (
+                f"adaptive(p95_delay=per-kind p95 of {name}, delay_quantile="
+                f"{HINT_MARGIN_QUANTILE}) + hints, warm",
+                "p95 mode + hints, margin",
+                {
+                    "policy": "p95",
+                    "p95": hp95,
+                    "warm": True,
+                    "hinted": True,
+                    "oracle": "p95",
+                    "seed": name,
+                    "options": {"delay_quantile": HINT_MARGIN_QUANTILE},
+                },
+            )
+        )
     jobs = SCHEDULER_JOBS + targeted
 
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        oracle_futures = {(name, hinted): pool.submit(oracle_job, seed_row, hinted,
-                                                      hinted_tasks if hinted else tasks)
-                          for hinted, table in ((False, seeds), (True, hinted_seeds))
-                          for name, seed_row in table.items()}
+        oracle_futures = {
+            (name, hinted): pool.submit(
+                oracle_job, seed_row, hinted, hinted_tasks if hinted else tasks
+            )
+            for hinted, table in ((False, seeds), (True, hinted_seeds))
+            for name, seed_row in table.items()
+        }
         futures = [pool.submit(run_job, job, data) for job in jobs]
         rows = list(seeds.values())
-        sweep = [closed_form(f"fixed {t:g} s", "sweep-fixed", tasks, fixed_ages(t))
-                 for t in SWEEP_FIXED]
-        sweep += [closed_form(f"adaptive(max_delay={d:g}, request_cost={c:g}), warm fit "
-                              "held fixed", "sweep-adaptive", tasks,
-                              adaptive_ages({"max_delay": d, "request_cost": c}, warm))
-                  for d, c in SWEEP_ADAPTIVE]
+        sweep = [
+            closed_form(f"fixed {t:g} s", "sweep-fixed", tasks, fixed_ages(t)) for t in SWEEP_FIXED
+        ]
+        sweep += [
+            closed_form(
+                f"adaptive(max_delay={d:g}, request_cost={c:g}), warm fit held fixed",
+                "sweep-adaptive",
+                tasks,
+                adaptive_ages({"max_delay": d, "request_cost": c}, warm),
+            )
+            for d, c in SWEEP_ADAPTIVE
+        ]
         for future in futures:
             row = future.result()
             rows.append(row)
-            print(f"  {row['strategy']}: {row['requests_per_task']:.2f} req/task, mean "
-                  f"{row['mean_delay_s']:.2f} s, p95 {row['p95_delay_s']:.2f} s "
-                  f"({row['wall_s']} s)", file=sys.stderr)
+            print(
+                f"  {row['strategy']}: {row['requests_per_task']:.2f} req/task, mean "
+                f"{row['mean_delay_s']:.2f} s, p95 {row['p95_delay_s']:.2f} s "
+                f"({row['wall_s']} s)",
+                file=sys.stderr,
+            )
         oracles = {key: f.result() for key, f in oracle_futures.items()}
     rows += list(hinted_seeds.values())
     check = next(r for r in rows if r["group"] == "check")
     seed30 = seeds["fixed 30 s"]
-    warm_fits = {k.value: {"median_s": round(f.median, 2), "sigma": round(f.sigma, 3)}
-                 for k, f in fits.items()}
+    warm_fits = {
+        k.value: {"median_s": round(f.median, 2), "sigma": round(f.sigma, 3)}
+        for k, f in fits.items()
+    }
 
     comparison = []
     for name, seed in seeds.items():
@@ -702,63 +847,86 @@ def main(argv: list[str] | None = None) -> int:
         hint_row, hseed = by_group["p95 mode + hints"], hinted_seeds[name]
         margin_row = by_group["p95 mode + hints, margin"]
         o, ho = oracles[(name, False)], oracles[(name, True)]
-        comparison.append({
-            "seed": name, "seed_requests": seed["requests_per_task"],
-            "seed_mean_delay_s": seed["mean_delay_s"],
-            "seed_p95_per_kind": {k: v["p95_delay_s"] for k, v in seed["per_kind"].items()},
-            "oracle_p95": o["p95"], "oracle_mean": o["mean"],
-            "oracle_p95_on_tasks": o["p95_on_tasks"], "oracle_mean_on_tasks": o["mean_on_tasks"],
-            "oracle_p95_vs_seed": round(o["p95"]["requests_per_task"]
-                                        / seed["requests_per_task"], 3),
-            "oracle_mean_vs_seed": round(o["mean"]["requests_per_task"]
-                                         / seed["requests_per_task"], 3),
-            "p95_mode": _digest(p95_row, seed),
-            "mean_mode": {**_digest(mean_row, seed), "request_cost": costs[name]},
-            "expected": expected_vs_oracle(seed, costs[name], fits),
-            "hinted": {
-                "seed_requests": hseed["requests_per_task"],
-                "seed_p95_per_kind": {k: v["p95_delay_s"]
-                                      for k, v in hseed["per_kind"].items()},
-                "oracle_p95": ho["p95"],
-                "oracle_p95_vs_seed": round(ho["p95"]["requests_per_task"]
-                                            / hseed["requests_per_task"], 3),
-                "adaptive": _digest(hint_row, hseed),
-                "adaptive_vs_seed": round(hint_row["requests_per_task"]
-                                          / hseed["requests_per_task"], 3),
-                "margin": _digest(margin_row, hseed),
-                "margin_vs_seed": round(margin_row["requests_per_task"]
-                                        / hseed["requests_per_task"], 3),
-            },
-        })
+        comparison.append(
+            {
+                "seed": name,
+                "seed_requests": seed["requests_per_task"],
+                "seed_mean_delay_s": seed["mean_delay_s"],
+                "seed_p95_per_kind": {k: v["p95_delay_s"] for k, v in seed["per_kind"].items()},
+                "oracle_p95": o["p95"],
+                "oracle_mean": o["mean"],
+                "oracle_p95_on_tasks": o["p95_on_tasks"],
+                "oracle_mean_on_tasks": o["mean_on_tasks"],
+                "oracle_p95_vs_seed": round(
+                    o["p95"]["requests_per_task"] / seed["requests_per_task"], 3
+                ),
+                "oracle_mean_vs_seed": round(
+                    o["mean"]["requests_per_task"] / seed["requests_per_task"], 3
+                ),
+                "p95_mode": _digest(p95_row, seed),
+                "mean_mode": {**_digest(mean_row, seed), "request_cost": costs[name]},
+                "expected": expected_vs_oracle(seed, costs[name], fits),
+                "hinted": {
+                    "seed_requests": hseed["requests_per_task"],
+                    "seed_p95_per_kind": {
+                        k: v["p95_delay_s"] for k, v in hseed["per_kind"].items()
+                    },
+                    "oracle_p95": ho["p95"],
+                    "oracle_p95_vs_seed": round(
+                        ho["p95"]["requests_per_task"] / hseed["requests_per_task"], 3
+                    ),
+                    "adaptive": _digest(hint_row, hseed),
+                    "adaptive_vs_seed": round(
+                        hint_row["requests_per_task"] / hseed["requests_per_task"], 3
+                    ),
+                    "margin": _digest(margin_row, hseed),
+                    "margin_vs_seed": round(
+                        margin_row["requests_per_task"] / hseed["requests_per_task"], 3
+                    ),
+                },
+            }
+        )
 
     result = {
         "figure": "polling efficiency (issue 5, figure 2; issues 9 and 18 acceptance)",
-        "method": ("discrete-event simulation on virtual time: the real camb-async scheduler "
-                   "and request path (engine 'scheduler') against FakeCambAPI in-process "
-                   "(httpx.ASGITransport) under trio MockClock(autojump_threshold=0); "
-                   "deterministic, seeded. Strategies whose poll times cannot depend on what "
-                   "they observe (fixed sleeps, doubling, the adaptive sweep with its fit held "
-                   "fixed) are evaluated exactly per task (engine 'closed form'); fixed 30 s "
-                   "is run both ways as a cross-check. The oracle is exact dynamic programming "
-                   "over poll times for the true distributions (benchmarks/_oracle.py)"),
+        "method": (
+            "discrete-event simulation on virtual time: the real camb-async scheduler "
+            "and request path (engine 'scheduler') against FakeCambAPI in-process "
+            "(httpx.ASGITransport) under trio MockClock(autojump_threshold=0); "
+            "deterministic, seeded. Strategies whose poll times cannot depend on what "
+            "they observe (fixed sleeps, doubling, the adaptive sweep with its fit held "
+            "fixed) are evaluated exactly per task (engine 'closed form'); fixed 30 s "
+            "is run both ways as a cross-check. The oracle is exact dynamic programming "
+            "over poll times for the true distributions (benchmarks/_oracle.py)"
+        ),
         "workload": {
-            "tasks": N_TASKS, "batch": BATCH, "batch_every_s": BATCH_EVERY,
+            "tasks": N_TASKS,
+            "batch": BATCH,
+            "batch_every_s": BATCH_EVERY,
             "durations": {k.value: {"median_s": m, "sigma": s} for k, (m, s) in KINDS.items()},
-            "seed": 2026, "warm_start": "stats exported after 400 tasks of seed 7",
+            "seed": 2026,
+            "warm_start": "stats exported after 400 tasks of seed 7",
             "warm_start_fit": warm_fits,
-            "hint_scenario": {"sizes": {k.value: {"median": m, "unit": u}
-                                        for k, (m, u) in SIZES.items()},
-                              "size_spread": SIZE_SPREAD, "residual_spread": RESIDUAL},
+            "hint_scenario": {
+                "sizes": {k.value: {"median": m, "unit": u} for k, (m, u) in SIZES.items()},
+                "size_spread": SIZE_SPREAD,
+                "residual_spread": RESIDUAL,
+            },
         },
         "rows": rows,
         "sweep": sweep,
         "comparison": comparison,
         "cross_check_fixed_30s": {
             "closed_form": [seed30["requests_per_task"], seed30["mean_delay_s"]],
-            "scheduler": [check["requests_per_task"], check["mean_delay_s"]]},
+            "scheduler": [check["requests_per_task"], check["mean_delay_s"]],
+        },
         "acceptance": {**acceptance(rows + sweep), **acceptance_18(comparison)},
-        "versions": {"python": platform.python_version(), "camb_async": camb_async.__version__,
-                     "httpx": httpx.__version__, "trio": trio.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "camb_async": camb_async.__version__,
+            "httpx": httpx.__version__,
+            "trio": trio.__version__,
+        },
         "wall_s": 0.0,
     }
     result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -773,8 +941,10 @@ def _digest(row: dict[str, Any], seed: dict[str, Any]) -> dict[str, Any]:
     own = {k: v["p95_delay_s"] for k, v in row["per_kind"].items()}
     seed_p95 = {k: v["p95_delay_s"] for k, v in seed["per_kind"].items()}
     return {
-        "strategy": row["strategy"], "requests": row["requests_per_task"],
-        "mean_delay_s": row["mean_delay_s"], "p95_per_kind": own,
+        "strategy": row["strategy"],
+        "requests": row["requests_per_task"],
+        "mean_delay_s": row["mean_delay_s"],
+        "p95_per_kind": own,
         "late_share": row.get("late_share"),
         "p95_no_worse_per_kind": {k: own[k] <= seed_p95[k] for k in own},
         "mean_no_worse": row["mean_delay_s"] <= seed["mean_delay_s"],
@@ -801,9 +971,10 @@ def acceptance_18(comparison: list[dict[str, Any]]) -> dict[str, Any]:
             "hinted_p95_no_worse": all(h["adaptive"]["p95_no_worse_per_kind"].values()),
             "hinted_margin_vs_seed": h["margin_vs_seed"],
             "hinted_margin_p95_no_worse": all(h["margin"]["p95_no_worse_per_kind"].values()),
-            "hinted_ok": any(h[r] <= 0.5 and all(h[d]["p95_no_worse_per_kind"].values())
-                             for r, d in (("adaptive_vs_seed", "adaptive"),
-                                          ("margin_vs_seed", "margin"))),
+            "hinted_ok": any(
+                h[r] <= 0.5 and all(h[d]["p95_no_worse_per_kind"].values())
+                for r, d in (("adaptive_vs_seed", "adaptive"), ("margin_vs_seed", "margin"))
+            ),
         }
     return {"issue_18": out}
 
@@ -816,20 +987,27 @@ def acceptance(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in adaptive:
         if r["group"] != "adaptive":
             continue
-        beats = {s["strategy"]: {
-            "requests_ratio": round(r["requests_per_task"] / s["requests_per_task"], 3),
-            "fewer_requests": r["requests_per_task"] < s["requests_per_task"],
-            "lower_mean_delay": r["mean_delay_s"] < s["mean_delay_s"],
-            "p95_no_worse": r["p95_delay_s"] <= s["p95_delay_s"],
-        } for s in seeds}
+        beats = {
+            s["strategy"]: {
+                "requests_ratio": round(r["requests_per_task"] / s["requests_per_task"], 3),
+                "fewer_requests": r["requests_per_task"] < s["requests_per_task"],
+                "lower_mean_delay": r["mean_delay_s"] < s["mean_delay_s"],
+                "p95_no_worse": r["p95_delay_s"] <= s["p95_delay_s"],
+            }
+            for s in seeds
+        }
         per_policy[r["strategy"]] = {
             "beats_every_seed_on_requests_and_mean_delay": all(
-                b["fewer_requests"] and b["lower_mean_delay"] for b in beats.values()),
+                b["fewer_requests"] and b["lower_mean_delay"] for b in beats.values()
+            ),
             "seeds_beaten_on_requests_and_mean_delay": [
-                n for n, b in beats.items() if b["fewer_requests"] and b["lower_mean_delay"]],
+                n for n, b in beats.items() if b["fewer_requests"] and b["lower_mean_delay"]
+            ],
             "seeds_beaten_on_all_three": [
-                n for n, b in beats.items()
-                if b["fewer_requests"] and b["lower_mean_delay"] and b["p95_no_worse"]],
+                n
+                for n, b in beats.items()
+                if b["fewer_requests"] and b["lower_mean_delay"] and b["p95_no_worse"]
+            ],
         }
     warm = [r for r in adaptive if "warm" in r["strategy"]]  # scheduler runs and sweep
     matched: dict[str, Any] = {}
@@ -839,14 +1017,14 @@ def acceptance(rows: list[dict[str, Any]]) -> dict[str, Any]:
             ok = [p for p in warm if p[metric] <= s[metric]]
             if ok:
                 best = min(ok, key=lambda p: p["requests_per_task"])
-                entry[metric] = {"adaptive": best["strategy"],
-                                 "adaptive_requests": best["requests_per_task"],
-                                 "adaptive_delay": best[metric],
-                                 "ratio": round(best["requests_per_task"]
-                                                / s["requests_per_task"], 3)}
+                entry[metric] = {
+                    "adaptive": best["strategy"],
+                    "adaptive_requests": best["requests_per_task"],
+                    "adaptive_delay": best[metric],
+                    "ratio": round(best["requests_per_task"] / s["requests_per_task"], 3),
+                }
         matched[s["strategy"]] = entry
-    return {"per_policy": per_policy,
-            "fewest_adaptive_requests_at_equal_or_better_delay": matched}
+    return {"per_policy": per_policy, "fewest_adaptive_requests_at_equal_or_better_delay": matched}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -855,64 +1033,101 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Method: {result['method']}.",
         "",
-        "| strategy | requests / task | mean delay (s) | p50 delay (s) | p95 delay (s) "
-        "| engine |",
+        "| strategy | requests / task | mean delay (s) | p50 delay (s) | p95 delay (s) | engine |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    lines += [f"| {r['strategy']} | {r['requests_per_task']:.2f} | {r['mean_delay_s']:.2f} | "
-              f"{r['p50_delay_s']:.2f} | {r['p95_delay_s']:.2f} | {r['engine']} |"
-              for r in result["rows"]]
-    lines += ["", "Per kind (requests / task, mean delay s):", "",
-              "| strategy | " + " | ".join(k.value for k in KINDS) + " |",
-              "|---|" + "---:|" * len(KINDS)]
+    lines += [
+        f"| {r['strategy']} | {r['requests_per_task']:.2f} | {r['mean_delay_s']:.2f} | "
+        f"{r['p50_delay_s']:.2f} | {r['p95_delay_s']:.2f} | {r['engine']} |"
+        for r in result["rows"]
+    ]
+    lines += [
+        "",
+        "Per kind (requests / task, mean delay s):",
+        "",
+        "| strategy | " + " | ".join(k.value for k in KINDS) + " |",
+        "|---|" + "---:|" * len(KINDS),
+    ]
     for r in result["rows"]:
         if "per_kind" in r:
-            cells = [f"{r['per_kind'][k.value]['requests_per_task']:.1f} / "
-                     f"{r['per_kind'][k.value]['mean_delay_s']:.1f}" for k in KINDS]
+            cells = [
+                f"{r['per_kind'][k.value]['requests_per_task']:.1f} / "
+                f"{r['per_kind'][k.value]['mean_delay_s']:.1f}"
+                for k in KINDS
+            ]
             lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
-    late = [f"{r['strategy']}: {100 * r['share_later_than_max_delay']:.1f} %"
-            for r in result["rows"] if "share_later_than_max_delay" in r]
-    lines += ["", "Completions seen later than max_delay (tail=0.01 lets a gap stretch where "
-              "completion is unlikely): " + "; ".join(late) + "."]
-    lines += ["", "Trade-off curves (closed form, same tasks):", "",
-              "| policy | requests / task | mean delay (s) | p95 delay (s) |",
-              "|---|---:|---:|---:|"]
-    lines += [f"| {p['strategy']} | {p['requests_per_task']:.2f} | {p['mean_delay_s']:.2f} | "
-              f"{p['p95_delay_s']:.2f} |" for p in result["sweep"]]
+    late = [
+        f"{r['strategy']}: {100 * r['share_later_than_max_delay']:.1f} %"
+        for r in result["rows"]
+        if "share_later_than_max_delay" in r
+    ]
+    lines += [
+        "",
+        "Completions seen later than max_delay (tail=0.01 lets a gap stretch where "
+        "completion is unlikely): " + "; ".join(late) + ".",
+    ]
+    lines += [
+        "",
+        "Trade-off curves (closed form, same tasks):",
+        "",
+        "| policy | requests / task | mean delay (s) | p95 delay (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p['strategy']} | {p['requests_per_task']:.2f} | {p['mean_delay_s']:.2f} | "
+        f"{p['p95_delay_s']:.2f} |"
+        for p in result["sweep"]
+    ]
     acc = result["acceptance"]
-    lines += ["", "Adaptive (warm) vs each seed at equal or better delay: fewest requests among "
-              "the adaptive settings measured.", "",
-              "| seed | matched on | adaptive setting | requests vs seed |", "|---|---|---|---:|"]
+    lines += [
+        "",
+        "Adaptive (warm) vs each seed at equal or better delay: fewest requests among "
+        "the adaptive settings measured.",
+        "",
+        "| seed | matched on | adaptive setting | requests vs seed |",
+        "|---|---|---|---:|",
+    ]
     for seed, entry in acc["fewest_adaptive_requests_at_equal_or_better_delay"].items():
         if not entry:
             lines.append(f"| {seed} | - | none measured at this delay | - |")
         for metric, m in entry.items():
-            lines.append(f"| {seed} | {metric.replace('_delay_s', '')} delay | {m['adaptive']} | "
-                         f"{m['ratio']:.2f}x |")
-    lines += ["", "| adaptive setting | beats on requests and mean delay | "
-              "beats on requests, mean and p95 |", "|---|---|---|"]
+            lines.append(
+                f"| {seed} | {metric.replace('_delay_s', '')} delay | {m['adaptive']} | "
+                f"{m['ratio']:.2f}x |"
+            )
+    lines += [
+        "",
+        "| adaptive setting | beats on requests and mean delay | beats on requests, mean and p95 |",
+        "|---|---|---|",
+    ]
     for name, entry in acc["per_policy"].items():
         two = ", ".join(entry["seeds_beaten_on_requests_and_mean_delay"]) or "-"
         three = ", ".join(entry["seeds_beaten_on_all_three"]) or "-"
         lines.append(f"| {name} | {two} | {three} |")
-    lines += ["", "#### Against the exact oracle, at each seed's delay", "",
-              "Oracle: the fewest expected requests any poll schedule can spend when the true "
-              "duration distribution is known (dynamic programming over poll times, "
-              "`benchmarks/_oracle.py`), at the seed's p95 delay per kind or at its pooled "
-              "mean delay. Adaptive runs: the real scheduler, warm statistics; p95 mode is "
-              "`PollPolicy.adaptive(p95_delay=<seed's p95 for the kind>)` per kind, mean mode "
-              "`adaptive(request_cost=c)` with `c` calibrated on the warm statistics alone to "
-              "the seed's mean. \"x oracle\" divides a run's requests by the oracle's at the "
-              "delay that run actually achieved (its own per-kind p95, its own mean).", "",
-              "| seed | seed req/task | oracle @ p95 per kind: expected (on these tasks) "
-              "| p95 mode req/task | x oracle, same tasks and delay | x expected oracle "
-              "@ seed's p95 | x oracle in expectation, warm fit held | share later than "
-              "seed's p95 per kind | p95 per kind (seed -> p95 mode) |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines += [
+        "",
+        "#### Against the exact oracle, at each seed's delay",
+        "",
+        "Oracle: the fewest expected requests any poll schedule can spend when the true "
+        "duration distribution is known (dynamic programming over poll times, "
+        "`benchmarks/_oracle.py`), at the seed's p95 delay per kind or at its pooled "
+        "mean delay. Adaptive runs: the real scheduler, warm statistics; p95 mode is "
+        "`PollPolicy.adaptive(p95_delay=<seed's p95 for the kind>)` per kind, mean mode "
+        "`adaptive(request_cost=c)` with `c` calibrated on the warm statistics alone to "
+        "the seed's mean. \"x oracle\" divides a run's requests by the oracle's at the "
+        "delay that run actually achieved (its own per-kind p95, its own mean).",
+        "",
+        "| seed | seed req/task | oracle @ p95 per kind: expected (on these tasks) "
+        "| p95 mode req/task | x oracle, same tasks and delay | x expected oracle "
+        "@ seed's p95 | x oracle in expectation, warm fit held | share later than "
+        "seed's p95 per kind | p95 per kind (seed -> p95 mode) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for c in result["comparison"]:
         p = c["p95_mode"]
-        p95s = ", ".join(f"{k} {c['seed_p95_per_kind'][k]:.2f}->{v:.2f}"
-                         for k, v in p["p95_per_kind"].items())
+        p95s = ", ".join(
+            f"{k} {c['seed_p95_per_kind'][k]:.2f}->{v:.2f}" for k, v in p["p95_per_kind"].items()
+        )
         late = ", ".join(f"{k} {100 * v:.1f} %" for k, v in p["late_share"].items())
         lines.append(
             f"| {c['seed']} | {c['seed_requests']:.2f} | "
@@ -920,12 +1135,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"({c['oracle_p95_on_tasks']:.2f}; {c['oracle_p95_vs_seed']:.2f}x seed) | "
             f"{p['requests']:.2f} | **{p['ratio_to_oracle_on_tasks']:.3f}** | "
             f"{p['requests'] / c['oracle_p95']['requests_per_task']:.3f} | "
-            f"{c['expected']['p95_mode']['ratio_to_oracle']:.3f} | {late} | {p95s} |")
-    lines += ["", "| seed | seed req/task | oracle @ seed's mean: expected (on these tasks) "
-              "| mean mode req/task | x oracle, same tasks and delay | x expected oracle @ "
-              "seed's mean | x oracle in expectation, warm fit held | request_cost "
-              "(calibrated) | mean delay (seed -> mean mode) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+            f"{c['expected']['p95_mode']['ratio_to_oracle']:.3f} | {late} | {p95s} |"
+        )
+    lines += [
+        "",
+        "| seed | seed req/task | oracle @ seed's mean: expected (on these tasks) "
+        "| mean mode req/task | x oracle, same tasks and delay | x expected oracle @ "
+        "seed's mean | x oracle in expectation, warm fit held | request_cost "
+        "(calibrated) | mean delay (seed -> mean mode) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for c in result["comparison"]:
         m = c["mean_mode"]
         lines.append(
@@ -935,54 +1154,70 @@ def markdown(result: dict[str, Any]) -> str:
             f"{m['requests']:.2f} | **{m['ratio_to_oracle_on_tasks']:.3f}** | "
             f"{m['requests'] / c['oracle_mean']['requests_per_task']:.3f} | "
             f"{c['expected']['mean_mode']['ratio_to_oracle']:.3f} | "
-            f"{m['request_cost']:.3g} | {c['seed_mean_delay_s']:.2f}->{m['mean_delay_s']:.2f} |")
+            f"{m['request_cost']:.3g} | {c['seed_mean_delay_s']:.2f}->{m['mean_delay_s']:.2f} |"
+        )
     hs = result["workload"]["hint_scenario"]
-    lines += ["", f"#### Duration hints: durations correlate with input size (residual spread "
-              f"{hs['residual_spread']})", "",
-              "Same kinds and the same marginal duration distributions; each task's size "
-              "(characters for TTS and translation, media seconds for transcription and "
-              "dubbing) explains all but a log-normal residual of spread "
-              f"{hs['residual_spread']}. Handles carry `DurationHint(size, unit)`; the warm "
-              "statistics (400 hinted tasks of another seed) hold the learned duration-vs-size "
-              "relation. Oracle with hints: each task's conditional distribution known "
-              "exactly, one Lagrange multiplier per kind (expected values). \"x oracle\": "
-              "at the share of each kind's completions the run saw later than the seed's p95.",
-              "",
-              "| seed | seed req/task | oracle with hints @ p95 per kind | adaptive + hints "
-              "| req/task | vs seed | x oracle | share later than seed's p95 | p95 per kind "
-              "(seed -> adaptive) |",
-              "|---|---:|---:|---|---:|---:|---:|---|---|"]
+    lines += [
+        "",
+        f"#### Duration hints: durations correlate with input size (residual spread "
+        f"{hs['residual_spread']})",
+        "",
+        "Same kinds and the same marginal duration distributions; each task's size "
+        "(characters for TTS and translation, media seconds for transcription and "
+        "dubbing) explains all but a log-normal residual of spread "
+        f"{hs['residual_spread']}. Handles carry `DurationHint(size, unit)`; the warm "
+        "statistics (400 hinted tasks of another seed) hold the learned duration-vs-size "
+        "relation. Oracle with hints: each task's conditional distribution known "
+        'exactly, one Lagrange multiplier per kind (expected values). "x oracle": '
+        "at the share of each kind's completions the run saw later than the seed's p95.",
+        "",
+        "| seed | seed req/task | oracle with hints @ p95 per kind | adaptive + hints "
+        "| req/task | vs seed | x oracle | share later than seed's p95 | p95 per kind "
+        "(seed -> adaptive) |",
+        "|---|---:|---:|---|---:|---:|---:|---|---|",
+    ]
     for c in result["comparison"]:
         h = c["hinted"]
-        for label, a, vs in (("p95 mode", h["adaptive"], h["adaptive_vs_seed"]),
-                             (f"p95 mode, delay_quantile={HINT_MARGIN_QUANTILE}", h["margin"],
-                              h["margin_vs_seed"])):
-            p95s = ", ".join(f"{k} {h['seed_p95_per_kind'][k]:.2f}->{v:.2f}"
-                             for k, v in a["p95_per_kind"].items())
+        for label, a, vs in (
+            ("p95 mode", h["adaptive"], h["adaptive_vs_seed"]),
+            (f"p95 mode, delay_quantile={HINT_MARGIN_QUANTILE}", h["margin"], h["margin_vs_seed"]),
+        ):
+            p95s = ", ".join(
+                f"{k} {h['seed_p95_per_kind'][k]:.2f}->{v:.2f}"
+                for k, v in a["p95_per_kind"].items()
+            )
             late = ", ".join(f"{k} {100 * v:.1f} %" for k, v in a["late_share"].items())
             lines.append(
                 f"| {c['seed']} | {h['seed_requests']:.2f} | "
                 f"{h['oracle_p95']['requests_per_task']:.2f} "
                 f"({h['oracle_p95_vs_seed']:.2f}x) | {label} | "
                 f"{a['requests']:.2f} | **{vs:.3f}x** | {a['ratio_to_oracle']:.3f} | {late} "
-                f"| {p95s} |")
+                f"| {p95s} |"
+            )
     acc = result["acceptance"]["issue_18"]
-    lines += ["", "Issue 18 acceptance (x oracle: real scheduler on the same tasks at the "
-              "same delay [in expectation with the warm fit held fixed]; hints: requests vs "
-              "the seed with every kind's p95 no worse, at 5 % / 3 % late targets): "
-              + "; ".join(
-                  f"{seed}: p95 mode {v['p95_mode_ratio_to_oracle_on_tasks']:.3f}x "
-                  f"[{v['p95_mode_ratio_in_expectation']:.3f}x] "
-                  f"({'ok' if v['p95_mode_ok'] else 'FAIL'}), mean mode "
-                  f"{v['mean_mode_ratio_to_oracle_on_tasks']:.3f}x "
-                  f"[{v['mean_mode_ratio_in_expectation']:.3f}x] "
-                  f"({'ok' if v['mean_mode_ok'] else 'FAIL'}), hints "
-                  f"{v['hinted_vs_seed']:.3f}x / {v['hinted_margin_vs_seed']:.3f}x seed "
-                  f"({'ok' if v['hinted_ok'] else 'FAIL'})"
-                  for seed, v in acc.items()) + "."]
     lines += [
-              "", f"Wall time {result['wall_s']} s for hours of virtual time (python "
-              f"{result['versions']['python']}, camb-async {result['versions']['camb_async']})."]
+        "",
+        "Issue 18 acceptance (x oracle: real scheduler on the same tasks at the "
+        "same delay [in expectation with the warm fit held fixed]; hints: requests vs "
+        "the seed with every kind's p95 no worse, at 5 % / 3 % late targets): "
+        + "; ".join(
+            f"{seed}: p95 mode {v['p95_mode_ratio_to_oracle_on_tasks']:.3f}x "
+            f"[{v['p95_mode_ratio_in_expectation']:.3f}x] "
+            f"({'ok' if v['p95_mode_ok'] else 'FAIL'}), mean mode "
+            f"{v['mean_mode_ratio_to_oracle_on_tasks']:.3f}x "
+            f"[{v['mean_mode_ratio_in_expectation']:.3f}x] "
+            f"({'ok' if v['mean_mode_ok'] else 'FAIL'}), hints "
+            f"{v['hinted_vs_seed']:.3f}x / {v['hinted_margin_vs_seed']:.3f}x seed "
+            f"({'ok' if v['hinted_ok'] else 'FAIL'})"
+            for seed, v in acc.items()
+        )
+        + ".",
+    ]
+    lines += [
+        "",
+        f"Wall time {result['wall_s']} s for hours of virtual time (python "
+        f"{result['versions']['python']}, camb-async {result['versions']['camb_async']}).",
+    ]
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ N_RUNS = 1000
 KEY = "bench-key"
 HERE = Path(__file__).resolve().parent
 
-SERVER_CHILD = textwrap.dedent('''
+SERVER_CHILD = textwrap.dedent("""
     import json, sys, time
     from camb_async.testing import FakeCambAPI, serve_in_thread
     api = FakeCambAPI(api_key=sys.argv[1], clock=time.monotonic)
@@ -51,9 +51,9 @@ SERVER_CHILD = textwrap.dedent('''
             print(json.dumps({"requests": len(new),
                               "paths": sorted({r.path.split("/")[1] for r in new}),
                               "statuses": sorted({r.status for r in new})}), flush=True)
-''')
+""")
 
-UPLOAD_CHILD = textwrap.dedent('''
+UPLOAD_CHILD = textwrap.dedent("""
     import json, os, resource, sys, tempfile, time
     import anyio
     from camb_async.testing import FakeCambAPI, serve_in_thread
@@ -103,7 +103,7 @@ UPLOAD_CHILD = textwrap.dedent('''
     received = api.created()[-1].request["media_file"]["size"]
     print(json.dumps({"delta_mb": peak_mb() - base, "seconds": seconds,
                       "received_ok": received == size}))
-''')
+""")
 
 
 # ------------------------------------------------------------------------ 1. batch results
@@ -146,8 +146,12 @@ async def _sdk(url: str, runs: list[int], batch: bool) -> tuple[int, float]:
 
 
 def bench_batch(repeats: int) -> list[dict[str, Any]]:
-    server = subprocess.Popen([sys.executable, "-c", SERVER_CHILD, KEY, str(N_RUNS)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_CHILD, KEY, str(N_RUNS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdin is not None and server.stdout is not None
     try:
         hello = json.loads(server.stdout.readline())
@@ -173,8 +177,14 @@ def bench_batch(repeats: int) -> list[dict[str, Any]]:
                 report = server_report()
                 assert got == N_RUNS and report["statuses"] == [200], (name, got, report)
                 requests.append(report["requests"] - 1)  # minus the warm-up request
-            rows.append({"client": name, "results": N_RUNS, "requests": max(requests),
-                         "wall_ms": statistics.median(walls) * 1000})
+            rows.append(
+                {
+                    "client": name,
+                    "results": N_RUNS,
+                    "requests": max(requests),
+                    "wall_ms": statistics.median(walls) * 1000,
+                }
+            )
         base = rows[0]["wall_ms"]
         for row in rows:
             row["wall_vs_batch"] = row["wall_ms"] / base
@@ -188,42 +198,78 @@ def bench_batch(repeats: int) -> list[dict[str, Any]]:
 
 
 def bench_upload(size_mb: int) -> list[dict[str, Any]]:
-    cases = [("camb-async", "asyncio", "path"), ("camb-async", "trio", "path"),
-             ("camb-async", "asyncio", "fileobj"), ("camb-async", "trio", "fileobj"),
-             ("camb-async", "asyncio", "bytes"), ("official SDK", "asyncio", "fileobj")]
+    cases = [
+        ("camb-async", "asyncio", "path"),
+        ("camb-async", "trio", "path"),
+        ("camb-async", "asyncio", "fileobj"),
+        ("camb-async", "trio", "fileobj"),
+        ("camb-async", "asyncio", "bytes"),
+        ("official SDK", "asyncio", "fileobj"),
+    ]
     rows = []
     for client, backend, mode in cases:
-        proc = subprocess.run([sys.executable, "-c", UPLOAD_CHILD, client, backend, mode,
-                               str(size_mb)], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", UPLOAD_CHILD, client, backend, mode, str(size_mb)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-            rows.append({"client": client, "backend": backend, "source": mode,
-                         "size_mb": size_mb, "error": tail[0][:160]})
+            rows.append(
+                {
+                    "client": client,
+                    "backend": backend,
+                    "source": mode,
+                    "size_mb": size_mb,
+                    "error": tail[0][:160],
+                }
+            )
             continue
         report = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append({"client": client, "backend": backend, "source": mode,
-                     "size_mb": size_mb, "peak_rss_growth_mb": round(report["delta_mb"], 1),
-                     "seconds": round(report["seconds"], 2),
-                     "received_ok": report["received_ok"]})
+        rows.append(
+            {
+                "client": client,
+                "backend": backend,
+                "source": mode,
+                "size_mb": size_mb,
+                "peak_rss_growth_mb": round(report["delta_mb"], 1),
+                "seconds": round(report["seconds"], 2),
+                "received_ok": report["received_ok"],
+            }
+        )
     return rows
 
 
 def markdown(batch: list[dict[str, Any]], upload: list[dict[str, Any]]) -> str:
-    lines = ["## Results of 1,000 finished runs (loopback, server in its own process)", "",
-             "| client | requests (server count) | wall ms (median) | vs batch |",
-             "|---|---:|---:|---:|"]
-    lines += [f"| {r['client']} | {r['requests']} | {r['wall_ms']:.0f} | "
-              f"{r['wall_vs_batch']:.2f}x |" for r in batch]
-    lines += ["", "## Transcription upload: peak RSS growth (client + fake server, one process)",
-              "", "| client | loop | source | size MB | peak RSS growth MB | seconds |",
-              "|---|---|---|---:|---:|---:|"]
+    lines = [
+        "## Results of 1,000 finished runs (loopback, server in its own process)",
+        "",
+        "| client | requests (server count) | wall ms (median) | vs batch |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['client']} | {r['requests']} | {r['wall_ms']:.0f} | {r['wall_vs_batch']:.2f}x |"
+        for r in batch
+    ]
+    lines += [
+        "",
+        "## Transcription upload: peak RSS growth (client + fake server, one process)",
+        "",
+        "| client | loop | source | size MB | peak RSS growth MB | seconds |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for r in upload:
         if "error" in r:
-            lines.append(f"| {r['client']} | {r['backend']} | {r['source']} | "
-                         f"{r['size_mb']} | failed: {r['error']} | |")
+            lines.append(
+                f"| {r['client']} | {r['backend']} | {r['source']} | "
+                f"{r['size_mb']} | failed: {r['error']} | |"
+            )
         else:
-            lines.append(f"| {r['client']} | {r['backend']} | {r['source']} | {r['size_mb']} "
-                         f"| {r['peak_rss_growth_mb']} | {r['seconds']} |")
+            lines.append(
+                f"| {r['client']} | {r['backend']} | {r['source']} | {r['size_mb']} "
+                f"| {r['peak_rss_growth_mb']} | {r['seconds']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -238,8 +284,11 @@ def main() -> None:
     upload = bench_upload(size_mb)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-              "batch_results": batch, "upload": upload}
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "batch_results": batch,
+        "upload": upload,
+    }
     (out_dir / "bench_results.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(batch, upload)
     (out_dir / "bench_results.md").write_text(table)

@@ -117,28 +117,36 @@ async def refused(url: str, wait: bool) -> dict[str, Any]:
 
     started = time.perf_counter()
     outcome = "returned"
-    async with AsyncCambClient(KEY, base_url=url,
-                               hooks=RequestHooks(on_request_start=start)) as client:
+    async with AsyncCambClient(
+        KEY, base_url=url, hooks=RequestHooks(on_request_start=start)
+    ) as client:
         try:
             await gather_statuses(client, [f"t{i}" for i in range(100)], kind="dub", wait=wait)
         except APIConnectionError:
             outcome = "APIConnectionError"
-    return {"seconds": time.perf_counter() - started, "attempts": attempts[0],
-            "outcome": outcome}
+    return {"seconds": time.perf_counter() - started, "attempts": attempts[0], "outcome": outcome}
 
 
 def cli_refused(url: str) -> dict[str, Any]:
     env = {**os.environ, "CAMB_API_KEY": KEY}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "camb_async.cli", "status", "dub", "X",
-                           "--base-url", url], env=env, capture_output=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "camb_async.cli", "status", "dub", "X", "--base-url", url],
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     return {"seconds": time.perf_counter() - started, "exit": proc.returncode}
 
 
 def main() -> None:
     rows: list[dict[str, Any]] = []
-    scenarios = ["429 pause (Retry-After 20)", "rate pacing (1 per 20 s)",
-                 "concurrency limit (held 60 s)", "budget backend never grants"]
+    scenarios = [
+        "429 pause (Retry-After 20)",
+        "rate pacing (1 per 20 s)",
+        "concurrency limit (held 60 s)",
+        "budget backend never grants",
+    ]
     for backend in BACKENDS:
         for scenario in scenarios:
             api = FakeCambAPI(api_key=KEY, clock=time.monotonic)
@@ -147,10 +155,22 @@ def main() -> None:
             rows.append({"figure": "aclose", "backend": backend, "scenario": scenario, **got})
         for wait in (False, True):
             got = anyio.run(refused, refused_url(), wait, backend=backend)
-            rows.append({"figure": "refused", "backend": backend,
-                         "scenario": f"gather_statuses(100 ids, wait={wait})", **got})
-    rows.append({"figure": "refused", "backend": "asyncio (CLI)",
-                 "scenario": "camb-async status dub X", **cli_refused(refused_url())})
+            rows.append(
+                {
+                    "figure": "refused",
+                    "backend": backend,
+                    "scenario": f"gather_statuses(100 ids, wait={wait})",
+                    **got,
+                }
+            )
+    rows.append(
+        {
+            "figure": "refused",
+            "backend": "asyncio (CLI)",
+            "scenario": "camb-async status dub X",
+            **cli_refused(refused_url()),
+        }
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "shutdown.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("| figure | loop | scenario | time | detail |")
@@ -163,8 +183,10 @@ def main() -> None:
         else:
             detail = f"exit {row['exit']}"
         name = "aclose() to all ended" if row["figure"] == "aclose" else "refused port"
-        print(f"| {name} | {row['backend']} | {row['scenario']} | {row['seconds'] * 1000:.1f} ms"
-              f" | {detail} |")
+        print(
+            f"| {name} | {row['backend']} | {row['scenario']} | {row['seconds'] * 1000:.1f} ms"
+            f" | {detail} |"
+        )
 
 
 if __name__ == "__main__":

@@ -77,10 +77,21 @@ def script(n: int, scale: float, seed: int = 19) -> list[dict[str, Any]]:
         kind = rng.choices(kinds, weights)[0]
         low, high = REAL_DURATIONS[kind]
         draw = rng.random()
-        status = (TaskStatus.ERROR if draw < 0.02 else TaskStatus.TIMEOUT if draw < 0.03
-                  else TaskStatus.SUCCESS)
-        out.append({"kind": kind.value, "task_id": f"{kind.value}-{i:05d}",
-                    "status": status.value, "after": round(rng.uniform(low, high) * scale, 3)})
+        status = (
+            TaskStatus.ERROR
+            if draw < 0.02
+            else TaskStatus.TIMEOUT
+            if draw < 0.03
+            else TaskStatus.SUCCESS
+        )
+        out.append(
+            {
+                "kind": kind.value,
+                "task_id": f"{kind.value}-{i:05d}",
+                "status": status.value,
+                "after": round(rng.uniform(low, high) * scale, 3),
+            }
+        )
     return out
 
 
@@ -113,8 +124,13 @@ def _serve(spec_path: str) -> None:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/_bench/log":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": json.dumps(log).encode()})
             return
         worker = "-"
@@ -130,11 +146,23 @@ def _serve(spec_path: str) -> None:
 
         await api(scope, receive, tap)
         if scope["type"] == "http":
-            log.append((api.log[-1].time if api.log else time.monotonic(), worker,
-                        scope["path"], status[0]))
+            log.append(
+                (
+                    api.log[-1].time if api.log else time.monotonic(),
+                    worker,
+                    scope["path"],
+                    status[0],
+                )
+            )
 
-    uvicorn.run(app, host="127.0.0.1", port=spec["port"], log_level="warning",
-                access_log=False, lifespan="off")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=spec["port"],
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
 
 
 # ----------------------------------------------------------------------------- processes
@@ -148,12 +176,17 @@ async def _worker(config: dict[str, Any]) -> None:
     from camb_async import AsyncCambClient
     from camb_async.redis import RedisRateBudget, RedisWatchList
 
-    budget = RedisRateBudget.from_url(config["redis"], rate=RATE, name=config["name"],
-                                      margin=config["margin"])
-    watch = RedisWatchList.from_url(config["redis"], name=config["name"],
-                                    lease_ttl=config["lease_ttl"])
-    async with budget, watch, AsyncCambClient(API_KEY, base_url=config["api"],
-                                              budget=budget) as client:
+    budget = RedisRateBudget.from_url(
+        config["redis"], rate=RATE, name=config["name"], margin=config["margin"]
+    )
+    watch = RedisWatchList.from_url(
+        config["redis"], name=config["name"], lease_ttl=config["lease_ttl"]
+    )
+    async with (
+        budget,
+        watch,
+        AsyncCambClient(API_KEY, base_url=config["api"], budget=budget) as client,
+    ):
         await watch.run(client, policy=_policies(config["scale"]))
 
 
@@ -165,8 +198,7 @@ async def _consumer(config: dict[str, Any]) -> None:
         async with watch, watch.completions(group="bench", consumer="c1") as events:
             async for event in events:
                 status = event.result.raw_status if event.result else f"error:{event.error}"
-                out.write(f"{time.monotonic():.6f} {event.kind.value} {event.task_id} "
-                          f"{status}\n")
+                out.write(f"{time.monotonic():.6f} {event.kind.value} {event.task_id} {status}\n")
 
 
 async def _web(config: dict[str, Any]) -> None:
@@ -176,8 +208,7 @@ async def _web(config: dict[str, Any]) -> None:
     from camb_async.redis import RedisWatchList
 
     text = Path(config["tasks"]).read_text()  # noqa: ASYNC240 - before anything runs
-    tasks = sorted(json.loads(text),
-                   key=lambda t: t["created_at"])
+    tasks = sorted(json.loads(text), key=lambda t: t["created_at"])
     async with RedisWatchList.from_url(config["redis"], name=config["name"]) as watch:
         i = 0
         while i < len(tasks):
@@ -193,8 +224,11 @@ async def _web(config: dict[str, Any]) -> None:
 
 
 def _spawn(role: str, config: dict[str, Any]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, role, json.dumps(config)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        [sys.executable, __file__, role, json.dumps(config)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 # ----------------------------------------------------------------------------- runs
@@ -215,8 +249,9 @@ def run_baseline(tasks: list[dict[str, Any]], scale: float) -> dict[str, Any]:
     async def go(url: str) -> list[Any]:
         async with AsyncCambClient(API_KEY, base_url=url, rate_limit=RATE) as client:
             handles = [client.task(t["kind"], t["task_id"]) for t in tasks]
-            return await gather_statuses(client, handles, policy=_policies(scale),
-                                         return_exceptions=True)
+            return await gather_statuses(
+                client, handles, policy=_policies(scale), return_exceptions=True
+            )
 
     server = TaggedServer(tasks, api_key=API_KEY)
     with server as url:
@@ -234,18 +269,34 @@ def run_baseline(tasks: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         later = [p for p in polls.get(f"/{t['kind']}/{t['task_id']}", []) if p >= done]
         if later:
             seen_after.append(min(later) - done)
-    return {"scenario": "baseline (1 process, gather_statuses)", "requests": len(log),
-            "completion->terminal poll p50 s": round(_pct(seen_after, 0.5), 3),
-            "completion->terminal poll p95 s": round(_pct(seen_after, 0.95), 3),
-            "wall s": round(wall, 1), "busiest 1s": peak_per_window([r[0] for r in log], 1.0),
-            "matching": sum(1 for t, r in zip(tasks, results, strict=True)
-                            if getattr(r, "raw_status", None) == t["status"])}
+    return {
+        "scenario": "baseline (1 process, gather_statuses)",
+        "requests": len(log),
+        "completion->terminal poll p50 s": round(_pct(seen_after, 0.5), 3),
+        "completion->terminal poll p95 s": round(_pct(seen_after, 0.95), 3),
+        "wall s": round(wall, 1),
+        "busiest 1s": peak_per_window([r[0] for r in log], 1.0),
+        "matching": sum(
+            1
+            for t, r in zip(tasks, results, strict=True)
+            if getattr(r, "raw_status", None) == t["status"]
+        ),
+    }
 
 
-def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at: float | None,
-              restart_at: float | None, lease_ttl: float, timeout: float,
-              margin: float = 0.1, fsync: str = "everysec",
-              crash: bool = False) -> dict[str, Any]:
+def run_fleet(
+    tasks: list[dict[str, Any]],
+    scale: float,
+    *,
+    label: str,
+    kill_at: float | None,
+    restart_at: float | None,
+    lease_ttl: float,
+    timeout: float,
+    margin: float = 0.1,
+    fsync: str = "everysec",
+    crash: bool = False,
+) -> dict[str, Any]:
     import anyio
     from tests.redis_server import RedisServer
 
@@ -261,8 +312,9 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
 
         async def add() -> None:
             async with RedisWatchList.from_url(redis.url, name=name) as watch:
-                await watch.add_many([(t["kind"], t["task_id"], {"n": str(i)})
-                                      for i, t in enumerate(tasks)])
+                await watch.add_many(
+                    [(t["kind"], t["task_id"], {"n": str(i)}) for i, t in enumerate(tasks)]
+                )
 
         web = None
         if any("created_at" in t for t in tasks):  # steady: the web tier adds them as created
@@ -272,10 +324,20 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
         else:
             anyio.run(add)
         consumer = _spawn("consumer", {"redis": redis.url, "name": name, "out": out_path})
-        workers = [_spawn("worker", {"redis": redis.url, "name": name, "api": f"{url}/w{w}",
-                                     "lease_ttl": lease_ttl, "scale": scale,
-                                     "margin": margin})
-                   for w in range(WORKERS)]
+        workers = [
+            _spawn(
+                "worker",
+                {
+                    "redis": redis.url,
+                    "name": name,
+                    "api": f"{url}/w{w}",
+                    "lease_ttl": lease_ttl,
+                    "scale": scale,
+                    "margin": margin,
+                },
+            )
+            for w in range(WORKERS)
+        ]
         started = time.monotonic()
         first: float | None = None
         seen: set[tuple[str, str]] = set()
@@ -287,12 +349,20 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
                     log = server.tagged_log()
                     if log:
                         first = log[0][0]
-                if first is not None and kill_at is not None and "kill" not in events \
-                        and time.monotonic() >= first + kill_at:
+                if (
+                    first is not None
+                    and kill_at is not None
+                    and "kill" not in events
+                    and time.monotonic() >= first + kill_at
+                ):
                     workers[1].send_signal(signal.SIGKILL)
                     events["kill"] = time.monotonic()
-                if first is not None and restart_at is not None and "restart" not in events \
-                        and time.monotonic() >= first + restart_at:
+                if (
+                    first is not None
+                    and restart_at is not None
+                    and "restart" not in events
+                    and time.monotonic() >= first + restart_at
+                ):
                     events["restart"] = time.monotonic()
                     if crash:  # SIGKILL: only what the fsync policy wrote survives
                         redis.kill()
@@ -333,10 +403,17 @@ def run_fleet(tasks: list[dict[str, Any]], scale: float, *, label: str, kill_at:
     return summarize(label, tasks, expected, deliveries, log, wall, stats, events, scale)
 
 
-def summarize(label: str, tasks: list[dict[str, Any]],
-              expected: dict[tuple[str, str], dict[str, Any]], deliveries: list[list[str]],
-              log: list[Any], wall: float, stats: Any, events: dict[str, float],
-              scale: float) -> dict[str, Any]:
+def summarize(
+    label: str,
+    tasks: list[dict[str, Any]],
+    expected: dict[tuple[str, str], dict[str, Any]],
+    deliveries: list[list[str]],
+    log: list[Any],
+    wall: float,
+    stats: Any,
+    events: dict[str, float],
+    scale: float,
+) -> dict[str, Any]:
     epoch = min(r[0] for r in log)
     by_task: dict[str, list[tuple[float, str]]] = {}
     for t, worker, path, _status in log:
@@ -392,8 +469,9 @@ def summarize(label: str, tasks: list[dict[str, Any]],
         "terminal poll->consumer p50 s": round(_pct(from_poll, 0.5), 3),
         "terminal poll->consumer p95 s": round(_pct(from_poll, 0.95), 3),
         "stats at end": stats.as_dict(),
-        "requests by worker": {w: sum(1 for r in log if r[1] == w)
-                               for w in sorted({r[1] for r in log})},
+        "requests by worker": {
+            w: sum(1 for r in log if r[1] == w) for w in sorted({r[1] for r in log})
+        },
     }
     if "kill" in events:
         row["killed worker 1 at s"] = round(events["kill"] - epoch, 1)
@@ -411,13 +489,22 @@ def main() -> None:
     parser.add_argument("--restart-at", type=float, default=60.0)
     parser.add_argument("--lease-ttl", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--margin", type=float, default=0.1,
-                        help="the RedisRateBudget's window margin (its default: 0.1)")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.1,
+        help="the RedisRateBudget's window margin (its default: 0.1)",
+    )
     parser.add_argument("--steady-tasks", type=int, default=1500)
-    parser.add_argument("--steady-arrival", type=float, default=15.0,
-                        help="tasks/s the web tier creates in the steady run")
-    parser.add_argument("--only", choices=["baseline", "sigkill", "restart", "crash", "steady"],
-                        action="append")
+    parser.add_argument(
+        "--steady-arrival",
+        type=float,
+        default=15.0,
+        help="tasks/s the web tier creates in the steady run",
+    )
+    parser.add_argument(
+        "--only", choices=["baseline", "sigkill", "restart", "crash", "steady"], action="append"
+    )
     args = parser.parse_args()
     tasks = script(args.tasks, args.scale)
     only = set(args.only or ["baseline", "sigkill", "restart", "crash", "steady"])
@@ -425,18 +512,39 @@ def main() -> None:
     if "baseline" in only:
         rows.append(run_baseline(tasks, args.scale))
         print(json.dumps(rows[-1]), flush=True)
-    for label, kill, restart in (("sigkill", args.kill_at, None),
-                                 ("restart", None, args.restart_at)):
+    for label, kill, restart in (
+        ("sigkill", args.kill_at, None),
+        ("restart", None, args.restart_at),
+    ):
         if label in only:
-            rows.append(run_fleet(tasks, args.scale, label=label, kill_at=kill,
-                                  restart_at=restart, lease_ttl=args.lease_ttl,
-                                  timeout=args.timeout, margin=args.margin))
+            rows.append(
+                run_fleet(
+                    tasks,
+                    args.scale,
+                    label=label,
+                    kill_at=kill,
+                    restart_at=restart,
+                    lease_ttl=args.lease_ttl,
+                    timeout=args.timeout,
+                    margin=args.margin,
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
     if "crash" in only:
-        rows.append(run_fleet(tasks, args.scale, label="redis crash", kill_at=None,
-                              restart_at=args.restart_at, lease_ttl=args.lease_ttl,
-                              timeout=args.timeout, margin=args.margin, fsync="always",
-                              crash=True))
+        rows.append(
+            run_fleet(
+                tasks,
+                args.scale,
+                label="redis crash",
+                kill_at=None,
+                restart_at=args.restart_at,
+                lease_ttl=args.lease_ttl,
+                timeout=args.timeout,
+                margin=args.margin,
+                fsync="always",
+                crash=True,
+            )
+        )
         print(json.dumps(rows[-1]), flush=True)
     if "steady" in only:
         # Not budget-bound: tasks created over time, so the latency is the pipeline's.
@@ -444,9 +552,18 @@ def main() -> None:
         t0 = time.monotonic() + 10.0  # servers and workers are up by then
         for i, t in enumerate(steady):
             t["created_at"] = t0 + i / args.steady_arrival
-        rows.append(run_fleet(steady, args.scale, label="steady", kill_at=None,
-                              restart_at=None, lease_ttl=args.lease_ttl,
-                              timeout=args.timeout, margin=args.margin))
+        rows.append(
+            run_fleet(
+                steady,
+                args.scale,
+                label="steady",
+                kill_at=None,
+                restart_at=None,
+                lease_ttl=args.lease_ttl,
+                timeout=args.timeout,
+                margin=args.margin,
+            )
+        )
         print(json.dumps(rows[-1]), flush=True)
     base = next((r["requests"] for r in rows if r["scenario"].startswith("baseline")), None)
     for row in rows:
@@ -454,10 +571,20 @@ def main() -> None:
             row["requests / baseline"] = round(row["requests"] / base, 3)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
-    (results / "watch.json").write_text(json.dumps(
-        {"tasks": args.tasks, "scale": args.scale, "rate": RATE, "workers": WORKERS,
-         "margin": args.margin,
-         "lease_ttl": args.lease_ttl, "rows": rows}, indent=2))
+    (results / "watch.json").write_text(
+        json.dumps(
+            {
+                "tasks": args.tasks,
+                "scale": args.scale,
+                "rate": RATE,
+                "workers": WORKERS,
+                "margin": args.margin,
+                "lease_ttl": args.lease_ttl,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     for row in rows:
         print(json.dumps(row))
 
@@ -469,7 +596,8 @@ if __name__ == "__main__":
     elif role in ("worker", "consumer", "web"):
         import anyio
 
-        anyio.run({"worker": _worker, "consumer": _consumer, "web": _web}[role],
-                  json.loads(sys.argv[2]))
+        anyio.run(
+            {"worker": _worker, "consumer": _consumer, "web": _web}[role], json.loads(sys.argv[2])
+        )
     else:
         main()

@@ -20,8 +20,9 @@ from _servers import Nginx
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
@@ -36,8 +37,9 @@ def main() -> int:
     with Nginx() as url:
 
         async def run() -> Profiler:
-            async with AsyncCambClient("bench-key", base_url=url, rate_limit=None,
-                                       max_concurrency=args.concurrency) as client:
+            async with AsyncCambClient(
+                "bench-key", base_url=url, rate_limit=None, max_concurrency=args.concurrency
+            ) as client:
 
                 async def batch(ids: list[str]) -> None:
                     async with anyio.create_task_group() as tg:
@@ -52,8 +54,11 @@ def main() -> int:
                 return profiler
 
         profiler = anyio.run(run, backend=args.backend)
-    print(profiler.output_text(unicode=False, color=False, show_all=True,
-                               processor_options={"filter_threshold": 0.01}))
+    print(
+        profiler.output_text(
+            unicode=False, color=False, show_all=True, processor_options={"filter_threshold": 0.01}
+        )
+    )
     if args.html:
         Path(args.html).write_text(profiler.output_html())
     return 0

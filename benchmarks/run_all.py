@@ -29,14 +29,30 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 STEPS: dict[str, tuple[str, str, list[str], list[str]]] = {
     # name: (title, script, args, quick args)
-    "cpu": ("(1) CPU per status check (µs of client process CPU; nginx on loopback)",
-            "bench_cpu.py", [], ["--quick"]),
-    "polling": ("(2) Polling efficiency (1,000 simulated tasks, virtual time)",
-                "bench_polling_efficiency.py", [], []),
-    "memory": ("(3) 100,000 tracked tasks: memory and event-loop lag",
-               "bench_memory.py", [], ["--tasks", "20000", "--baseline-tasks", "5000"]),
-    "budget": ("(4) Budget fidelity at the server (FakeCambAPI on uvicorn, loopback)",
-               "bench_budget.py", [], []),
+    "cpu": (
+        "(1) CPU per status check (µs of client process CPU; nginx on loopback)",
+        "bench_cpu.py",
+        [],
+        ["--quick"],
+    ),
+    "polling": (
+        "(2) Polling efficiency (1,000 simulated tasks, virtual time)",
+        "bench_polling_efficiency.py",
+        [],
+        [],
+    ),
+    "memory": (
+        "(3) 100,000 tracked tasks: memory and event-loop lag",
+        "bench_memory.py",
+        [],
+        ["--tasks", "20000", "--baseline-tasks", "5000"],
+    ),
+    "budget": (
+        "(4) Budget fidelity at the server (FakeCambAPI on uvicorn, loopback)",
+        "bench_budget.py",
+        [],
+        [],
+    ),
 }
 
 
@@ -46,8 +62,14 @@ def run_step(name: str, quick: bool) -> dict[str, Any]:
     shown = "python benchmarks/" + " ".join([script, *(quick_args if quick else args)])
     print(f"== {title}\n   $ {shown}", file=sys.stderr, flush=True)
     if not (HERE / script).exists():
-        return {"name": name, "title": title, "command": shown, "ok": False,
-                "table": f"_{script} is missing._", "seconds": 0.0}
+        return {
+            "name": name,
+            "title": title,
+            "command": shown,
+            "ok": False,
+            "table": f"_{script} is missing._",
+            "seconds": 0.0,
+        }
     started = time.monotonic()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
     seconds = time.monotonic() - started
@@ -56,8 +78,14 @@ def run_step(name: str, quick: bool) -> dict[str, Any]:
     ok = proc.returncode == 0 and bool(table)
     if not ok:
         table = (table + "\n\n" if table else "") + f"_failed: exit status {proc.returncode}_"
-    return {"name": name, "title": title, "command": shown, "ok": ok, "table": table,
-            "seconds": round(seconds, 1)}
+    return {
+        "name": name,
+        "title": title,
+        "command": shown,
+        "ok": ok,
+        "table": table,
+        "seconds": round(seconds, 1),
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -77,9 +105,11 @@ def cpu_verdict() -> tuple[bool | None, str]:
         return None, ""
     top = data["concurrency"][-1]
     ok = ratio <= 0.5
-    return ok, (f"camb-async at concurrency {top}: **{ratio:.2f}x** the official SDK's CPU per "
-                f"status check (acceptance: at most 0.5x) — "
-                f"{'holds' if ok else 'MISSED'}.")
+    return ok, (
+        f"camb-async at concurrency {top}: **{ratio:.2f}x** the official SDK's CPU per "
+        f"status check (acceptance: at most 0.5x) — "
+        f"{'holds' if ok else 'MISSED'}."
+    )
 
 
 def separate_tables(text: str) -> str:
@@ -87,16 +117,16 @@ def separate_tables(text: str) -> str:
     lines = text.splitlines()
     out: list[str] = []
     for i, line in enumerate(lines):
-        starts_table = (i + 1 < len(lines) and lines[i + 1].startswith("|---")
-                        and line.startswith("|"))
+        starts_table = (
+            i + 1 < len(lines) and lines[i + 1].startswith("|---") and line.startswith("|")
+        )
         if starts_table and out and out[-1] != "":
             out.append("")
         out.append(line)
     return "\n".join(out)
 
 
-def render(steps: list[dict[str, Any]], env: dict[str, Any], verdict: str, stamp: str
-           ) -> str:
+def render(steps: list[dict[str, Any]], env: dict[str, Any], verdict: str, stamp: str) -> str:
     m, v = env["machine"], env["versions"]
     lines = [
         START,
@@ -112,20 +142,30 @@ def render(steps: list[dict[str, Any]], env: dict[str, Any], verdict: str, stamp
     if verdict:
         lines += [verdict, ""]
     for step in steps:
-        lines += [f"### {step['title']}", "", f"`{step['command']}` ({step['seconds']} s)", "",
-                  separate_tables(step["table"]), ""]
+        lines += [
+            f"### {step['title']}",
+            "",
+            f"`{step['command']}` ({step['seconds']} s)",
+            "",
+            separate_tables(step["table"]),
+            "",
+        ]
     lines.append(END)
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests and tasks")
     parser.add_argument("--only", default=",".join(STEPS))
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite README.md from results/summary.json; run nothing")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite README.md from results/summary.json; run nothing",
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     if args.render_only:
@@ -138,8 +178,7 @@ def main() -> int:
         env = environment()
         ok, verdict = cpu_verdict()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        summary = {"steps": steps, **env, "cpu_acceptance": ok, "quick": args.quick,
-                   "utc": stamp}
+        summary = {"steps": steps, **env, "cpu_acceptance": ok, "quick": args.quick, "utc": stamp}
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     block = render(steps, env, verdict, stamp)

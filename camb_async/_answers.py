@@ -23,11 +23,7 @@ from ._errors import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from ._models import (
-    ModelError,
-    ValidationDetail,
-    parse_validation_details,
-)
+from ._models import ModelError, ValidationDetail, parse_validation_details
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
@@ -40,12 +36,30 @@ logger = logging.getLogger("camb_async")
 
 #: Response headers that carry the server's id of a request, most specific first: what a
 #: support ticket needs. CAMB.AI's API sits behind AWS and Cloudflare; both stamp their own.
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-amz-request-id",
-                      "x-amz-cf-id", "cf-ray")
+REQUEST_ID_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "x-amzn-requestid",
+    "x-amz-request-id",
+    "x-amz-cf-id",
+    "cf-ray",
+)
 #: Response headers worth keeping on an error (the rest are noise in a ticket).
-_KEPT_HEADERS = frozenset({*REQUEST_ID_HEADERS, "content-type", "content-length", "date",
-                           "server", "retry-after", "retry-after-ms", "via",
-                           "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"})
+_KEPT_HEADERS = frozenset(
+    {
+        *REQUEST_ID_HEADERS,
+        "content-type",
+        "content-length",
+        "date",
+        "server",
+        "retry-after",
+        "retry-after-ms",
+        "via",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    }
+)
 
 
 def decode(
@@ -81,8 +95,7 @@ def decode(
         # error costs nothing on the hot path (a depth-counting pre-scan would).
         what = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
         raise APIError(
-            f"{method} {path}: answer {response.status_code} is {what}: "
-            f"{client._snippet(body)!r}",
+            f"{method} {path}: answer {response.status_code} is {what}: {client._snippet(body)!r}",
             status_code=response.status_code,
             body=client._snippet(body),
             **answer_info(client, response, method, path),
@@ -123,8 +136,9 @@ def redact_decoded(client: AsyncCambClient, data: Any, body: str) -> tuple[Any, 
     return data, body
 
 
-def transport_error(client: AsyncCambClient, exc: Exception, method: str, path: str,
-                     url: str = "") -> APIConnectionError:
+def transport_error(
+    client: AsyncCambClient, exc: Exception, method: str, path: str, url: str = ""
+) -> APIConnectionError:
     kind = type(exc).__name__
     where = {"method": method, "url": client._redact(url or client.base_url + path)}
     if isinstance(exc, httpx.TimeoutException):
@@ -140,8 +154,9 @@ def transport_error(client: AsyncCambClient, exc: Exception, method: str, path: 
     return APIConnectionError(f"{method} {path}: {kind}: {detail}", **where)
 
 
-def answer_info(client: AsyncCambClient, response: httpx.Response, method: str,
-                path: str) -> dict[str, Any]:
+def answer_info(
+    client: AsyncCambClient, response: httpx.Response, method: str, path: str
+) -> dict[str, Any]:
     """What an error keeps of an answer for a support ticket: the full URL, the headers
     and the server's request id, every value redacted (servers echo what they got)."""
     try:
@@ -155,18 +170,29 @@ def answer_info(client: AsyncCambClient, response: httpx.Response, method: str,
             value = REDACTED
         headers[name] = client._redact(value)
     request_id = next((headers[h] for h in REQUEST_ID_HEADERS if headers.get(h)), None)
-    return {"method": method, "path": path, "url": client._redact(url),
-            "headers": headers, "request_id": request_id}
+    return {
+        "method": method,
+        "path": path,
+        "url": client._redact(url),
+        "headers": headers,
+        "request_id": request_id,
+    }
 
 
 def status_error(
-    client: AsyncCambClient, response: httpx.Response, method: str, path: str,
+    client: AsyncCambClient,
+    response: httpx.Response,
+    method: str,
+    path: str,
     retry_after: float | None,
 ) -> APIError:
     status = response.status_code
     body = client._snippet(response.content)
-    common: dict[str, Any] = {"status_code": status, "body": body,
-                              **answer_info(client, response, method, path)}
+    common: dict[str, Any] = {
+        "status_code": status,
+        "body": body,
+        **answer_info(client, response, method, path),
+    }
     message = f"{method} {path}: HTTP {status}: {body!r}"
     if status in (401, 403):
         return AuthenticationError(message, **common)
@@ -178,8 +204,9 @@ def status_error(
         except (ValueError, RecursionError):
             decoded = None
         return UnprocessableEntityError(
-            message, detail=[redact_detail(client, d) for d in
-                             parse_validation_details(decoded)], **common
+            message,
+            detail=[redact_detail(client, d) for d in parse_validation_details(decoded)],
+            **common,
         )
     if status == 429:
         return RateLimitError(message, retry_after=retry_after, **common)
@@ -191,5 +218,6 @@ def status_error(
 def redact_detail(client: AsyncCambClient, detail: ValidationDetail) -> ValidationDetail:
     """A 422 entry without the key: servers quote the header value they rejected."""
     loc = [client._redact(part) if isinstance(part, str) else part for part in detail.loc]
-    return ValidationDetail(loc=loc, msg=client._redact(detail.msg),
-                            type=client._redact(detail.type))
+    return ValidationDetail(
+        loc=loc, msg=client._redact(detail.msg), type=client._redact(detail.type)
+    )

@@ -162,9 +162,13 @@ class RateBudget:
             raise ValueError("decrease must be between 0 and 1")
         if not (0 < window < math.inf and 0 <= margin < math.inf):  # NaN fails these too
             raise ValueError("window must be finite and > 0, margin finite and >= 0")
-        for name, value in (("min_rate", min_rate), ("default_pause", default_pause),
-                            ("max_pause", max_pause), ("recovery", recovery),
-                            ("burst", burst)):
+        for name, value in (
+            ("min_rate", min_rate),
+            ("default_pause", default_pause),
+            ("max_pause", max_pause),
+            ("recovery", recovery),
+            ("burst", burst),
+        ):
             if value is not None and not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self._max_rate = None if rate is None else float(rate)
@@ -328,8 +332,7 @@ def is_budget(obj: object) -> bool:
     """Whether ``obj`` can serve as a client's budget: it has ``acquire``, ``release`` and
     ``penalize``. ``max_concurrency`` is part of the protocol, but an object without it is
     still accepted (``concurrency_of`` then assumes the default), as before it was listed."""
-    return all(getattr(obj, name, None) is not None
-               for name in ("acquire", "release", "penalize"))
+    return all(getattr(obj, name, None) is not None for name in ("acquire", "release", "penalize"))
 
 
 def concurrency_of(budget: object) -> int:

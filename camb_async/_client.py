@@ -23,17 +23,10 @@ from ._config import (
     echo_text_pattern,
     resolve_proxy,
 )
-from ._errors import (
-    SNIPPET_LIMIT,
-    ClientClosedError,
-    redact,
-    snippet,
-)
+from ._errors import SNIPPET_LIMIT, ClientClosedError, redact, snippet
 from ._hooks import RequestHooks
 from ._logging import KEY_FILTER, setup_logging
-from ._models import (
-    TaskKind,
-)
+from ._models import TaskKind
 from ._reading import DEFAULT_MAX_RESPONSE_BYTES
 from ._request import MAX_RETRY_AFTER, request
 from ._surface import _ClientSurface
@@ -148,8 +141,13 @@ class AsyncCambClient(_ClientSurface):
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both")
         check_settings(max_response_bytes=max_response_bytes, max_retry_wait=max_retry_wait)
-        proxy = resolve_proxy(proxy, parsed, http_client=http_client, transport=transport,
-                              allow_insecure=allow_insecure)
+        proxy = resolve_proxy(
+            proxy,
+            parsed,
+            http_client=http_client,
+            transport=transport,
+            allow_insecure=allow_insecure,
+        )
         if budget is None:
             budget = RateBudget(rate_limit, max_concurrency)
         elif not is_budget(budget):
@@ -178,8 +176,9 @@ class AsyncCambClient(_ClientSurface):
         #: How long each kind of task took, learned from every completion this client saw;
         #: read by ``PollPolicy.adaptive``. ``to_dict()``/``CompletionStats.from_dict()``
         #: carry it across restarts.
-        self.completion_stats = completion_stats if completion_stats is not None else (
-            CompletionStats())
+        self.completion_stats = (
+            completion_stats if completion_stats is not None else (CompletionStats())
+        )
         self._transport = transport
         self._http: httpx.AsyncClient | None = http_client
         self._owns_http = http_client is None
@@ -279,8 +278,12 @@ class AsyncCambClient(_ClientSurface):
         """
         if self._closed:
             raise ClientClosedError("this AsyncCambClient is closed; create a new one")
-        given = {"timeout": timeout, "max_retries": max_retries,
-                 "max_response_bytes": max_response_bytes, "max_retry_wait": max_retry_wait}
+        given = {
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "max_response_bytes": max_response_bytes,
+            "max_retry_wait": max_retry_wait,
+        }
         check_settings(**{name: value for name, value in given.items() if value is not None})
         root = self._parent or self
         view: AsyncCambClient = object.__new__(AsyncCambClient)
@@ -312,9 +315,12 @@ class AsyncCambClient(_ClientSurface):
             raise ClientClosedError("this AsyncCambClient is closed; create a new one")
         self._open()
         budget: Any = self.budget
-        if (self._parent is None and callable(getattr(budget, "__aenter__", None))
-                and callable(getattr(budget, "__aexit__", None))
-                and getattr(budget, "entered", True) is False):
+        if (
+            self._parent is None
+            and callable(getattr(budget, "__aenter__", None))
+            and callable(getattr(budget, "__aexit__", None))
+            and getattr(budget, "entered", True) is False
+        ):
             await budget.__aenter__()
             self._budget_entered = True
         return self
@@ -388,16 +394,25 @@ class AsyncCambClient(_ClientSurface):
             if self._http is None:
                 http = parent._open()
                 if parent._direct is not None:
-                    self._direct = _DirectSender(http, parent._direct._transport, self._headers,
-                                                 self.timeout, self.max_response_bytes)
+                    self._direct = _DirectSender(
+                        http,
+                        parent._direct._transport,
+                        self._headers,
+                        self.timeout,
+                        self.max_response_bytes,
+                    )
                 self._http = http
             return self._http
         if self._http is None:
             self._transport, self._http, self._direct = open_owned(
-                transport=self._transport, proxy=self._proxy, verify=self._verify,
-                timeout=self.timeout, headers=self._headers,
+                transport=self._transport,
+                proxy=self._proxy,
+                verify=self._verify,
+                timeout=self.timeout,
+                headers=self._headers,
                 max_response_bytes=self.max_response_bytes,
-                keepalive=max(20, concurrency_of(self.budget)))
+                keepalive=max(20, concurrency_of(self.budget)),
+            )
         return self._http
 
     _request = request

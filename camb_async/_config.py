@@ -22,8 +22,16 @@ from ._validation import is_int, is_number
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
 
-__all__ = ["DEFAULT_BASE_URL", "check_base_url", "check_key", "check_settings", "echo_pattern",
-           "echo_text_pattern", "resolve_proxy", "with_extras"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "check_base_url",
+    "check_key",
+    "check_settings",
+    "echo_pattern",
+    "echo_text_pattern",
+    "resolve_proxy",
+    "with_extras",
+]
 
 DEFAULT_BASE_URL = "https://client.camb.ai/apis"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -41,8 +49,9 @@ def check_key(api_key: str | None) -> str:
     return key
 
 
-def check_base_url(base_url: str | None, *, transport: httpx.AsyncBaseTransport | None,
-                   allow_insecure: bool) -> httpx.URL:
+def check_base_url(
+    base_url: str | None, *, transport: httpx.AsyncBaseTransport | None, allow_insecure: bool
+) -> httpx.URL:
     """The base URL (argument, ``CAMB_BASE_URL`` or the default), refused over plain http to
     a host that is neither loopback nor in-process unless ``allow_insecure``."""
     base = base_url or os.environ.get("CAMB_BASE_URL") or DEFAULT_BASE_URL
@@ -52,8 +61,12 @@ def check_base_url(base_url: str | None, *, transport: httpx.AsyncBaseTransport 
     # In-process transports (httpx's ASGI app and mock handler) send nothing over a
     # network, so a test's "http://testserver" exposes no key.
     in_process = isinstance(transport, (httpx.ASGITransport, httpx.MockTransport))
-    if (parsed.scheme == "http" and not allow_insecure and not in_process
-            and not _is_loopback(parsed.host)):
+    if (
+        parsed.scheme == "http"
+        and not allow_insecure
+        and not in_process
+        and not _is_loopback(parsed.host)
+    ):
         raise ValueError(
             f"refusing to send the API key over plain http to {parsed.host!r}; "
             "use https, a loopback host, or pass allow_insecure=True"
@@ -67,8 +80,9 @@ def check_settings(**settings: Any) -> None:
     if "timeout" in settings:
         timeout = settings["timeout"]
         if not is_number(timeout) or not 0 < timeout < math.inf:  # NaN fails this too
-            raise ValueError("timeout must be a finite positive number of seconds, got "
-                             f"{timeout!r}")
+            raise ValueError(
+                f"timeout must be a finite positive number of seconds, got {timeout!r}"
+            )
     if "max_retries" in settings:
         max_retries = settings["max_retries"]
         if not is_int(max_retries) or max_retries < 0:
@@ -76,26 +90,33 @@ def check_settings(**settings: Any) -> None:
     if "max_response_bytes" in settings:
         max_response_bytes = settings["max_response_bytes"]
         if not is_int(max_response_bytes) or max_response_bytes < 1:
-            raise ValueError("max_response_bytes must be a positive integer, got "
-                             f"{max_response_bytes!r}")
+            raise ValueError(
+                f"max_response_bytes must be a positive integer, got {max_response_bytes!r}"
+            )
     if "max_retry_wait" in settings:
         max_retry_wait = settings["max_retry_wait"]
-        if (not is_number(max_retry_wait)
-                or not max_retry_wait >= 0 or math.isinf(max_retry_wait)):
-            raise ValueError("max_retry_wait must be a finite number of seconds >= 0, got "
-                             f"{max_retry_wait!r}")
+        if not is_number(max_retry_wait) or not max_retry_wait >= 0 or math.isinf(max_retry_wait):
+            raise ValueError(
+                f"max_retry_wait must be a finite number of seconds >= 0, got {max_retry_wait!r}"
+            )
 
 
-def resolve_proxy(proxy: str | httpx.Proxy | None, parsed: httpx.URL, *,
-                  http_client: httpx.AsyncClient | None,
-                  transport: httpx.AsyncBaseTransport | None,
-                  allow_insecure: bool) -> httpx.Proxy | None:
+def resolve_proxy(
+    proxy: str | httpx.Proxy | None,
+    parsed: httpx.URL,
+    *,
+    http_client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+    allow_insecure: bool,
+) -> httpx.Proxy | None:
     """The proxy of the client's own transport: given, or the environment's for ``parsed``;
     refused when it would carry the key over plain http off this host."""
     if proxy is not None:
         if http_client is not None or transport is not None:
-            raise ValueError("proxy= is for the client's own transport; configure it on "
-                             "your http_client or transport instead")
+            raise ValueError(
+                "proxy= is for the client's own transport; configure it on "
+                "your http_client or transport instead"
+            )
         if not isinstance(proxy, httpx.Proxy):
             if not isinstance(proxy, str):
                 raise TypeError("proxy must be a URL string or an httpx.Proxy")
@@ -103,12 +124,18 @@ def resolve_proxy(proxy: str | httpx.Proxy | None, parsed: httpx.URL, *,
     if proxy is None and http_client is None and transport is None:
         from_env = _env_proxy(parsed)  # read once, like httpx's own trust_env
         proxy = None if from_env is None else httpx.Proxy(from_env)
-    if (proxy is not None and parsed.scheme == "http" and proxy.url.scheme == "http"
-            and not allow_insecure and not _is_loopback(proxy.url.host)):
+    if (
+        proxy is not None
+        and parsed.scheme == "http"
+        and proxy.url.scheme == "http"
+        and not allow_insecure
+        and not _is_loopback(proxy.url.host)
+    ):
         raise ValueError(
             f"refusing to send the API key over plain http to the proxy "
             f"{proxy.url.host!r}; use an https base_url, a loopback proxy, or pass "
-            "allow_insecure=True")
+            "allow_insecure=True"
+        )
     return proxy
 
 
@@ -116,14 +143,14 @@ def echo_pattern(key: str) -> re.Pattern[bytes]:
     """Aligned pieces of the key: any echo of 2 * MIN_ECHO - 1 or more of its characters
     contains one, so one regex search (~0.3 us) checks a 2xx body (see ``_answers.decode``)."""
     raw = key.encode()
-    pieces = {raw[i:i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
+    pieces = {raw[i : i + MIN_ECHO] for i in range(0, len(raw) - MIN_ECHO + 1, MIN_ECHO)}
     pieces.add(raw[-MIN_ECHO:])
     return re.compile(b"|".join(re.escape(p) for p in sorted(pieces)))
 
 
 def echo_text_pattern(key: str) -> re.Pattern[str]:
     """``echo_pattern`` as text, for decoded strings (JSON escapes, UTF-16/32 bodies)."""
-    texts = {key[i:i + MIN_ECHO] for i in range(0, len(key) - MIN_ECHO + 1, MIN_ECHO)}
+    texts = {key[i : i + MIN_ECHO] for i in range(0, len(key) - MIN_ECHO + 1, MIN_ECHO)}
     texts.add(key[-MIN_ECHO:])
     return re.compile("|".join(re.escape(p) for p in sorted(texts)))
 
@@ -164,8 +191,9 @@ def with_extras(
     json_body: Any,
     files: Any,
     reopen_body: Callable[[], Awaitable[Any]] | None,
-) -> tuple[Mapping[str, str], Mapping[str, str | int] | None, Any, Any,
-           Callable[[], Awaitable[Any]] | None]:
+) -> tuple[
+    Mapping[str, str], Mapping[str, str | int] | None, Any, Any, Callable[[], Awaitable[Any]] | None
+]:
     """The request's headers, query, body and multipart parts with a caller's extra
     fields added (``extra_*`` on the public calls). The key header is never theirs."""
     headers: Mapping[str, str] = client._headers
@@ -177,8 +205,7 @@ def with_extras(
             if not isinstance(name, str) or not isinstance(value, str):
                 raise TypeError("extra_headers names and values must be strings")
             if name.strip().lower() == "x-api-key":
-                raise ValueError("extra_headers cannot set x-api-key; pass api_key= to "
-                                 "the client")
+                raise ValueError("extra_headers cannot set x-api-key; pass api_key= to the client")
             merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
             merged[name] = value
         headers = merged
@@ -190,15 +217,17 @@ def with_extras(
         if not isinstance(extra_body, Mapping):
             raise TypeError("extra_body must be a mapping")
         if files is not None:
-            form = [(str(name), (None, value if isinstance(value, str)
-                                 else json.dumps(value)))
-                    for name, value in extra_body.items()]
+            form = [
+                (str(name), (None, value if isinstance(value, str) else json.dumps(value)))
+                for name, value in extra_body.items()
+            ]
             files = [*files, *form]
             if reopen_body is not None:
                 reopen = reopen_body
 
                 async def reopen_with_extras() -> Any:
                     return [*(await reopen()), *form]
+
                 reopen_body = reopen_with_extras
         elif json_body is None:
             json_body = dict(extra_body)

@@ -31,7 +31,6 @@ WRITE_SIZE = 1 << 20
 _offload = anyio.to_thread.run_sync
 
 
-
 class Body(Protocol):
     """An answer body being read: chunks by ``async for``, and ``aclose()``."""
 
@@ -82,8 +81,7 @@ def _discard(temp: str, file: IO[bytes]) -> None:
 
 
 async def save_atomically(
-    path: str | os.PathLike[str],
-    open_body: Callable[[], Awaitable[Body]],
+    path: str | os.PathLike[str], open_body: Callable[[], Awaitable[Body]]
 ) -> int:
     """Write the body ``open_body()`` returns to ``path``; returns the bytes written.
 

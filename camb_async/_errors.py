@@ -65,7 +65,7 @@ def redact(text: str, secret: str | None) -> str:
         return text.replace(secret, REDACTED)
     hits: list[tuple[int, int]] = []
     for i in range(len(secret) - MIN_ECHO + 1):
-        piece = secret[i:i + MIN_ECHO]
+        piece = secret[i : i + MIN_ECHO]
         at = text.find(piece)
         while at != -1:
             hits.append((at, at + MIN_ECHO))
@@ -138,9 +138,18 @@ class APIError(CambError):
     headers: Mapping[str, str]
     request_id: str | None
 
-    def __init__(self, message: str, *, status_code: int, body: str = "", method: str = "",
-                 path: str = "", url: str = "", headers: Mapping[str, str] | None = None,
-                 request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: str = "",
+        method: str = "",
+        path: str = "",
+        url: str = "",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.body = body  # already a bounded snippet
@@ -176,8 +185,9 @@ class UnprocessableEntityError(APIError):
 
     detail: list[ValidationDetail]
 
-    def __init__(self, message: str, *, detail: list[ValidationDetail] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, detail: list[ValidationDetail] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.detail = detail or []
 
@@ -235,15 +245,16 @@ class TaskFailedError(CambError):
 
     status: StatusResult
 
-    def __init__(self, status: StatusResult,
-                 redact: Callable[[str], str] | None = None) -> None:
+    def __init__(self, status: StatusResult, redact: Callable[[str], str] | None = None) -> None:
         """``redact``: the client's key redaction, applied to the whole message (the
         server's ``message``/``exception_reason`` and the task id may echo the key)."""
         reason = f", reason={status.exception_reason}" if status.exception_reason else ""
         text = str(status.message) if status.message else ""
         message = f": {snippet(redact(text) if redact else text)}" if text else ""
-        full = (f"{status.kind.value} task {status.task_id!r} ended "
-                f"{status.raw_status}{reason}{message}")
+        full = (
+            f"{status.kind.value} task {status.task_id!r} ended "
+            f"{status.raw_status}{reason}{message}"
+        )
         super().__init__(redact(full) if redact else full)
         self.status = status
 

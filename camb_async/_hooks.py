@@ -77,8 +77,9 @@ class RequestHooks:
             except Exception:
                 logger.exception("camb_async on_request_end hook failed")
 
-    def _retry(self, method: str, path: str, attempt: int, delay: float,
-               error: BaseException) -> None:
+    def _retry(
+        self, method: str, path: str, attempt: int, delay: float, error: BaseException
+    ) -> None:
         hook = self.on_retry
         if hook is not None:
             try:

@@ -44,8 +44,16 @@ class _KeyFilter(logging.Filter):
 
 
 KEY_FILTER = _KeyFilter()
-for _name in ("camb_async", "httpx", "httpcore.connection", "httpcore.http11",
-              "httpcore.http2", "httpcore.proxy", "httpcore.socks", "aiohttp.client"):
+for _name in (
+    "camb_async",
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+    "aiohttp.client",
+):
     logging.getLogger(_name).addFilter(KEY_FILTER)
 
 
@@ -67,8 +75,7 @@ def setup_logging(value: str | None = None) -> None:
     root = logging.getLogger("camb_async")
     if _LOG_HANDLER is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "[%(asctime)s %(levelname)s %(name)s] %(message)s"))
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s"))
         handler.addFilter(KEY_FILTER)
         _LOG_HANDLER = handler
     if _LOG_HANDLER not in root.handlers:

@@ -13,9 +13,7 @@ import anyio
 import httpx
 
 from ._answers import transport_error
-from ._errors import (
-    ClientClosedError,
-)
+from ._errors import ClientClosedError
 
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
@@ -56,8 +54,10 @@ class _UnboundedEncoding(_AnswerTooLarge):
         Exception.__init__(self, f"unsupported Content-Encoding {encoding!r}")
         self.limit = 0
         self.status_code = status_code
-        self.detail = (f"uses Content-Encoding {encoding[:40]!r}, which is not read "
-                       "(only gzip and deflate are)")
+        self.detail = (
+            f"uses Content-Encoding {encoding[:40]!r}, which is not read "
+            "(only gzip and deflate are)"
+        )
 
 
 class _Inflate:
@@ -84,7 +84,10 @@ class _Inflate:
         except zlib.error as exc:
             if self._head is not None:  # not a zlib header: raw deflate, from the start
                 self._z, self.pending, self._head = (
-                    zlib.decompressobj(-zlib.MAX_WBITS), self._head, None)
+                    zlib.decompressobj(-zlib.MAX_WBITS),
+                    self._head,
+                    None,
+                )
                 return b""
             raise httpx.DecodingError(f"bad compressed answer: {exc}") from None
         if self._head is not None and len(self._head) >= 2:
@@ -147,8 +150,9 @@ def _finish(layers: list[_Inflate]) -> Iterator[bytes]:
             yield from _drain(layers, index + 1)
 
 
-async def _decoded(response: httpx.Response, layers: list[_Inflate],
-                   limit: int | None = None) -> AsyncIterator[bytes]:
+async def _decoded(
+    response: httpx.Response, layers: list[_Inflate], limit: int | None = None
+) -> AsyncIterator[bytes]:
     """The body of ``response`` decoded, in pieces of at most ``_INFLATE_STEP`` bytes per
     layer step (a compressed body is never inflated a whole network chunk at a time). With
     ``limit``, the last layer inflates no more than one byte past it."""
@@ -223,8 +227,7 @@ class _UploadStream(httpx.AsyncByteStream):
 
     __slots__ = ("_stream", "_uploaded")
 
-    def __init__(self, stream: httpx.AsyncByteStream,
-                 uploaded: Callable[..., None]) -> None:
+    def __init__(self, stream: httpx.AsyncByteStream, uploaded: Callable[..., None]) -> None:
         self._stream = stream
         self._uploaded = uploaded
 
@@ -252,6 +255,7 @@ def _answer_deadline(scope: anyio.CancelScope, timeout: float) -> Callable[..., 
         if not fixed:
             scope.deadline = anyio.current_time() + timeout
             fixed = not progress
+
     return start
 
 
@@ -267,9 +271,15 @@ class BodyStream:
 
     __slots__ = ("_client", "_response", "_source", "_chunks", "_first", "_method", "_path")
 
-    def __init__(self, client: AsyncCambClient, response: httpx.Response,
-                 chunks: AsyncIterator[bytes], first: bytes | None, method: str,
-                 path: str) -> None:
+    def __init__(
+        self,
+        client: AsyncCambClient,
+        response: httpx.Response,
+        chunks: AsyncIterator[bytes],
+        first: bytes | None,
+        method: str,
+        path: str,
+    ) -> None:
         self._client = client
         self._response = response
         self._source: AsyncIterator[bytes] | None = chunks  # closed by aclose()

@@ -23,9 +23,7 @@ try:
     import coredis.parser
     import coredis.retry
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "camb_async.redis needs coredis: pip install 'camb-async[redis]'"
-    ) from exc
+    raise ImportError("camb_async.redis needs coredis: pip install 'camb-async[redis]'") from exc
 
 __all__ = ["RedisBudgetUnavailableError", "RedisClient", "RedisReplyError", "open_client"]
 
@@ -67,7 +65,8 @@ class RedisReplyError(RedisBudgetUnavailableError):
 
 #: Error replies that coredis raises as classes of their own, with the code cut off the message.
 _REPLY_CODES: dict[type[BaseException], str] = {
-    cls: code for code, cls in coredis.parser.Parser.EXCEPTION_CLASSES.items()
+    cls: code
+    for code, cls in coredis.parser.Parser.EXCEPTION_CLASSES.items()
     if isinstance(cls, type)
 }
 
@@ -128,8 +127,9 @@ def _tls_defaults(url: str) -> str:
     query = parse_qsl(parts.query, keep_blank_values=True)
     for key, value in query:  # coredis looks it up as is: anything else was a raw KeyError
         if key == "ssl_cert_reqs" and value not in ("none", "optional", "required"):
-            raise ValueError("ssl_cert_reqs must be 'none', 'optional' or 'required', got "
-                             f"{value[:40]!r}")
+            raise ValueError(
+                f"ssl_cert_reqs must be 'none', 'optional' or 'required', got {value[:40]!r}"
+            )
     if any(key == "ssl_check_hostname" for key, _ in query):
         return url
     if any(key == "ssl_cert_reqs" and value.lower() == "none" for key, value in query):
@@ -138,8 +138,7 @@ def _tls_defaults(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def open_client(url: str, *, cluster: bool, redis_options: Mapping[str, Any] | None
-                ) -> RedisClient:
+def open_client(url: str, *, cluster: bool, redis_options: Mapping[str, Any] | None) -> RedisClient:
     """A coredis client for ``url`` (see ``RedisRateBudget.from_url`` for the defaults)."""
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
@@ -153,13 +152,15 @@ def open_client(url: str, *, cluster: bool, redis_options: Mapping[str, Any] | N
     }
     if not cluster:  # the Cluster client's own policy follows MOVED and CLUSTERDOWN
         kwargs["retry_policy"] = coredis.retry.ConstantRetryPolicy(
-            (coredis.exceptions.ConnectionError,), retries=1, delay=0)
+            (coredis.exceptions.ConnectionError,), retries=1, delay=0
+        )
     kwargs.update(redis_options or {})
     client: RedisClient
     if cluster:
         with warnings.catch_warnings():  # coredis 6.9 warns about its own from_url
-            warnings.filterwarnings("ignore", "Use coredis.connection.TCPLocation",
-                                    DeprecationWarning)
+            warnings.filterwarnings(
+                "ignore", "Use coredis.connection.TCPLocation", DeprecationWarning
+            )
             client = coredis.RedisCluster.from_url(_tls_defaults(url), **kwargs)
     else:
         client = coredis.Redis.from_url(_tls_defaults(url), **kwargs)
@@ -170,5 +171,5 @@ def url_secrets(url: str) -> tuple[str, ...]:
     """The password of ``url`` as written and decoded: redacted from every message."""
     parts = urlsplit(url)
     return tuple(
-        secret for secret in (parts.password, parts.password and unquote(parts.password))
-        if secret)
+        secret for secret in (parts.password, parts.password and unquote(parts.password)) if secret
+    )

@@ -156,6 +156,8 @@ class RedisWatchList:
         self._session: contextlib.AsyncExitStack | None = None
         self._opening = anyio.Lock()
         self._opened_by_call = False
+        #: The client was opened by a run() or completions() of one task, not `async with`.
+        self._implicit = False
         self._down = False
         # Figures for monitoring and the benchmarks (this process).
         self.polls = 0
@@ -291,8 +293,7 @@ class RedisWatchList:
         worker = _Worker(self, client, policy=policy, concurrency=concurrency,
                          until_empty=until_empty)
         async with contextlib.AsyncExitStack() as stack:
-            if self._session is None and not self._client_is_open():
-                await stack.enter_async_context(self)
+            await self._enter_implicitly(stack)
             await worker.run()
 
     # ------------------------------------------------------------------ consumers
@@ -353,6 +354,27 @@ class RedisWatchList:
         await self.aclose()
 
     # ------------------------------------------------------------------ internals
+
+    async def _enter_implicitly(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open the client for one ``run()`` or ``completions()`` not inside ``async with``.
+
+        The connection pool belongs to the task that opens it: a second user in another task
+        would be cut off (or corrupt its cancel scopes) when the first one stops. So sharing
+        a watch list between tasks needs ``async with watch:``, and a second implicit user is
+        told so rather than left to fail later.
+        """
+        if self._implicit:
+            raise RuntimeError(
+                "this RedisWatchList is already used by a run() or completions() of another "
+                "task: hold it open with `async with watch:` to share it between tasks")
+        if self._session is None and not self._client_is_open():
+            await stack.enter_async_context(self)
+            self._implicit = True
+
+            def done() -> None:
+                self._implicit = False
+
+            stack.callback(done)
 
     def _client_is_open(self) -> bool:
         try:

@@ -115,16 +115,23 @@ def _meta_json(meta: Mapping[str, str] | None) -> str:
             raise TypeError("meta must map str to str")
     text = json.dumps(dict(meta), separators=(",", ":"), ensure_ascii=False)
     if len(text.encode()) > MAX_META_BYTES:
-        raise ValueError(f"meta is larger than {MAX_META_BYTES} bytes as JSON: keep it small "
-                         "(ids, not payloads)")
+        raise ValueError(
+            f"meta is larger than {MAX_META_BYTES} bytes as JSON: keep it small (ids, not payloads)"
+        )
     return text
 
 
 def _result_json(result: StatusResult) -> str:
-    return json.dumps({"status": result.raw_status, "run_id": result.run_id,
-                       "message": result.message,
-                       "exception_reason": result.exception_reason},
-                      separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        {
+            "status": result.raw_status,
+            "run_id": result.run_id,
+            "message": result.message,
+            "exception_reason": result.exception_reason,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def _event(entry_id: str, fields: Mapping[str, str]) -> WatchEvent:
@@ -140,10 +147,16 @@ def _event(entry_id: str, fields: Mapping[str, str]) -> WatchEvent:
         meta = json.loads(fields.get("meta") or "{}")
     except ValueError:
         meta = {}
-    return WatchEvent(id=entry_id, kind=kind, task_id=task_id, result=result,
-                      meta=meta if isinstance(meta, dict) else {}, error=error,
-                      added=float(fields.get("added") or 0.0),
-                      completed=float(fields.get("completed") or 0.0))
+    return WatchEvent(
+        id=entry_id,
+        kind=kind,
+        task_id=task_id,
+        result=result,
+        meta=meta if isinstance(meta, dict) else {},
+        error=error,
+        added=float(fields.get("added") or 0.0),
+        completed=float(fields.get("completed") or 0.0),
+    )
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -174,5 +187,3 @@ class _Claimed:
         self.at = at  # when claimed, on this process' clock
         self.polls = polls
         self.errors = errors
-
-

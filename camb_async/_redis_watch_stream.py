@@ -15,7 +15,6 @@ if sys.version_info < (3, 11):
     pass
 
 
-
 from ._redis_watch_model import RedisWatchUnavailableError, WatchEvent, _event, _text
 
 if TYPE_CHECKING:
@@ -28,8 +27,9 @@ class CompletionStream:
     """The async iterator of ``RedisWatchList.completions`` (also an async context manager:
     leaving it without an exception acknowledges the last event)."""
 
-    def __init__(self, watch: RedisWatchList, group: str, consumer: str, batch: int,
-                 claim_idle: float) -> None:
+    def __init__(
+        self, watch: RedisWatchList, group: str, consumer: str, batch: int, claim_idle: float
+    ) -> None:
         self._watch = watch
         self.group = group
         self.consumer = consumer
@@ -59,8 +59,18 @@ class CompletionStream:
         while not self._buffer:
             claim = anyio.current_time() >= self._next_claim
             reply = await watch._call_or_wait(
-                ["read", self.group, self.consumer, self._batch, self._from,
-                 "1" if claim else "0", self._claim_idle_ms, self._claim_cursor, *self._acks])
+                [
+                    "read",
+                    self.group,
+                    self.consumer,
+                    self._batch,
+                    self._from,
+                    "1" if claim else "0",
+                    self._claim_idle_ms,
+                    self._claim_cursor,
+                    *self._acks,
+                ]
+            )
             self._acks.clear()
             entries, cursor = reply
             if claim:
@@ -71,9 +81,11 @@ class CompletionStream:
                 if not entry or entry[1] is None:
                     continue
                 entry_id, flat = _text(entry[0]), entry[1]
-                fields = ({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-                          if isinstance(flat, list) else
-                          {_text(k): _text(v) for k, v in dict(flat).items()})
+                fields = (
+                    {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+                    if isinstance(flat, list)
+                    else {_text(k): _text(v) for k, v in dict(flat).items()}
+                )
                 self._buffer.append(_event(entry_id, fields))
             if self._from != ">":
                 if entries:
@@ -98,15 +110,19 @@ class CompletionStream:
             acks, self._acks = self._acks, []
             try:
                 await self._watch._call_or_raise(
-                    ["read", self.group, self.consumer, 0, ">", "0", 0, "0-0", *acks])
+                    ["read", self.group, self.consumer, 0, ">", "0", 0, "0-0", *acks]
+                )
             except BaseException:
                 self._acks[:0] = acks
                 raise
 
     async def aclose(self) -> None:
         """Stop reading: acknowledge the last event (the caller is done with it)."""
-        with (anyio.CancelScope(shield=True), anyio.move_on_after(self._watch.redis_timeout),
-              contextlib.suppress(RedisWatchUnavailableError)):
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(self._watch.redis_timeout),
+            contextlib.suppress(RedisWatchUnavailableError),
+        ):
             await self.ack()
         if self._stack is not None:
             stack, self._stack = self._stack, None
@@ -115,8 +131,7 @@ class CompletionStream:
     async def __aenter__(self) -> CompletionStream:
         """Hold the Redis client open while reading."""
         stack = contextlib.AsyncExitStack()
-        if self._watch._session is None and not self._watch._client_is_open():
-            await stack.enter_async_context(self._watch)
+        await self._watch._enter_implicitly(stack)
         self._stack = stack
         return self
 
@@ -125,11 +140,13 @@ class CompletionStream:
             await self.aclose()
             return
         self._last = None  # the body failed on it: it stays pending, delivered again
-        with (anyio.CancelScope(shield=True), anyio.move_on_after(self._watch.redis_timeout),
-              contextlib.suppress(RedisWatchUnavailableError)):
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(self._watch.redis_timeout),
+            contextlib.suppress(RedisWatchUnavailableError),
+        ):
             await self.ack()  # the events before it succeeded
         if self._stack is not None:
             stack, self._stack = self._stack, None
             with anyio.CancelScope(shield=True):
                 await stack.aclose()
-

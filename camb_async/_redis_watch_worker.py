@@ -18,9 +18,7 @@ if sys.version_info < (3, 11):
 
 from ._errors import AuthenticationError, CambError, ClientClosedError, is_transient
 from ._models import StatusResult, TaskKind
-from ._redis_conn import (
-    _FAILURES,
-)
+from ._redis_conn import _FAILURES
 from ._redis_watch_model import _Claimed, _result_json, _text, _unwrap
 from .polling._policy import DEFAULT_POLICIES, PollPolicy
 
@@ -34,9 +32,15 @@ __all__ = ["_Worker"]
 class _Worker:
     """One ``RedisWatchList.run``: a claimer, pollers, a settler and a lease renewer."""
 
-    def __init__(self, watch: RedisWatchList, client: AsyncCambClient, *,
-                 policy: PollPolicy | Mapping[TaskKind | str, PollPolicy] | None,
-                 concurrency: int | None, until_empty: bool) -> None:
+    def __init__(
+        self,
+        watch: RedisWatchList,
+        client: AsyncCambClient,
+        *,
+        policy: PollPolicy | Mapping[TaskKind | str, PollPolicy] | None,
+        concurrency: int | None,
+        until_empty: bool,
+    ) -> None:
         self.watch = watch
         self.client = client
         policies = dict(DEFAULT_POLICIES)
@@ -52,8 +56,11 @@ class _Worker:
         # Bound to the client: an adaptive policy then schedules by the client's
         # CompletionStats (e.g. warm-started from a saved snapshot) or its fallback.
         self.policies = {kind: p._bind(client, kind) for kind, p in policies.items()}
-        n = concurrency if concurrency is not None else getattr(client.budget,
-                                                                "max_concurrency", 16)
+        n = (
+            concurrency
+            if concurrency is not None
+            else getattr(client.budget, "max_concurrency", 16)
+        )
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError("concurrency must be an integer >= 1")
         self.n = n
@@ -85,8 +92,7 @@ class _Worker:
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(
-                    2 * self.watch.redis_timeout):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * self.watch.redis_timeout):
                 await self._hand_over()
 
     async def _hand_over(self) -> None:
@@ -116,8 +122,9 @@ class _Worker:
             for i in range(0, len(rows), 3):
                 member, added, polls = _text(rows[i]), float(_text(rows[i + 1])), _text(rows[i + 2])
                 p, _, e = polls.partition(":")
-                task = _Claimed(member, max(0.0, now_redis - added), local, int(p or 0),
-                                int(e or 0))
+                task = _Claimed(
+                    member, max(0.0, now_redis - added), local, int(p or 0), int(e or 0)
+                )
                 self.held[member] = task
                 self.queue.append(task)
             if rows:
@@ -125,8 +132,13 @@ class _Worker:
                 self.work_wake = anyio.Event()
             if len(rows) // 3 >= want:
                 continue  # more may be due
-            if (self.until_empty and int(tracked) == 0 and not self.queue
-                    and self.in_flight == 0 and not self.held):
+            if (
+                self.until_empty
+                and int(tracked) == 0
+                and not self.queue
+                and self.in_flight == 0
+                and not self.held
+            ):
                 self.finished = True
                 self.group.cancel_scope.cancel()
                 return
@@ -148,15 +160,15 @@ class _Worker:
             self.in_flight += 1
             try:
                 await budget.acquire()
-                if (task.member in self.lost
-                        or anyio.current_time() - task.at > ttl - self.margin):
+                if task.member in self.lost or anyio.current_time() - task.at > ttl - self.margin:
                     # The lease may be gone: leave the task to whoever holds it now.
                     budget.release()
                     self._drop(task)
                     continue
                 try:
-                    result = await resources[task.kind]._fetch_status(task.task_id,
-                                                                      preacquired=True)
+                    result = await resources[task.kind]._fetch_status(
+                        task.task_id, preacquired=True
+                    )
                 except CambError as exc:
                     if isinstance(exc, (AuthenticationError, ClientClosedError)):
                         raise
@@ -191,7 +203,8 @@ class _Worker:
         if is_transient(exc) and task.errors < policy.max_errors:
             task.errors += 1
             self.reschedule.append(
-                (task, policy.next_interval(task.polls + task.errors, self._age(task))))
+                (task, policy.next_interval(task.polls + task.errors, self._age(task)))
+            )
         else:
             error = f"{type(exc).__name__}: {exc}"[:500]
             self.done.append((task, "", error))
@@ -208,8 +221,12 @@ class _Worker:
     async def _settle_once(self, *, wait: bool = False) -> None:
         resched, self.reschedule = self.reschedule[:500], self.reschedule[500:]
         done, self.done = self.done[:500], self.done[500:]
-        args: list[str | float | int] = ["settle", self.token, self.watch.max_events or 0,
-                                         len(resched)]
+        args: list[str | float | int] = [
+            "settle",
+            self.token,
+            self.watch.max_events or 0,
+            len(resched),
+        ]
         for task, delay in resched:
             args += [task.member, round(delay, 4), f"{task.polls}:{task.errors}"]
         args.append(len(done))
@@ -236,8 +253,11 @@ class _Worker:
         watch = self.watch
         while True:
             await anyio.sleep(watch.lease_ttl / 3)
-            members = [m for m, task in self.held.items()
-                       if anyio.current_time() - task.at < watch.lease_ttl]
+            members = [
+                m
+                for m, task in self.held.items()
+                if anyio.current_time() - task.at < watch.lease_ttl
+            ]
             if not members:
                 continue
             started = anyio.current_time()
@@ -258,5 +278,3 @@ class _Worker:
                     self.lost.add(m)
                 else:
                     task.at = started
-
-

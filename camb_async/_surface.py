@@ -46,8 +46,9 @@ class _ClientSurface:
     def resource(self, kind: Literal[TaskKind.TRANSLATION, "translate"]) -> TranslationResource: ...
 
     @overload
-    def resource(self, kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"]
-                 ) -> TranscriptionResource: ...
+    def resource(
+        self, kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"]
+    ) -> TranscriptionResource: ...
 
     @overload
     def resource(self, kind: TaskKind | str) -> TaskResource[Any]: ...
@@ -68,27 +69,49 @@ class _ClientSurface:
             ) from None
 
     @overload
-    def task(self, kind: Literal[TaskKind.DUB, "dub"], task_id: str, *,
-             hint: DurationHint | float | None = None) -> TaskHandle[DubbingOutcome]: ...
+    def task(
+        self,
+        kind: Literal[TaskKind.DUB, "dub"],
+        task_id: str,
+        *,
+        hint: DurationHint | float | None = None,
+    ) -> TaskHandle[DubbingOutcome]: ...
 
     @overload
-    def task(self, kind: Literal[TaskKind.TTS, "tts"], task_id: str, *,
-             hint: DurationHint | float | None = None) -> TaskHandle[TTSResult]: ...
+    def task(
+        self,
+        kind: Literal[TaskKind.TTS, "tts"],
+        task_id: str,
+        *,
+        hint: DurationHint | float | None = None,
+    ) -> TaskHandle[TTSResult]: ...
 
     @overload
-    def task(self, kind: Literal[TaskKind.TRANSLATION, "translate"], task_id: str, *,
-             hint: DurationHint | float | None = None) -> TaskHandle[TranslationResult]: ...
+    def task(
+        self,
+        kind: Literal[TaskKind.TRANSLATION, "translate"],
+        task_id: str,
+        *,
+        hint: DurationHint | float | None = None,
+    ) -> TaskHandle[TranslationResult]: ...
 
     @overload
-    def task(self, kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"], task_id: str, *,
-             hint: DurationHint | float | None = None) -> TaskHandle[TranscriptionResult]: ...
+    def task(
+        self,
+        kind: Literal[TaskKind.TRANSCRIPTION, "transcribe"],
+        task_id: str,
+        *,
+        hint: DurationHint | float | None = None,
+    ) -> TaskHandle[TranscriptionResult]: ...
 
     @overload
-    def task(self, kind: TaskKind | str, task_id: str, *,
-             hint: DurationHint | float | None = None) -> TaskHandle[Any]: ...
+    def task(
+        self, kind: TaskKind | str, task_id: str, *, hint: DurationHint | float | None = None
+    ) -> TaskHandle[Any]: ...
 
-    def task(self, kind: TaskKind | str, task_id: str, *,
-             hint: DurationHint | float | None = None) -> TaskHandle[Any]:
+    def task(
+        self, kind: TaskKind | str, task_id: str, *, hint: DurationHint | float | None = None
+    ) -> TaskHandle[Any]:
         """A handle on an existing task of any kind; makes no request.
 
         Typed per kind when ``kind`` is a literal: ``client.task("tts", id)`` is a

@@ -14,7 +14,8 @@ __all__ = ["EXCEPTION_GROUP", "create_task_group", "lone_exception"]
 #: BaseExceptionGroup (built in from Python 3.11; anyio's ``exceptiongroup`` backport before).
 EXCEPTION_GROUP: type[BaseException] = (
     getattr(builtins, "BaseExceptionGroup", None)
-    or importlib.import_module("exceptiongroup").BaseExceptionGroup)
+    or importlib.import_module("exceptiongroup").BaseExceptionGroup
+)
 
 
 def lone_exception(group: BaseException) -> BaseException | None:
@@ -44,8 +45,12 @@ class _UnwrappingTaskGroup:
     async def __aenter__(self) -> anyio.abc.TaskGroup:
         return await self._group.__aenter__()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
         try:
             return await self._group.__aexit__(exc_type, exc, tb)
         except EXCEPTION_GROUP as group:

@@ -70,14 +70,18 @@ class _ShardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, verify: bool, limits: httpx.Limits) -> None:
         keepalive = limits.max_keepalive_connections or 20
         shards = max(1, min(self.MAX_SHARDS, math.ceil(keepalive / self.PER_SHARD)))
-        per_shard = httpx.Limits(max_connections=limits.max_connections,
-                                 max_keepalive_connections=math.ceil(keepalive / shards),
-                                 keepalive_expiry=limits.keepalive_expiry)
+        per_shard = httpx.Limits(
+            max_connections=limits.max_connections,
+            max_keepalive_connections=math.ceil(keepalive / shards),
+            keepalive_expiry=limits.keepalive_expiry,
+        )
         # One TLS context for all shards: loading the CA bundle costs ~50 ms each time.
         # trust_env: SSL_CERT_FILE / SSL_CERT_DIR name the CA bundle, as httpx's default does.
         context = httpx.create_ssl_context(verify=verify, trust_env=True)
-        self._pools = [httpx.AsyncHTTPTransport(verify=context, limits=per_shard,
-                                                trust_env=False) for _ in range(shards)]
+        self._pools = [
+            httpx.AsyncHTTPTransport(verify=context, limits=per_shard, trust_env=False)
+            for _ in range(shards)
+        ]
         self._load = [0] * shards
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -143,8 +147,9 @@ def _aiohttp_error_mapping(aiohttp: Any) -> Callable[[Exception], httpx.Transpor
             return httpx.ConnectError(message)
         if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError)):
             return httpx.RemoteProtocolError(message)
-        if isinstance(cause, (aiohttp.ClientPayloadError, OSError,
-                              aiohttp.ClientConnectionResetError)):
+        if isinstance(
+            cause, (aiohttp.ClientPayloadError, OSError, aiohttp.ClientConnectionResetError)
+        ):
             return httpx.ReadError(message)  # reset or truncated mid-answer
         if isinstance(cause, aiohttp.InvalidURL):
             return httpx.UnsupportedProtocol(message)
@@ -222,7 +227,6 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
     return CambAiohttpTransport
 
 
-
 class _DirectSender:
     """The request path's send for a client that owns its ``httpx.AsyncClient``.
 
@@ -237,27 +241,38 @@ class _DirectSender:
 
     __slots__ = ("_http", "_transport", "_headers", "_stream_headers", "_timeout", "_max_bytes")
 
-    def __init__(self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport,
-                 headers: Mapping[str, str], timeout: float, max_bytes: int) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        headers: Mapping[str, str],
+        timeout: float,
+        max_bytes: int,
+    ) -> None:
         self._http = http
         self._max_bytes = max_bytes
         self._transport = transport
-        self._headers = httpx.Headers({
-            "accept-encoding": "gzip, deflate",
-            "connection": "keep-alive",
-            **headers,
-        }).raw
+        self._headers = httpx.Headers(
+            {"accept-encoding": "gzip, deflate", "connection": "keep-alive", **headers}
+        ).raw
         # A streamed body (audio) asks for no compression: FLAC/MP3 do not shrink further.
-        self._stream_headers = httpx.Headers({
-            **dict(httpx.Headers(self._headers).items()), "accept-encoding": "identity",
-        }).raw
+        self._stream_headers = httpx.Headers(
+            {**dict(httpx.Headers(self._headers).items()), "accept-encoding": "identity"}
+        ).raw
         self._timeout = httpx.Timeout(timeout).as_dict()
 
-    async def send(self, method: str, url: str, json_body: Any,
-                   params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
-                   files: Any, stream: bool = False,
-                   uploaded: Callable[..., None] | None = None,
-                   extra_headers: Mapping[str, str] | None = None) -> httpx.Response:
+    async def send(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        params: Mapping[str, str | int] | None,
+        data: Mapping[str, str] | None,
+        files: Any,
+        stream: bool = False,
+        uploaded: Callable[..., None] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         headers: Any = self._stream_headers if stream else self._headers
@@ -266,9 +281,16 @@ class _DirectSender:
             headers.update(extra_headers)
             if stream:  # never a compressed audio body, whatever the extra headers say
                 headers["accept-encoding"] = "identity"
-        request = httpx.Request(method, httpx.URL(url), params=params, headers=headers,
-                                json=json_body, data=data, files=files,
-                                extensions={"timeout": self._timeout})
+        request = httpx.Request(
+            method,
+            httpx.URL(url),
+            params=params,
+            headers=headers,
+            json=json_body,
+            data=data,
+            files=files,
+            extensions={"timeout": self._timeout},
+        )
         if uploaded is not None:
             request.stream = _UploadStream(request.stream, uploaded)  # type: ignore[arg-type]
         response = await self._transport.handle_async_request(request)
@@ -281,16 +303,27 @@ class _DirectSender:
             finally:
                 await response.aclose()
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
-            _httpx_logger.info('HTTP Request: %s %s "%s %d %s"', method, request.url,
-                               response.http_version, response.status_code,
-                               response.reason_phrase)
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
         return response
 
 
-def open_owned(*, transport: httpx.AsyncBaseTransport | None, proxy: httpx.Proxy | None,
-               verify: bool, timeout: float, headers: dict[str, str], max_response_bytes: int,
-               keepalive: int) -> tuple[httpx.AsyncBaseTransport | None, httpx.AsyncClient,
-                                        _DirectSender]:
+def open_owned(
+    *,
+    transport: httpx.AsyncBaseTransport | None,
+    proxy: httpx.Proxy | None,
+    verify: bool,
+    timeout: float,
+    headers: dict[str, str],
+    max_response_bytes: int,
+    keepalive: int,
+) -> tuple[httpx.AsyncBaseTransport | None, httpx.AsyncClient, _DirectSender]:
     """The HTTP client of a client that owns it, and its direct sender. Returns the
     transport to keep (a proxy's, made here, or the one given), the client, the sender."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=keepalive)
@@ -298,10 +331,15 @@ def open_owned(*, transport: httpx.AsyncBaseTransport | None, proxy: httpx.Proxy
         # httpx's own transport speaks to proxies (CONNECT for https) on every loop.
         transport = httpx.AsyncHTTPTransport(
             verify=httpx.create_ssl_context(verify=verify, trust_env=True),
-            limits=limits, proxy=proxy, trust_env=False)
-    chosen = (transport
-              or _default_transport(verify=verify, limits=limits)
-              or httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=True))
+            limits=limits,
+            proxy=proxy,
+            trust_env=False,
+        )
+    chosen = (
+        transport
+        or _default_transport(verify=verify, limits=limits)
+        or httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=True)
+    )
     # Our headers (the key among them) live only in the direct sender, which sends
     # every request of an owned client; this AsyncClient just owns the transport.
     http = httpx.AsyncClient(

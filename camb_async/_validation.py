@@ -102,6 +102,7 @@ def check_task_id(task_id: object) -> str:
 def check_chunk_size(chunk_size: object) -> int:
     """Return ``chunk_size`` if it is an ``int`` from 1 to ``MAX_CHUNK_SIZE``, else raise."""
     if not is_int(chunk_size) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, "
-                         f"got {chunk_size!r}")
+        raise ValueError(
+            f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, got {chunk_size!r}"
+        )
     return chunk_size

@@ -40,14 +40,17 @@ def options_table(command: str) -> str:
             name = ", ".join(f"`{s}`" for s in action.option_strings)
             if action.nargs != 0:
                 metavar = action.metavar or (
-                    "{" + ",".join(action.choices) + "}" if action.choices else
-                    action.dest.upper())
+                    "{" + ",".join(action.choices) + "}" if action.choices else action.dest.upper()
+                )
                 name += f" `{metavar}`"
         else:
             metavar = action.metavar or action.dest
             name = f"`{metavar}`" + (" ..." if action.nargs in ("*", "+") else "")
-        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or (
-                not action.option_strings):
+        if (
+            action.nargs == 0
+            or action.default in (None, argparse.SUPPRESS)
+            or (not action.option_strings)
+        ):
             default = ""
         else:
             default = f"`{action.default}`"

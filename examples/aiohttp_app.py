@@ -52,14 +52,20 @@ def _kind(value: object) -> TaskKind:
         raise web.HTTPBadRequest(text=f"unknown task kind {value!r}") from None
 
 
-def create_app(*, api_key: str | None = None, base_url: str | None = None,
-               rate_limit: float = 20.0, policy: PollPolicy | None = None,
-               max_wait: float = 60.0) -> web.Application:
+def create_app(
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    rate_limit: float = 20.0,
+    policy: PollPolicy | None = None,
+    max_wait: float = 60.0,
+) -> web.Application:
     """Build the app. ``api_key``/``base_url`` default to CAMB_API_KEY / CAMB_BASE_URL."""
 
     async def camb_client(app: web.Application) -> AsyncIterator[None]:
-        async with AsyncCambClient(api_key=api_key, base_url=base_url,
-                                   rate_limit=rate_limit) as client:
+        async with AsyncCambClient(
+            api_key=api_key, base_url=base_url, rate_limit=rate_limit
+        ) as client:
             app[CLIENT] = client
             yield
 
@@ -76,8 +82,11 @@ def create_app(*, api_key: str | None = None, base_url: str | None = None,
         try:
             result = await handle.wait(timeout=min(timeout, max_wait), policy=policy)
         except WaitTimeoutError as exc:
-            body = (status_json(exc.last) if exc.last is not None else
-                    {"kind": kind.value, "task_id": task_id, "done": False})
+            body = (
+                status_json(exc.last)
+                if exc.last is not None
+                else {"kind": kind.value, "task_id": task_id, "done": False}
+            )
             return web.json_response(body, status=202)
         except NotFoundError:
             raise web.HTTPNotFound(text=f"no {kind.value} task {task_id!r}") from None
@@ -94,19 +103,26 @@ def create_app(*, api_key: str | None = None, base_url: str | None = None,
             task_ids = body["task_ids"]
         except (ValueError, KeyError, TypeError):
             raise web.HTTPBadRequest(text='expected {"kind": ..., "task_ids": [...]}') from None
-        if (not isinstance(task_ids, list) or not 0 < len(task_ids) <= MAX_BULK
-                or not all(isinstance(t, str) for t in task_ids)):
+        if (
+            not isinstance(task_ids, list)
+            or not 0 < len(task_ids) <= MAX_BULK
+            or not all(isinstance(t, str) for t in task_ids)
+        ):
             raise web.HTTPBadRequest(text=f"task_ids must be 1 to {MAX_BULK} strings")
         try:
-            results = await gather_statuses(request.app[CLIENT], task_ids, kind=kind,
-                                            wait=False, return_exceptions=True)
+            results = await gather_statuses(
+                request.app[CLIENT], task_ids, kind=kind, wait=False, return_exceptions=True
+            )
         except AuthenticationError:
             raise web.HTTPBadGateway(text="the service's CAMB.AI API key was rejected") from None
         except ValueError as exc:  # an id the client refuses to put in a URL
             raise web.HTTPBadRequest(text=str(exc)) from None
-        out = [status_json(item) if isinstance(item, StatusResult) else
-               {"kind": kind.value, "task_id": task_id, "error": type(item).__name__}
-               for task_id, item in zip(task_ids, results, strict=True)]
+        out = [
+            status_json(item)
+            if isinstance(item, StatusResult)
+            else {"kind": kind.value, "task_id": task_id, "error": type(item).__name__}
+            for task_id, item in zip(task_ids, results, strict=True)
+        ]
         return web.json_response({"results": out})
 
     app = web.Application()

@@ -60,15 +60,21 @@ class BulkStatusRequest(BaseModel):
     task_ids: list[str] = Field(min_length=1, max_length=1000)
 
 
-def create_app(*, api_key: str | None = None, base_url: str | None = None,
-               rate_limit: float = 20.0, policy: PollPolicy | None = None,
-               max_wait: float = 60.0) -> FastAPI:
+def create_app(
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    rate_limit: float = 20.0,
+    policy: PollPolicy | None = None,
+    max_wait: float = 60.0,
+) -> FastAPI:
     """Build the app. ``api_key``/``base_url`` default to CAMB_API_KEY / CAMB_BASE_URL."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncCambClient(api_key=api_key, base_url=base_url,
-                                   rate_limit=rate_limit) as client:
+        async with AsyncCambClient(
+            api_key=api_key, base_url=base_url, rate_limit=rate_limit
+        ) as client:
             app.state.camb = client
             yield
 
@@ -79,15 +85,19 @@ def create_app(*, api_key: str | None = None, base_url: str | None = None,
         return client
 
     @app.get("/tasks/{kind}/{task_id}")
-    async def wait_for_task(kind: TaskKind, task_id: str, request: Request,
-                            timeout: float = Query(10.0, gt=0)) -> JSONResponse:
+    async def wait_for_task(
+        kind: TaskKind, task_id: str, request: Request, timeout: float = Query(10.0, gt=0)
+    ) -> JSONResponse:
         """Wait up to ``timeout`` seconds (capped at ``max_wait``) for the task to end."""
         handle = client_of(request).task(kind, task_id)
         try:
             result = await handle.wait(timeout=min(timeout, max_wait), policy=policy)
         except WaitTimeoutError as exc:
-            body: dict[str, Any] = (status_json(exc.last) if exc.last is not None else
-                                    {"kind": kind.value, "task_id": task_id, "done": False})
+            body: dict[str, Any] = (
+                status_json(exc.last)
+                if exc.last is not None
+                else {"kind": kind.value, "task_id": task_id, "done": False}
+            )
             return JSONResponse(body, status_code=202)
         except NotFoundError:
             raise HTTPException(404, f"no {kind.value} task {task_id!r}") from None
@@ -101,8 +111,13 @@ def create_app(*, api_key: str | None = None, base_url: str | None = None,
     async def bulk_status(body: BulkStatusRequest, request: Request) -> dict[str, Any]:
         """One status check per task, all under the shared budget; errors reported in place."""
         try:
-            results = await gather_statuses(client_of(request), body.task_ids, kind=body.kind,
-                                            wait=False, return_exceptions=True)
+            results = await gather_statuses(
+                client_of(request),
+                body.task_ids,
+                kind=body.kind,
+                wait=False,
+                return_exceptions=True,
+            )
         except AuthenticationError:
             raise HTTPException(502, "the service's CAMB.AI API key was rejected") from None
         except ValueError as exc:  # an id the client refuses to put in a URL
@@ -112,8 +127,9 @@ def create_app(*, api_key: str | None = None, base_url: str | None = None,
             if isinstance(item, StatusResult):
                 out.append(status_json(item))
             else:
-                out.append({"kind": body.kind.value, "task_id": task_id,
-                            "error": type(item).__name__})
+                out.append(
+                    {"kind": body.kind.value, "task_id": task_id, "error": type(item).__name__}
+                )
         return {"results": out}
 
     return app

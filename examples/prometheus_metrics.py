@@ -73,8 +73,9 @@ class PrometheusMetrics:
                 break
         total[0] += duration
 
-    def _retry(self, method: str, path: str, attempt: int, delay: float,
-               error: BaseException) -> None:
+    def _retry(
+        self, method: str, path: str, attempt: int, delay: float, error: BaseException
+    ) -> None:
         self.retries[(RequestHooks.route_of(path), type(error).__name__)] += 1
 
     def _throttle(self, method: str, path: str, retry_after: float | None) -> None:
@@ -86,8 +87,9 @@ class PrometheusMetrics:
         """The metrics in Prometheus text exposition format (version 0.0.4)."""
         out = ["# TYPE camb_requests_total counter"]
         for (method, route, status), n in sorted(self.requests.items()):
-            out.append(f'camb_requests_total{{method="{method}",route="{route}",'
-                       f'status="{status}"}} {n}')
+            out.append(
+                f'camb_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}'
+            )
         out.append("# TYPE camb_requests_in_flight gauge")
         out.append(f"camb_requests_in_flight {self.in_flight}")
         out.append("# TYPE camb_request_duration_seconds histogram")
@@ -96,8 +98,10 @@ class PrometheusMetrics:
             for bound, n in zip(self.buckets, counts, strict=True):
                 cumulative += n
                 le = "+Inf" if math.isinf(bound) else repr(bound)
-                out.append(f'camb_request_duration_seconds_bucket{{route="{route}",le="{le}"}} '
-                           f"{cumulative}")
+                out.append(
+                    f'camb_request_duration_seconds_bucket{{route="{route}",le="{le}"}} '
+                    f"{cumulative}"
+                )
             out.append(f'camb_request_duration_seconds_sum{{route="{route}"}} {total[0]:.6f}')
             out.append(f'camb_request_duration_seconds_count{{route="{route}"}} {cumulative}')
         out.append("# TYPE camb_retries_total counter")
@@ -116,8 +120,9 @@ async def _main() -> None:
     ids = [api.add_task("tts", after=0.5 + i / 50) for i in range(50)]
     metrics = PrometheusMetrics()
     with serve_in_thread(api) as url:
-        async with AsyncCambClient(api_key="demo-key", base_url=url,
-                                   hooks=metrics.hooks()) as client:
+        async with AsyncCambClient(
+            api_key="demo-key", base_url=url, hooks=metrics.hooks()
+        ) as client:
             await gather_statuses(client, ids, kind="tts")
     print(metrics.render(), end="")
 

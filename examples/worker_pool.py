@@ -83,8 +83,13 @@ async def _main() -> None:
         print(f"{job[0]:<10} {job[1]:<16} {status}")
 
     async with (
-        AsyncCambClient(api_key="demo-key", base_url="http://fake", allow_insecure=True,
-                        rate_limit=20, transport=httpx.ASGITransport(app=api)) as client,
+        AsyncCambClient(
+            api_key="demo-key",
+            base_url="http://fake",
+            allow_insecure=True,
+            rate_limit=20,
+            transport=httpx.ASGITransport(app=api),
+        ) as client,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(producer)

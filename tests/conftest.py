@@ -38,12 +38,7 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param("trio", id="trio"),
-    ]
-)
+@pytest.fixture(params=[pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")])
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """Every async test runs on asyncio and on trio, both on virtual time.
 
@@ -96,5 +91,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if snippets is not None:
         executed = len(snippets.EXECUTED)
         terminalreporter.write_line(
-            f"doc snippets: {executed} of {len(snippets.SNIPPETS)} executed "
-            f"(README.md and docs/)")
+            f"doc snippets: {executed} of {len(snippets.SNIPPETS)} executed (README.md and docs/)"
+        )

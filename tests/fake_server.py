@@ -36,17 +36,31 @@ CAMB_ASYNC = Path(sys.executable).parent / "camb-async"
 class FakeServer:
     """``with FakeServer(tasks=[...]) as url:`` — FakeCambAPI on uvicorn in a child process."""
 
-    def __init__(self, tasks: Sequence[dict[str, Any]] = (), *, api_key: str = "bench-key",
-                 rate_limit: float | None = None, fault_rate: float = 0.0, seed: int = 0,
-                 audio: Sequence[dict[str, Any]] = (), directory: Path | None = None,
-                 argv: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[dict[str, Any]] = (),
+        *,
+        api_key: str = "bench-key",
+        rate_limit: float | None = None,
+        fault_rate: float = 0.0,
+        seed: int = 0,
+        audio: Sequence[dict[str, Any]] = (),
+        directory: Path | None = None,
+        argv: Sequence[str] | None = None,
+    ) -> None:
         self._own_dir = directory is None
         self.dir = Path(tempfile.mkdtemp(prefix="camb-fake-")) if directory is None else directory
         self.log_file = self.dir / "server.log"
         self.ids_file = self.dir / "ids.txt"
         if argv is None:
-            spec = {"tasks": list(tasks), "api_key": api_key, "rate_limit": rate_limit,
-                    "fault_rate": fault_rate, "seed": seed, "audio": list(audio)}
+            spec = {
+                "tasks": list(tasks),
+                "api_key": api_key,
+                "rate_limit": rate_limit,
+                "fault_rate": fault_rate,
+                "seed": seed,
+                "audio": list(audio),
+            }
             spec_path = self.dir / "spec.json"
             spec_path.write_text(json.dumps(spec))
             argv = [sys.executable, __file__, str(spec_path)]
@@ -58,17 +72,33 @@ class FakeServer:
     @classmethod
     def cli(cls, directory: Path, api_key: str, *args: str) -> FakeServer:
         """``camb-async fake-server --port 0 --ids-file DIR/ids.txt ARGS``, started."""
-        server = cls(directory=directory, argv=[
-            str(CAMB_ASYNC), "fake-server", "--port", "0", "--api-key", api_key,
-            "--ids-file", str(directory / "ids.txt"), *args])
+        server = cls(
+            directory=directory,
+            argv=[
+                str(CAMB_ASYNC),
+                "fake-server",
+                "--port",
+                "0",
+                "--api-key",
+                api_key,
+                "--ids-file",
+                str(directory / "ids.txt"),
+                *args,
+            ],
+        )
         server.start()
         return server
 
     def start(self, timeout: float = 30.0) -> str:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CAMB_")}
         with self.log_file.open("w") as err:
-            self._proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err,
-                                          stdin=subprocess.DEVNULL, env=environ)
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=environ,
+            )
         deadline = time.monotonic() + timeout
         while not (match := re.search(r"listening on (http://\S+)", self.log_file.read_text())):
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -111,8 +141,13 @@ def _serve(spec_path: str) -> None:  # the child of FakeServer(tasks=...)
     from camb_async.testing import FakeCambAPI
 
     spec = json.loads(Path(spec_path).read_text())
-    api = FakeCambAPI(api_key=spec["api_key"], rate_limit=spec["rate_limit"],
-                      fault_rate=spec["fault_rate"], seed=spec["seed"], clock=time.monotonic)
+    api = FakeCambAPI(
+        api_key=spec["api_key"],
+        rate_limit=spec["rate_limit"],
+        fault_rate=spec["fault_rate"],
+        seed=spec["seed"],
+        clock=time.monotonic,
+    )
     for task in spec["tasks"]:
         api.add_task(**task)
     for audio in spec["audio"]:
@@ -121,8 +156,13 @@ def _serve(spec_path: str) -> None:  # the child of FakeServer(tasks=...)
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/_bench/log":
             body = json.dumps([(r.time, r.status, r.path, r.fault) for r in api.log]).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await api(scope, receive, send)

@@ -56,12 +56,8 @@ from ._common import (
     _report,
     logger,
 )
-from ._common import (
-    RequestMeter as RequestMeter,
-)
-from ._common import (
-    _client as _client,
-)
+from ._common import RequestMeter as RequestMeter
+from ._common import _client as _client
 from ._demo import _cmd_demo
 from ._fake_server import _cmd_fake_server
 from ._fake_server import _listen_socket as _listen_socket
@@ -97,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     # Before parsing succeeds, --json is known only from the raw arguments.
-    as_json = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+    as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     command = "camb-async"
     try:
         parser = _parser()
@@ -106,33 +102,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         as_json = bool(getattr(args, "json", False))
         return _run(args)
     except UsageError as exc:
-        return _report(EXIT_USAGE, "UsageError", str(exc) if as_json else f"error: {exc}",
-                       as_json=as_json, command=exc.prog or command)
+        return _report(
+            EXIT_USAGE,
+            "UsageError",
+            str(exc) if as_json else f"error: {exc}",
+            as_json=as_json,
+            command=exc.prog or command,
+        )
     except MissingKeyError as exc:
-        return _report(EXIT_AUTH, "MissingKeyError", str(exc), as_json=as_json,
-                       command=command)
+        return _report(EXIT_AUTH, "MissingKeyError", str(exc), as_json=as_json, command=command)
     except SystemExit:
         raise  # --help, --version
     except BaseException as exc:
         if _interrupted(exc):
-            return _report(EXIT_INTERRUPTED, "KeyboardInterrupt", "interrupted",
-                           as_json=as_json, command=command)
+            return _report(
+                EXIT_INTERRUPTED,
+                "KeyboardInterrupt",
+                "interrupted",
+                as_json=as_json,
+                command=command,
+            )
         leaf = _only(exc)
         if isinstance(leaf, CambError):  # not mapped by the command: no traceback needed
-            return _report(EXIT_ERRORS, type(leaf).__name__,
-                           f"{type(leaf).__name__}: {leaf}", as_json=as_json, command=command)
+            return _report(
+                EXIT_ERRORS,
+                type(leaf).__name__,
+                f"{type(leaf).__name__}: {leaf}",
+                as_json=as_json,
+                command=command,
+            )
         if not isinstance(exc, Exception) and leaf is exc:
             raise  # GeneratorExit and the like are not ours to report
         traceback.print_exception(type(exc), exc, exc.__traceback__)
-        return _report(EXIT_INTERNAL, "InternalError",
-                       f"internal error (a bug in camb-async {__version__}; please report it "
-                       f"with the traceback above): {type(leaf).__name__}: {leaf}",
-                       as_json=as_json, command=command)
+        return _report(
+            EXIT_INTERNAL,
+            "InternalError",
+            f"internal error (a bug in camb-async {__version__}; please report it "
+            f"with the traceback above): {type(leaf).__name__}: {leaf}",
+            as_json=as_json,
+            command=command,
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         import rich  # noqa: F401
+
         if args.command in ("demo", "fake-server"):
             import uvicorn  # noqa: F401
         if getattr(args, "backend", None) == "trio":
@@ -141,7 +156,8 @@ def _run(args: argparse.Namespace) -> int:
             import coredis  # noqa: F401
     except ImportError as exc:
         extra = {"trio": "trio", "coredis": "'camb-async[redis]'"}.get(
-            exc.name or "", "'camb-async[cli]'")
+            exc.name or "", "'camb-async[cli]'"
+        )
         raise UsageError(f"needs {exc.name}: pip install {extra}") from None
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)

@@ -34,8 +34,7 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)
 EXIT_CODES: dict[int, str] = {
     EXIT_AUTH: "authentication failed (401/403), or no API key",
     EXIT_FAILED: "watch: a task ended ERROR, TIMEOUT or PAYMENT_REQUIRED",
-    EXIT_ERRORS: "a task could not be checked (unknown id, or failures that outlasted the "
-                 "retries)",
+    EXIT_ERRORS: "a task could not be checked (unknown id, or failures that outlasted the retries)",
     EXIT_TIMEOUT: "watch --timeout: the deadline passed with tasks unfinished",
     EXIT_OK: "watch: every task succeeded; status: every task was checked",
     EXIT_USAGE: "bad command line or ids file",
@@ -88,8 +87,12 @@ class RequestMeter:
 
     def hooks(self) -> RequestHooks:
         """The ``RequestHooks`` that feed this meter."""
-        return RequestHooks(on_request_start=self._start, on_request_end=self._end,
-                            on_retry=self._retry, on_throttle=self._throttle)
+        return RequestHooks(
+            on_request_start=self._start,
+            on_request_end=self._end,
+            on_retry=self._retry,
+            on_throttle=self._throttle,
+        )
 
     def _start(self, method: str, path: str) -> None:
         self.requests += 1
@@ -99,8 +102,9 @@ class RequestMeter:
         if status is None or status == 429 or status >= 500:
             self.failures += 1
 
-    def _retry(self, method: str, path: str, attempt: int, delay: float,
-               error: BaseException) -> None:
+    def _retry(
+        self, method: str, path: str, attempt: int, delay: float, error: BaseException
+    ) -> None:
         self.retries += 1
 
     def _throttle(self, method: str, path: str, retry_after: float | None) -> None:
@@ -115,8 +119,9 @@ class RequestMeter:
         return len(recent)
 
 
-def _result_json(item: StatusResult | BaseException, kind: TaskKind | None = None,
-                 task_id: str | None = None) -> dict[str, Any]:
+def _result_json(
+    item: StatusResult | BaseException, kind: TaskKind | None = None, task_id: str | None = None
+) -> dict[str, Any]:
     if isinstance(item, StatusResult):
         out: dict[str, Any] = converter.unstructure(item)
         out["kind"] = item.kind.value
@@ -148,9 +153,11 @@ def _read_ids(path: str, kind: TaskKind | None) -> list[tuple[TaskKind, str]]:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1 if isinstance(data, bytes) else "?"
-        raise UsageError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
-                         f"at offset {exc.start})") from None
+        line = data[: exc.start].count(b"\n") + 1 if isinstance(data, bytes) else "?"
+        raise UsageError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+            f"at offset {exc.start})"
+        ) from None
     out: list[tuple[TaskKind, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
@@ -162,8 +169,9 @@ def _read_ids(path: str, kind: TaskKind | None) -> list[tuple[TaskKind, str]]:
         elif len(fields) == 1 and kind is not None:
             out.append((kind, _check_id(fields[0], where)))
         else:
-            raise UsageError(f"{where}: expected 'KIND ID' or 'ID' (with a KIND "
-                             f"argument), got {line.strip()!r}")
+            raise UsageError(
+                f"{where}: expected 'KIND ID' or 'ID' (with a KIND argument), got {line.strip()!r}"
+            )
     return out
 
 
@@ -189,8 +197,9 @@ def _kind(word: str, where: str | None = None) -> TaskKind:
         return TaskKind(word)
     except ValueError:
         prefix = f"{where}: " if where else ""
-        raise UsageError(f"{prefix}unknown task kind {word[:60]!r}; expected one of "
-                         f"{', '.join(KINDS)}") from None
+        raise UsageError(
+            f"{prefix}unknown task kind {word[:60]!r}; expected one of {', '.join(KINDS)}"
+        ) from None
 
 
 def _targets(args: argparse.Namespace) -> list[tuple[TaskKind, str]]:
@@ -210,8 +219,7 @@ def _targets(args: argparse.Namespace) -> list[tuple[TaskKind, str]]:
     return targets
 
 
-def _client(args: argparse.Namespace, meter: RequestMeter, budget: Any = None
-            ) -> AsyncCambClient:
+def _client(args: argparse.Namespace, meter: RequestMeter, budget: Any = None) -> AsyncCambClient:
     if args.base_url is not None and not args.base_url.strip():
         raise UsageError("--base-url is empty")
     key = args.api_key if args.api_key is not None else os.environ.get("CAMB_API_KEY")
@@ -236,8 +244,9 @@ def _client(args: argparse.Namespace, meter: RequestMeter, budget: Any = None
         if "no API key" in message:
             raise MissingKeyError("no API key: set CAMB_API_KEY or pass --api-key") from None
         # The library speaks to callers in keyword arguments; here the switch is a flag.
-        raise UsageError(message.replace("pass allow_insecure=True",
-                                         "pass --allow-insecure")) from None
+        raise UsageError(
+            message.replace("pass allow_insecure=True", "pass --allow-insecure")
+        ) from None
 
 
 def _auth_in(exc: BaseException) -> AuthenticationError | None:
@@ -266,8 +275,9 @@ def _auth_failed(args: argparse.Namespace, exc: AuthenticationError) -> int:
     return _report(EXIT_AUTH, "AuthenticationError", message, as_json=args.json)
 
 
-def _report(code: int, error: str, detail: str, *, as_json: bool,
-            command: str = "camb-async") -> int:
+def _report(
+    code: int, error: str, detail: str, *, as_json: bool, command: str = "camb-async"
+) -> int:
     """Tell the user why the command stops: one line on stderr, or one JSON object on stdout.
 
     The object is ``{"error": NAME, "detail": MESSAGE, "exit_code": CODE}`` (documented in the

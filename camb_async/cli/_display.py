@@ -12,11 +12,7 @@ from typing import Any, TextIO
 import anyio
 
 from .._models import StatusResult, TaskKind
-from ._common import (
-    _STATUS_STYLES,
-    RequestMeter,
-    _console,
-)
+from ._common import _STATUS_STYLES, RequestMeter, _console
 
 # ----------------------------------------------------------------------------- progress
 
@@ -29,8 +25,7 @@ class Progress:
     started: float
     peak_rate: int
 
-    def __init__(self, total: int, budget: float | None, meter: RequestMeter,
-                 title: str) -> None:
+    def __init__(self, total: int, budget: float | None, meter: RequestMeter, title: str) -> None:
         self.total = total
         self.budget = budget
         self.meter = meter
@@ -87,8 +82,10 @@ class Progress:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))
         budget = "unlimited" if self.budget is None else f"{self.budget:g}"
         failed = f" ({self.meter.failures} failed)" if self.meter.failures else ""
-        return (f"[{self.elapsed():6.1f}s] {self.finished}/{self.total} done ({counts}) "
-                f"| {self.rate()} req/s of {budget} | {self.meter.requests} requests{failed}")
+        return (
+            f"[{self.elapsed():6.1f}s] {self.finished}/{self.total} done ({counts}) "
+            f"| {self.rate()} req/s of {budget} | {self.meter.requests} requests{failed}"
+        )
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -100,14 +97,19 @@ class Progress:
         grid.add_column(justify="right")
         grid.add_column()
         for status, n in sorted(self.counts().items()):
-            grid.add_row(Text(str(n), style="bold"),
-                         Text(status, style=_STATUS_STYLES.get(status, "dim")))
+            grid.add_row(
+                Text(str(n), style="bold"), Text(status, style=_STATUS_STYLES.get(status, "dim"))
+            )
         rate = self.rate()
         budget = "unlimited" if self.budget is None else f"{self.budget:g}"
-        done = Text.assemble((f"{self.finished}/{self.total} done", "bold"), "   elapsed ",
-                             (f"{self.elapsed():.1f}s", "bold"))
+        done = Text.assemble(
+            (f"{self.finished}/{self.total} done", "bold"),
+            "   elapsed ",
+            (f"{self.elapsed():.1f}s", "bold"),
+        )
         stats = Text.assemble(
-            (f"{rate} req/s", "bold cyan"), f" (budget {budget}, peak {self.peak_rate})   ",
+            (f"{rate} req/s", "bold cyan"),
+            f" (budget {budget}, peak {self.peak_rate})   ",
             f"{self.meter.requests} requests",
             (f" ({self.meter.failures} failed: see -v)" if self.meter.failures else "", "red"),
         )
@@ -115,8 +117,14 @@ class Progress:
         return Group(Text(self.title, style="bold"), bar, done, stats, grid)
 
 
-async def _run_with_display(progress: Progress, body: Callable[[], Any], *, live: bool,
-                            plain_every: float | None, out: TextIO) -> Any:
+async def _run_with_display(
+    progress: Progress,
+    body: Callable[[], Any],
+    *,
+    live: bool,
+    plain_every: float | None,
+    out: TextIO,
+) -> Any:
     """Run ``body()`` while refreshing the display from the event loop (no extra thread).
 
     ``body``'s own exception is re-raised as is, not inside an exception group.
@@ -171,5 +179,7 @@ def _plain_line(item: StatusResult | BaseException) -> str:
             extra += f" reason={item.exception_reason!r}"
         return f"{item.raw_status:<16} {item.kind.value:<10} {item.task_id}{extra}"
     kind = getattr(item, "kind", None)
-    return (f"{'CHECK FAILED':<16} {kind.value if kind else '?':<10} "
-            f"{getattr(item, 'task_id', '?')} {type(item).__name__}: {item}")
+    return (
+        f"{'CHECK FAILED':<16} {kind.value if kind else '?':<10} "
+        f"{getattr(item, 'task_id', '?')} {type(item).__name__}: {item}"
+    )

@@ -12,15 +12,8 @@ import time
 from pathlib import Path
 
 from .._models import TaskKind, TaskStatus
-from ._common import (
-    EXIT_OK,
-    KINDS,
-    UsageError,
-    _kind,
-)
-from ._scenario import (
-    _ERROR_REASONS,
-)
+from ._common import EXIT_OK, KINDS, UsageError, _kind
+from ._scenario import _ERROR_REASONS
 
 # ----------------------------------------------------------------------------- fake-server
 
@@ -56,11 +49,19 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
 
     if args.min_duration > args.max_duration:
         raise UsageError("--min-duration must not exceed --max-duration")
-    key_source = "--api-key" if args.api_key else ("CAMB_API_KEY" if os.environ.get(
-        "CAMB_API_KEY") else None)
+    key_source = (
+        "--api-key"
+        if args.api_key
+        else ("CAMB_API_KEY" if os.environ.get("CAMB_API_KEY") else None)
+    )
     key = args.api_key or os.environ.get("CAMB_API_KEY") or "fake-key"
-    api = FakeCambAPI(api_key=key, clock=time.monotonic, fault_rate=args.fault_rate,
-                      rate_limit=args.rate_limit, seed=args.seed)
+    api = FakeCambAPI(
+        api_key=key,
+        clock=time.monotonic,
+        fault_rate=args.fault_rate,
+        rate_limit=args.rate_limit,
+        seed=args.seed,
+    )
     kinds = [_kind(k) for k in args.kinds.split(",")] if args.kinds else None
     rng = random.Random(args.seed)
     now = time.monotonic()
@@ -72,10 +73,20 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
         status = TaskStatus.SUCCESS
         reason = None
         if draw < args.error_rate:
-            status, reason = rng.choice([(TaskStatus.ERROR, rng.choice(_ERROR_REASONS)),
-                                         (TaskStatus.TIMEOUT, "processing took too long")])
-        task_id = api.add_task(kind, f"{kind.value}-{i + 1:05d}", status=status, after=after,
-                               exception_reason=reason, created_at=now)
+            status, reason = rng.choice(
+                [
+                    (TaskStatus.ERROR, rng.choice(_ERROR_REASONS)),
+                    (TaskStatus.TIMEOUT, "processing took too long"),
+                ]
+            )
+        task_id = api.add_task(
+            kind,
+            f"{kind.value}-{i + 1:05d}",
+            status=status,
+            after=after,
+            exception_reason=reason,
+            created_at=now,
+        )
         lines.append(f"{kind.value} {task_id}\n")
 
     sock = _listen_socket(args.host, args.port)
@@ -95,10 +106,19 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
     err.write(f"camb-async fake-server listening on {url}\n")
     if args.tasks:
         where = args.ids_file or "stdout"
-        err.write(f"  {args.tasks} scripted tasks ({args.min_duration:g}-{args.max_duration:g}"
-                  f" s) written to {where} as 'KIND ID' lines\n")
-    err.write("  api key: " + (f"from {key_source}" if key_source else
-                               "'fake-key' (set CAMB_API_KEY or --api-key to choose)") + "\n")
+        err.write(
+            f"  {args.tasks} scripted tasks ({args.min_duration:g}-{args.max_duration:g}"
+            f" s) written to {where} as 'KIND ID' lines\n"
+        )
+    err.write(
+        "  api key: "
+        + (
+            f"from {key_source}"
+            if key_source
+            else "'fake-key' (set CAMB_API_KEY or --api-key to choose)"
+        )
+        + "\n"
+    )
     err.write(f"  {_fake_server_hint(url, key, key_source, args.ids_file, args.tasks)}\n")
     err.flush()
     config = uvicorn.Config(api, log_level="warning", lifespan="off", access_log=False)
@@ -106,8 +126,9 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _fake_server_hint(url: str, key: str, key_source: str | None, ids_file: str | None,
-                      tasks: int) -> str:
+def _fake_server_hint(
+    url: str, key: str, key_source: str | None, ids_file: str | None, tasks: int
+) -> str:
     """A command that works when pasted into the shell that started the fake server.
 
     The key is spelled out when it is the fake's default or was typed on the command line;

@@ -12,14 +12,7 @@ from typing import Any
 import anyio
 
 from .._errors import AuthenticationError
-from ._common import (
-    EXIT_OK,
-    RequestMeter,
-    UsageError,
-    _auth_failed,
-    _client,
-    _print_json,
-)
+from ._common import EXIT_OK, RequestMeter, UsageError, _auth_failed, _client, _print_json
 
 # ----------------------------------------------------------------------------- fleet (Redis)
 
@@ -51,7 +44,8 @@ async def _cmd_watch_list(args: argparse.Namespace) -> int:
                 sys.stdout.write(
                     f"{args.name}: {stats.tracked} tracked, {stats.due} due (oldest waiting "
                     f"{stats.oldest_due_age:.1f}s), {stats.leased} leased, "
-                    f"{stats.completed} completed, {stats.events} events\n")
+                    f"{stats.completed} completed, {stats.events} events\n"
+                )
                 sys.stdout.flush()
                 await anyio.sleep(1.0)
     return EXIT_OK
@@ -64,9 +58,12 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     watch = _watch_list(args, lease_ttl=args.lease_ttl)
     budget = None
     if args.rate_limit > 0:
-        budget = RedisRateBudget.from_url(args.redis, rate=args.rate_limit,
-                                          name=args.budget_name or args.name,
-                                          local_concurrency=args.max_concurrency)
+        budget = RedisRateBudget.from_url(
+            args.redis,
+            rate=args.rate_limit,
+            name=args.budget_name or args.name,
+            local_concurrency=args.max_concurrency,
+        )
     meter = RequestMeter()
     started = time.monotonic()
     async with watch, contextlib.AsyncExitStack() as stack:
@@ -77,9 +74,13 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
             await watch.run(client, until_empty=args.until_empty)
         except AuthenticationError as exc:
             return _auth_failed(args, exc)
-    summary = {"watch_list": args.name, "polls": watch.polls,
-               "events_written": watch.events_written, "requests": meter.requests,
-               "elapsed": round(time.monotonic() - started, 3)}
+    summary = {
+        "watch_list": args.name,
+        "polls": watch.polls,
+        "events_written": watch.events_written,
+        "requests": meter.requests,
+        "elapsed": round(time.monotonic() - started, 3),
+    }
     if args.json:
         _print_json(summary)
     else:

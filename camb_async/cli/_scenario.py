@@ -26,20 +26,34 @@ DEMO_MIX: dict[TaskKind, float] = {
     TaskKind.TRANSCRIPTION: 0.2,
     TaskKind.DUB: 0.2,
 }
-_ERROR_REASONS = ("source media could not be decoded", "no speech detected",
-                  "unsupported language pair")
+_ERROR_REASONS = (
+    "source media could not be decoded",
+    "no speech detected",
+    "unsupported language pair",
+)
 
 
-def script_tasks(api: Any, n: int, *, scale: float, rng: random.Random, error_rate: float,
-                 timeout_rate: float, created_at: float | None,
-                 kinds: Sequence[TaskKind] | None = None) -> list[tuple[TaskKind, str, str]]:
+def script_tasks(
+    api: Any,
+    n: int,
+    *,
+    scale: float,
+    rng: random.Random,
+    error_rate: float,
+    timeout_rate: float,
+    created_at: float | None,
+    kinds: Sequence[TaskKind] | None = None,
+) -> list[tuple[TaskKind, str, str]]:
     """Add ``n`` tasks to a FakeCambAPI; returns ``(kind, task_id, final_status)`` each."""
     mix = {k: w for k, w in DEMO_MIX.items() if kinds is None or k in kinds}
     population, weights = list(mix), list(mix.values())
     out = []
     for i in range(n):
-        kind = population[i % len(population)] if n <= len(population) else rng.choices(
-            population, weights)[0]
+        kind = (
+            population[i % len(population)]
+            if n <= len(population)
+            else rng.choices(population, weights)[0]
+        )
         low, high = REAL_DURATIONS[kind]
         after = rng.uniform(low, high) * scale
         draw = rng.random()
@@ -50,8 +64,14 @@ def script_tasks(api: Any, n: int, *, scale: float, rng: random.Random, error_ra
         else:
             status, reason = TaskStatus.SUCCESS, None
         task_id = f"{kind.value}-{i + 1:05d}-{rng.getrandbits(32):08x}"
-        api.add_task(kind, task_id, status=status, after=after, exception_reason=reason,
-                     created_at=created_at)
+        api.add_task(
+            kind,
+            task_id,
+            status=status,
+            after=after,
+            exception_reason=reason,
+            created_at=created_at,
+        )
         out.append((kind, task_id, status.value))
     return out
 
@@ -59,6 +79,10 @@ def script_tasks(api: Any, n: int, *, scale: float, rng: random.Random, error_ra
 def scaled_policy(kind: TaskKind, scale: float) -> PollPolicy:
     """The kind's default polling schedule, compressed by ``scale`` like the demo's clock."""
     p = PollPolicy.for_kind(kind)
-    return PollPolicy(initial=p.initial * scale, factor=p.factor,
-                      max_interval=p.max_interval * scale, jitter=p.jitter,
-                      max_errors=p.max_errors)
+    return PollPolicy(
+        initial=p.initial * scale,
+        factor=p.factor,
+        max_interval=p.max_interval * scale,
+        jitter=p.jitter,
+        max_errors=p.max_errors,
+    )

@@ -30,8 +30,7 @@ async def _cmd_status(args: argparse.Namespace) -> int:
     async with _client(args, meter) as client:
         handles = [client.task(kind, task_id) for kind, task_id in targets]
         try:
-            results = await gather_statuses(client, handles, wait=False,
-                                            return_exceptions=True)
+            results = await gather_statuses(client, handles, wait=False, return_exceptions=True)
         except Exception as exc:
             auth = _auth_in(exc)
             if auth is None:
@@ -39,9 +38,14 @@ async def _cmd_status(args: argparse.Namespace) -> int:
             return _auth_failed(args, auth)
     errors = sum(1 for r in results if isinstance(r, BaseException))
     if args.json:
-        _print_json({"results": [_result_json(r, k, i) for r, (k, i) in zip(results, targets,
-                                                                                strict=True)],
-                     "requests": meter.requests})
+        _print_json(
+            {
+                "results": [
+                    _result_json(r, k, i) for r, (k, i) in zip(results, targets, strict=True)
+                ],
+                "requests": meter.requests,
+            }
+        )
     else:
         from rich.table import Table
         from rich.text import Text
@@ -51,12 +55,23 @@ async def _cmd_status(args: argparse.Namespace) -> int:
         for r, (kind, task_id) in zip(results, targets, strict=True):
             if isinstance(r, StatusResult):
                 style = _STATUS_STYLES.get(r.status.value, "")
-                detail = r.exception_reason or (r.message if isinstance(r.message, str) else
-                                                json.dumps(r.message) if r.message else "")
-                table.add_row(kind.value, Text(task_id), Text(r.raw_status, style=style),
-                              "" if r.run_id is None else str(r.run_id), Text(detail or ""))
+                detail = r.exception_reason or (
+                    r.message
+                    if isinstance(r.message, str)
+                    else json.dumps(r.message)
+                    if r.message
+                    else ""
+                )
+                table.add_row(
+                    kind.value,
+                    Text(task_id),
+                    Text(r.raw_status, style=style),
+                    "" if r.run_id is None else str(r.run_id),
+                    Text(detail or ""),
+                )
             else:
-                table.add_row(kind.value, Text(task_id), Text(type(r).__name__, style="red"),
-                              "", Text(str(r)))
+                table.add_row(
+                    kind.value, Text(task_id), Text(type(r).__name__, style="red"), "", Text(str(r))
+                )
         _console().print(table)
     return EXIT_ERRORS if errors else EXIT_OK

@@ -23,15 +23,8 @@ from ._common import (
     _result_json,
     _targets,
 )
-from ._display import (
-    Progress,
-    _plain_line,
-    _run_with_display,
-    _use_live,
-)
-from ._fleet import (
-    _cmd_watch_list,
-)
+from ._display import Progress, _plain_line, _run_with_display, _use_live
+from ._fleet import _cmd_watch_list
 
 # ----------------------------------------------------------------------------- watch
 
@@ -47,13 +40,18 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
     async with _client(args, meter) as client:
         handles: list[TaskHandle[Any]] = [client.task(k, i) for k, i in targets]
         budget = getattr(client.budget, "rate", None)
-        progress = Progress(len(set(targets)), budget, meter,
-                            f"camb-async watch: {len(set(targets))} tasks")
+        progress = Progress(
+            len(set(targets)), budget, meter, f"camb-async watch: {len(set(targets))} tasks"
+        )
 
         async def body() -> None:
-            async with iter_statuses(client, handles, timeout=args.timeout,
-                                     return_exceptions=True,
-                                     on_update=progress.update) as stream:
+            async with iter_statuses(
+                client,
+                handles,
+                timeout=args.timeout,
+                return_exceptions=True,
+                on_update=progress.update,
+            ) as stream:
                 async for item in stream:
                     # errors carry kind and task_id, refused ids' ValueErrors included
                     final[(getattr(item, "kind"), getattr(item, "task_id"))] = item  # noqa: B009
@@ -63,8 +61,9 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
                         sys.stdout.flush()
 
         try:
-            await _run_with_display(progress, body, live=live,
-                                    plain_every=10.0 if plain else None, out=sys.stdout)
+            await _run_with_display(
+                progress, body, live=live, plain_every=10.0 if plain else None, out=sys.stdout
+            )
         except Exception as exc:
             auth = _auth_in(exc)
             if auth is None:
@@ -74,14 +73,16 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
     items = [final[key] for key in dict.fromkeys(targets)]
     code = _watch_exit_code(items)
     if args.json:
-        _print_json({
-            "results": [_result_json(item) for item in items],
-            "counts": progress.counts(),
-            "requests": meter.requests,
-            "retries": meter.retries,
-            "elapsed": round(progress.elapsed(), 3),
-            "exit_code": code,
-        })
+        _print_json(
+            {
+                "results": [_result_json(item) for item in items],
+                "counts": progress.counts(),
+                "requests": meter.requests,
+                "retries": meter.retries,
+                "elapsed": round(progress.elapsed(), 3),
+                "exit_code": code,
+            }
+        )
     else:
         sys.stdout.write(progress.line() + f" | exit {code}\n")
     return code

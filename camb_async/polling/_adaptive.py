@@ -104,9 +104,11 @@ class AdaptivePollPolicy(PollPolicy):
     _estimator: DurationEstimator | None = attrs.field(default=None, eq=False, repr=False)
     _clock: Any = attrs.field(default=None, eq=False, repr=False)
     _plans: dict[tuple[int, int, int], tuple[float, float]] = attrs.field(
-        factory=dict, eq=False, repr=False)
+        factory=dict, eq=False, repr=False
+    )
     _schedules: dict[tuple[int, int], tuple[float, ...]] = attrs.field(
-        factory=dict, eq=False, repr=False)
+        factory=dict, eq=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         PollPolicy.__attrs_post_init__(self)
@@ -118,8 +120,7 @@ class AdaptivePollPolicy(PollPolicy):
             raise TypeError("fallback must be a PollPolicy")
         if isinstance(self.fallback, AdaptivePollPolicy):
             raise TypeError("fallback must be a plain PollPolicy")
-        if not is_number(self.tail) or not (
-                0.0 <= self.tail < 0.5):
+        if not is_number(self.tail) or not (0.0 <= self.tail < 0.5):
             raise ValueError(f"tail must be a probability in [0, 0.5), got {self.tail!r}")
         if self.p95_delay is not None:
             check_positive("p95_delay", self.p95_delay)
@@ -144,17 +145,21 @@ class AdaptivePollPolicy(PollPolicy):
         fallback = self.fallback
         if fallback is None:
             fallback = attrs.evolve(DEFAULT_POLICIES[kind], jitter=self.jitter)
-        bound = self.max_delay if self.p95_delay is None else min(self.max_delay,
-                                                                   self.p95_delay)
+        bound = self.max_delay if self.p95_delay is None else min(self.max_delay, self.p95_delay)
         if fallback.max_interval > bound:
-            fallback = attrs.evolve(fallback, max_interval=bound,
-                                    initial=min(fallback.initial, bound))
-        return attrs.evolve(self, fallback=fallback,
-                            estimator=client.completion_stats.for_kind(kind),
-                            clock=anyio.current_time,
-                            # Shared with every binding of this policy: a schedule depends
-                            # only on the fit and the policy's own settings, not on the kind.
-                            plans=self._plans, schedules=self._schedules)
+            fallback = attrs.evolve(
+                fallback, max_interval=bound, initial=min(fallback.initial, bound)
+            )
+        return attrs.evolve(
+            self,
+            fallback=fallback,
+            estimator=client.completion_stats.for_kind(kind),
+            clock=anyio.current_time,
+            # Shared with every binding of this policy: a schedule depends
+            # only on the fit and the policy's own settings, not on the kind.
+            plans=self._plans,
+            schedules=self._schedules,
+        )
 
     def current_fit(self, hint: DurationHint | None = None) -> DurationFit | None:
         """The fit this policy schedules by now (for a task of size ``hint``); None while it
@@ -165,11 +170,11 @@ class AdaptivePollPolicy(PollPolicy):
         return est.fit_for(self._clock(), hint, self.min_samples)
 
     def _fallback_bound(self) -> float:
-        return self.max_delay if self.p95_delay is None else min(self.max_delay,
-                                                                 self.p95_delay)
+        return self.max_delay if self.p95_delay is None else min(self.max_delay, self.p95_delay)
 
-    def next_interval(self, polls: int, age: float = 0.0,
-                      hint: DurationHint | None = None) -> float:
+    def next_interval(
+        self, polls: int, age: float = 0.0, hint: DurationHint | None = None
+    ) -> float:
         """Seconds until the next poll, from the learned duration distribution.
 
         Args:
@@ -215,8 +220,7 @@ class AdaptivePollPolicy(PollPolicy):
             gap *= 1.0 + self.jitter * (2.0 * _rng.random() - 1.0)
         return gap
 
-    def _previous_gap(self, polls: int, age: float, hint: DurationHint | None = None
-                      ) -> float:
+    def _previous_gap(self, polls: int, age: float, hint: DurationHint | None = None) -> float:
         fit = self.current_fit(hint)
         if fit is None:
             if self.fallback is None:
@@ -253,16 +257,16 @@ class AdaptivePollPolicy(PollPolicy):
         assert d is not None
         return self._cached_plan(fit, d, max(self.max_delay, d), 1.0 - self.delay_quantile)
 
-    def _cached_plan(self, fit: DurationFit, d: float, g: float, share: float
-                     ) -> tuple[float, float]:
+    def _cached_plan(
+        self, fit: DurationFit, d: float, g: float, share: float
+    ) -> tuple[float, float]:
         key = (round(fit.mu * 100.0), round(fit.sigma * 500.0), 0 if d == self.p95_delay else 1)
         plans = self._plans
         got = plans.get(key)
         if got is None:
             if len(plans) >= 4096:
                 plans.clear()
-            got = plans[key] = quantile_plan(key[0] / 100.0, max(key[1] / 500.0, 0.01), d, g,
-                                             share)
+            got = plans[key] = quantile_plan(key[0] / 100.0, max(key[1] / 500.0, 0.01), d, g, share)
         return got
 
     # ------------------------------------------------------------ mean mode
@@ -276,8 +280,9 @@ class AdaptivePollPolicy(PollPolicy):
         if got is None:
             if len(cache) >= 1024:
                 cache.clear()
-            got = cache[key] = mean_schedule(key[0] / 100.0, max(key[1] / 500.0, 0.01),
-                                             2.0 / self.kappa)
+            got = cache[key] = mean_schedule(
+                key[0] / 100.0, max(key[1] / 500.0, 0.01), 2.0 / self.kappa
+            )
         return got
 
     def mean_gap(self, fit: DurationFit, age: float) -> float:

@@ -77,7 +77,6 @@ class DurationFit:
         return _log_q((math.log(t) - self.mu) / self.sigma)
 
 
-
 def _truncated_moments(a: float, b: float, mu: float, sigma: float) -> tuple[float, float]:
     """E[y] and E[y**2] for y ~ N(mu, sigma**2) restricted to (a, b]."""
     alpha = (a - mu) / sigma
@@ -115,4 +114,3 @@ def _bins(lo: float, hi: float | None) -> tuple[int, int] | None:
 
 def _xbin(hint: DurationHint) -> int:
     return math.floor(math.log(hint.size) / XGRID)
-

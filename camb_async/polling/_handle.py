@@ -56,9 +56,14 @@ class TaskHandle(Generic[R_co]):
 
     __slots__ = ("_client", "kind", "task_id", "created_at", "hint")
 
-    def __init__(self, client: AsyncCambClient, kind: TaskKind, task_id: str,
-                 created_at: float | None = None,
-                 hint: DurationHint | float | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncCambClient,
+        kind: TaskKind,
+        task_id: str,
+        created_at: float | None = None,
+        hint: DurationHint | float | None = None,
+    ) -> None:
         self._client = client
         self.kind = kind
         self.task_id = task_id
@@ -71,8 +76,11 @@ class TaskHandle(Generic[R_co]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TaskHandle):
             return NotImplemented
-        return (self._client is other._client and self.kind is other.kind
-                and self.task_id == other.task_id)
+        return (
+            self._client is other._client
+            and self.kind is other.kind
+            and self.task_id == other.task_id
+        )
 
     def __hash__(self) -> int:
         return hash((id(self._client), self.kind, self.task_id))
@@ -90,9 +98,7 @@ class TaskHandle(Generic[R_co]):
         """One status check, no waiting: ``GET /{kind}/{task_id}``."""
         return await self._client.resource(self.kind).status(self.task_id)
 
-    def watch(
-        self, *, policy: PollPolicy | None = None
-    ) -> AsyncGenerator[StatusResult, None]:
+    def watch(self, *, policy: PollPolicy | None = None) -> AsyncGenerator[StatusResult, None]:
         """Yield every observed status until (and including) the terminal one.
 
         Transient failures (429, 5xx, connection problems, garbled answers) that outlast the
@@ -118,8 +124,9 @@ class TaskHandle(Generic[R_co]):
         start = self.created_at if self.created_at is not None else anyio.current_time()
         hint = self.hint
         if known_start:
-            first = next_poll_delay(policy.first_interval(anyio.current_time() - start, hint),
-                                    final_at)
+            first = next_poll_delay(
+                policy.first_interval(anyio.current_time() - start, hint), final_at
+            )
             if first > 0:
                 await self._client._sleep(first)
         polls = errors = 0
@@ -131,21 +138,36 @@ class TaskHandle(Generic[R_co]):
                 try:
                     result = await resource.status(self.task_id)
                 except CambError as exc:
-                    if (isinstance(exc, ClientClosedError) or not is_transient(exc)
-                            or errors >= policy.max_errors
-                            or unanswered(exc, self._client, answers)):
+                    if (
+                        isinstance(exc, ClientClosedError)
+                        or not is_transient(exc)
+                        or errors >= policy.max_errors
+                        or unanswered(exc, self._client, answers)
+                    ):
                         raise
                     errors += 1
-                    await self._client._sleep(next_poll_delay(
-                        policy.next_interval(polls + errors, anyio.current_time() - start, hint),
-                        final_at))
+                    await self._client._sleep(
+                        next_poll_delay(
+                            policy.next_interval(
+                                polls + errors, anyio.current_time() - start, hint
+                            ),
+                            final_at,
+                        )
+                    )
                     continue
                 polls += 1
                 errors = 0
                 age = anyio.current_time() - start
                 if result.is_terminal:
-                    stats.completed(kind, start, last_pending if polls > 1 else 0.0, age,
-                                    known_start=known_start, tracked=watching, hint=hint)
+                    stats.completed(
+                        kind,
+                        start,
+                        last_pending if polls > 1 else 0.0,
+                        age,
+                        known_start=known_start,
+                        tracked=watching,
+                        hint=hint,
+                    )
                     watching = False
                     yield result
                     return
@@ -154,14 +176,18 @@ class TaskHandle(Generic[R_co]):
                     watching = True
                 last_pending = age
                 yield result
-                await self._client._sleep(next_poll_delay(
-                    policy.next_interval(polls, anyio.current_time() - start, hint), final_at))
+                await self._client._sleep(
+                    next_poll_delay(
+                        policy.next_interval(polls, anyio.current_time() - start, hint), final_at
+                    )
+                )
         finally:
             if watching:  # stopped while pending (timeout, cancel, error): it ran longer
                 stats.abandoned(kind, start, last_pending, hint)
 
-    async def wait(self, timeout: float | None = None, *,
-                   policy: PollPolicy | None = None) -> StatusResult:
+    async def wait(
+        self, timeout: float | None = None, *, policy: PollPolicy | None = None
+    ) -> StatusResult:
         """Poll until terminal and return the final status.
 
         Raises ``WaitTimeoutError`` (a ``TimeoutError``) carrying the last observed status if
@@ -196,10 +222,14 @@ class TaskHandle(Generic[R_co]):
     def __await__(self) -> Generator[Any, None, StatusResult]:
         return self.wait().__await__()
 
-    async def result(self, timeout: float | None = None, *,
-                     policy: PollPolicy | None = None,
-                     extra_headers: Mapping[str, str] | None = None,
-                     extra_query: Mapping[str, str | int] | None = None) -> R_co:
+    async def result(
+        self,
+        timeout: float | None = None,
+        *,
+        policy: PollPolicy | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str | int] | None = None,
+    ) -> R_co:
         """Wait until the task is terminal, then fetch its result (one more request).
 
         Returns the kind's result model: ``DubbingResult`` (or a per-language map of them),
@@ -216,15 +246,22 @@ class TaskHandle(Generic[R_co]):
         """
         final = await self.wait(timeout, policy=policy)
         result = await self._client.resource(self.kind)._result(
-            run_id_of(final, self._client._redact), extra_headers=extra_headers,
-            extra_query=extra_query)
+            run_id_of(final, self._client._redact),
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+        )
         return cast(R_co, result)
 
-    async def save_audio(self, path: str | os.PathLike[str], timeout: float | None = None, *,
-                         policy: PollPolicy | None = None,
-                         deadline: float | None = None,
-                         extra_headers: Mapping[str, str] | None = None,
-                         extra_query: Mapping[str, str | int] | None = None) -> int:
+    async def save_audio(
+        self,
+        path: str | os.PathLike[str],
+        timeout: float | None = None,
+        *,
+        policy: PollPolicy | None = None,
+        deadline: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str | int] | None = None,
+    ) -> int:
         """TTS tasks: wait until terminal, then stream the FLAC audio to ``path`` (see
         ``client.tts.save_audio``); returns the bytes written. ``TaskFailedError`` and
         ``WaitTimeoutError`` as for ``result()``.
@@ -241,10 +278,13 @@ class TaskHandle(Generic[R_co]):
         if self.kind is not TaskKind.TTS:
             raise TypeError(f"save_audio() is for text-to-speech tasks, not {self.kind.value}")
         final = await self.wait(timeout, policy=policy)
-        return await self._client.tts.save_audio(run_id_of(final, self._client._redact), path,
-                                                 deadline=deadline,
-                                                 extra_headers=extra_headers,
-                                                 extra_query=extra_query)
+        return await self._client.tts.save_audio(
+            run_id_of(final, self._client._redact),
+            path,
+            deadline=deadline,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+        )
 
 
 def run_id_of(final: StatusResult, redact: Callable[[str], str] | None = None) -> int:
@@ -255,6 +295,8 @@ def run_id_of(final: StatusResult, redact: Callable[[str], str] | None = None) -
     if final.run_id is None:
         raise APIError(
             f"{final.kind.value} task {final.task_id!r} is SUCCESS but the API sent no run_id",
-            status_code=200, method="GET", path=f"/{final.kind.value}/{final.task_id}",
+            status_code=200,
+            method="GET",
+            path=f"/{final.kind.value}/{final.task_id}",
         )
     return final.run_id

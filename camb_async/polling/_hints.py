@@ -25,8 +25,17 @@ class HintModel:
     is O(1) per observation and bounded in memory. Pending hinted tasks are right-censored
     at their age, per size bin."""
 
-    __slots__ = ("_obs", "_weight", "_completions", "_pending", "_pending_res", "_fit",
-                 "_fit_weight", "_fit_at", "_fit_span")
+    __slots__ = (
+        "_obs",
+        "_weight",
+        "_completions",
+        "_pending",
+        "_pending_res",
+        "_fit",
+        "_fit_weight",
+        "_fit_at",
+        "_fit_span",
+    )
 
     def __init__(self) -> None:
         self._obs: dict[tuple[int, int, int], float] = {}  # (size bin, lo bin, hi bin)
@@ -127,8 +136,9 @@ class HintModel:
         a, b, sd = coef
         return DurationFit(a + b * math.log(size), sd, self._completions)
 
-    def _refit(self, now: float, previous: tuple[float, float, float] | None
-               ) -> tuple[float, float, float] | None:
+    def _refit(
+        self, now: float, previous: tuple[float, float, float] | None
+    ) -> tuple[float, float, float] | None:
         rows: dict[tuple[int, int, int], float] = dict(self._obs)
         res = self._pending_res
         for (key, xb), n in self._pending.items():
@@ -136,8 +146,15 @@ class HintModel:
             if age > 0.0:
                 k = (xb, math.floor(math.log(age) / GRID), _POS)
                 rows[k] = rows.get(k, 0.0) + n
-        data = [((x + 0.5) * XGRID, (-math.inf if a == _NEG else a * GRID),
-                 (math.inf if b == _POS else b * GRID), w) for (x, a, b), w in rows.items()]
+        data = [
+            (
+                (x + 0.5) * XGRID,
+                (-math.inf if a == _NEG else a * GRID),
+                (math.inf if b == _POS else b * GRID),
+                w,
+            )
+            for (x, a, b), w in rows.items()
+        ]
         total = sum(w for _, _, _, w in data)
         sw = sx = sxx = 0.0
         for x, _, _, w in data:
@@ -164,8 +181,14 @@ class HintModel:
             den = cw * cxx - cx * cx
             b0 = (cw * cxy - cx * cy) / den if den > 1e-12 else 0.0
             a0 = (cy - b0 * cx) / cw
-            resid = cyy / cw - 2 * a0 * cy / cw - 2 * b0 * cxy / cw + a0 * a0 \
-                + 2 * a0 * b0 * cx / cw + b0 * b0 * cxx / cw
+            resid = (
+                cyy / cw
+                - 2 * a0 * cy / cw
+                - 2 * b0 * cxy / cw
+                + a0 * a0
+                + 2 * a0 * b0 * cx / cw
+                + b0 * b0 * cxx / cw
+            )
             sd = max(math.sqrt(max(resid, 0.0)), 0.2)
         den = sw * sxx - sx * sx
         moments = [(0.0, 0.0)] * len(data)
@@ -192,8 +215,10 @@ class HintModel:
 
     def to_rows(self) -> list[list[Any]]:
         """The observations as JSON-ready rows ``[size, lo, hi, weight]``."""
-        return [[x, None if a == _NEG else a, None if b == _POS else b, round(w, 6)]
-                for (x, a, b), w in sorted(self._obs.items())]
+        return [
+            [x, None if a == _NEG else a, None if b == _POS else b, round(w, 6)]
+            for (x, a, b), w in sorted(self._obs.items())
+        ]
 
     def load_rows(self, rows: Any) -> None:
         """Add rows written by ``to_rows``.
@@ -224,16 +249,12 @@ class HintModel:
 
 
 def _check_bin_row(a: Any, b: Any, w: Any, row: Any) -> tuple[int, int]:
-    if (a is not None and (not is_int(a))) or (
-            b is not None and (not is_int(b))):
+    if (a is not None and (not is_int(a))) or (b is not None and (not is_int(b))):
         raise ValueError(f"bin bounds must be integers or null, got {row!r}")
-    if not is_number(w) or not (
-            math.isfinite(w) and w > 0):
+    if not is_number(w) or not (math.isfinite(w) and w > 0):
         raise ValueError(f"bin weight must be a positive number, got {row!r}")
     i_lo = _NEG if a is None else a
     i_hi = _POS if b is None else b
     if i_hi <= i_lo or (i_lo == _NEG and i_hi == _POS):
         raise ValueError(f"empty or unbounded bin {row!r}")
     return i_lo, i_hi
-
-

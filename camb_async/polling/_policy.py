@@ -66,8 +66,9 @@ class PollPolicy:
             schedule = schedule[: schedule.index(self.max_interval) + 1]
         object.__setattr__(self, "_schedule", tuple(schedule))
 
-    def next_interval(self, polls: int, age: float = 0.0,
-                      hint: DurationHint | None = None) -> float:
+    def next_interval(
+        self, polls: int, age: float = 0.0, hint: DurationHint | None = None
+    ) -> float:
         """Seconds to wait after the ``polls``-th poll (1-based) of a task ``age`` seconds old
         (``hint``: what is known of its input size; plain policies ignore it)."""
         schedule = self._schedule
@@ -128,10 +129,19 @@ class PollPolicy:
         """
         assert _adaptive_type is not None  # registered when camb_async is imported
         return _adaptive_type(
-            initial=min(1.0, max_delay), factor=2.0, max_interval=max_delay, jitter=jitter,
-            max_errors=max_errors, max_delay=max_delay, request_cost=request_cost,
-            min_interval=min_interval, min_samples=min_samples, fallback=fallback, tail=tail,
-            p95_delay=p95_delay, delay_quantile=delay_quantile,
+            initial=min(1.0, max_delay),
+            factor=2.0,
+            max_interval=max_delay,
+            jitter=jitter,
+            max_errors=max_errors,
+            max_delay=max_delay,
+            request_cost=request_cost,
+            min_interval=min_interval,
+            min_samples=min_samples,
+            fallback=fallback,
+            tail=tail,
+            p95_delay=p95_delay,
+            delay_quantile=delay_quantile,
         )
 
     # Hooks for policies that learn (``AdaptivePollPolicy``); plain policies learn nothing.
@@ -144,8 +154,7 @@ class PollPolicy:
         """Seconds to wait before the first poll of a task known to be ``age`` seconds old."""
         return 0.0
 
-    def _previous_gap(self, polls: int, age: float, hint: DurationHint | None = None
-                      ) -> float:
+    def _previous_gap(self, polls: int, age: float, hint: DurationHint | None = None) -> float:
         """About how long before the ``polls``-th poll the previous one was (no jitter)."""
         schedule = self._schedule
         return schedule[polls - 2] if polls - 1 <= len(schedule) else schedule[-1]

@@ -242,8 +242,15 @@ async def gather_results(
                 check_task_id(task)
     gatherer = _Gatherer(client, chunk_size, return_exceptions)
     statuses = iter_statuses(
-        client, items, kind=kind, wait=True, timeout=timeout, policy=policy,
-        return_exceptions=True, on_update=on_update)
+        client,
+        items,
+        kind=kind,
+        wait=True,
+        timeout=timeout,
+        policy=policy,
+        return_exceptions=True,
+        on_update=on_update,
+    )
     await gatherer.run(statuses)
     return gatherer.slots(items, default_kind)
 
@@ -251,8 +258,7 @@ async def gather_results(
 class _Gatherer:
     """One ``gather_results`` call: statuses in, batched result fetches out, slots filled."""
 
-    def __init__(self, client: AsyncCambClient, chunk_size: int,
-                 return_exceptions: bool) -> None:
+    def __init__(self, client: AsyncCambClient, chunk_size: int, return_exceptions: bool) -> None:
         self.client = client
         self.chunk_size = chunk_size
         self.return_exceptions = return_exceptions
@@ -284,8 +290,11 @@ class _Gatherer:
         """Record one polled outcome; False when the call must stop (``failures`` says why)."""
         return_exceptions, outcomes = self.return_exceptions, self.outcomes
         if isinstance(item, BaseException):
-            if (not isinstance(item, (CambError, ValueError)) or is_fatal(item)
-                    or not return_exceptions):  # ValueError: a refused task id
+            if (
+                not isinstance(item, (CambError, ValueError))
+                or is_fatal(item)
+                or not return_exceptions
+            ):  # ValueError: a refused task id
                 self.failures.append(item)
                 return False
             # The poller sets kind and task_id on every error it reports.
@@ -308,19 +317,20 @@ class _Gatherer:
             tg.start_soon(self.fetch, item.kind, list(batch), tg.cancel_scope)
         return True
 
-    async def fetch(self, result_kind: TaskKind, run_ids: list[int],
-                    scope: anyio.CancelScope) -> None:
+    async def fetch(
+        self, result_kind: TaskKind, run_ids: list[int], scope: anyio.CancelScope
+    ) -> None:
         try:
-            got = await _fetch_kind(self.client, result_kind, run_ids, self.chunk_size,
-                                    self.return_exceptions)
+            got = await _fetch_kind(
+                self.client, result_kind, run_ids, self.chunk_size, self.return_exceptions
+            )
         except Exception as exc:  # one error, not an ExceptionGroup, reaches the caller
             self.failures.append(exc)
             scope.cancel()
             return
         self.fetched.setdefault(result_kind, {}).update(got)
 
-    def slots(self, items: list[str | TaskHandle[Any]], default_kind: TaskKind | None
-              ) -> list[Any]:
+    def slots(self, items: list[str | TaskHandle[Any]], default_kind: TaskKind | None) -> list[Any]:
         """Each task's result or error, in input order."""
         out: list[Any] = []
         for task in items:
@@ -351,12 +361,16 @@ def _run_id(status: StatusResult, redact: Callable[[str], str]) -> int:
         raise
 
 
-async def _fetch_kind(client: AsyncCambClient, kind: TaskKind, run_ids: list[int],
-                      chunk_size: int, return_exceptions: bool) -> dict[int, Any]:
+async def _fetch_kind(
+    client: AsyncCambClient,
+    kind: TaskKind,
+    run_ids: list[int],
+    chunk_size: int,
+    return_exceptions: bool,
+) -> dict[int, Any]:
     """Batch-fetch one kind's results; fetch singly whatever the batch answers left out."""
     resource = client.resource(kind)
-    got = await resource._fetch_batches(run_ids, chunk_size,
-                                        collect_errors=return_exceptions)
+    got = await resource._fetch_batches(run_ids, chunk_size, collect_errors=return_exceptions)
     missing = [r for r in run_ids if r not in got]
     if not missing:
         return got

@@ -46,14 +46,16 @@ def mean_schedule(mu: float, sigma: float, lam: float) -> tuple[float, ...]:
         size = len(hull_t)
         if ptr >= size:
             ptr = size - 1
-        while ptr + 1 < size and (hull_b[ptr + 1] - slope * hull_t[ptr + 1]
-                                  <= hull_b[ptr] - slope * hull_t[ptr]):
+        while ptr + 1 < size and (
+            hull_b[ptr + 1] - slope * hull_t[ptr + 1] <= hull_b[ptr] - slope * hull_t[ptr]
+        ):
             ptr += 1
         nxt[k] = hull_j[ptr]
         v = (1.0 - f[k]) + lam * g[k] + hull_b[ptr] - slope * hull_t[ptr]
         pt, pb = t[k], lam * (t[k] * f[k] - g[k]) + v
-        while len(hull_t) >= 2 and ((hull_b[-1] - pb) * (hull_t[-2] - pt)
-                                    >= (hull_b[-2] - pb) * (hull_t[-1] - pt)):
+        while len(hull_t) >= 2 and (
+            (hull_b[-1] - pb) * (hull_t[-2] - pt) >= (hull_b[-2] - pb) * (hull_t[-1] - pt)
+        ):
             hull_t.pop()
             hull_b.pop()
             hull_j.pop()
@@ -67,8 +69,7 @@ def mean_schedule(mu: float, sigma: float, lam: float) -> tuple[float, ...]:
     return tuple(ages)
 
 
-def quantile_plan(mu: float, sigma: float, d: float, g: float, share: float
-                  ) -> tuple[float, float]:
+def quantile_plan(mu: float, sigma: float, d: float, g: float, share: float) -> tuple[float, float]:
     """The poll plan for "at most ``share`` of completions seen later than ``d``" with the
     fewest expected requests, for ``ln T ~ N(mu, sigma**2)``: ``(first, cut)``.
 

@@ -28,8 +28,18 @@ __all__ = ["CompletionStats", "DurationEstimator"]
 class DurationEstimator:
     """Censored log-normal estimate of one kind's task durations. O(1) per observation."""
 
-    __slots__ = ("_obs", "_weight", "_completions", "_unit", "_pending", "_pending_res",
-                 "_fit", "_fit_weight", "_fit_at", "_hinted")
+    __slots__ = (
+        "_obs",
+        "_weight",
+        "_completions",
+        "_unit",
+        "_pending",
+        "_pending_res",
+        "_fit",
+        "_fit_weight",
+        "_fit_at",
+        "_hinted",
+    )
 
     def __init__(self) -> None:
         self._obs: dict[tuple[int, int], float] = {}
@@ -53,8 +63,9 @@ class DurationEstimator:
             model = self._hinted[unit] = HintModel()
         return model
 
-    def fit_for(self, now: float, hint: DurationHint | None, min_samples: float = 1.0
-                ) -> DurationFit | None:
+    def fit_for(
+        self, now: float, hint: DurationHint | None, min_samples: float = 1.0
+    ) -> DurationFit | None:
         """The fit for a task with ``hint``: conditional on its size once the kind's relation
         to that unit is learned (``min_samples`` hinted completions, sizes that vary), else
         the plain fit."""
@@ -167,8 +178,10 @@ class DurationEstimator:
             if age > 0.0:
                 k = (math.floor(math.log(age) / GRID), _POS)
                 rows[k] = rows.get(k, 0.0) + n * self._unit
-        data = [((-math.inf if a == _NEG else a * GRID),
-                 (math.inf if b == _POS else b * GRID), w) for (a, b), w in rows.items()]
+        data = [
+            ((-math.inf if a == _NEG else a * GRID), (math.inf if b == _POS else b * GRID), w)
+            for (a, b), w in rows.items()
+        ]
         total = sum(w for _, _, w in data)
         if previous is not None:
             mu, sigma = previous.mu, previous.sigma
@@ -201,8 +214,10 @@ class DurationEstimator:
 
     def to_dict(self) -> dict[str, Any]:
         """The observations as JSON-ready data (``load`` reads it back)."""
-        rows = [[None if a == _NEG else a, None if b == _POS else b, round(w, 6)]
-                for (a, b), w in sorted(self._obs.items())]
+        rows = [
+            [None if a == _NEG else a, None if b == _POS else b, round(w, 6)]
+            for (a, b), w in sorted(self._obs.items())
+        ]
         out: dict[str, Any] = {"bins": rows, "completions": round(self._completions, 6)}
         if self._fit is not None:
             out["fit"] = {"mu": self._fit.mu, "sigma": self._fit.sigma}
@@ -221,10 +236,10 @@ class DurationEstimator:
                 raise ValueError(f"bad bin row {row!r}")
             a, b, w = row
             if (a is not None and not isinstance(a, int)) or (
-                    b is not None and not isinstance(b, int)):
+                b is not None and not isinstance(b, int)
+            ):
                 raise ValueError(f"bin bounds must be integers or null, got {row!r}")
-            if not is_number(w) or not (
-                    math.isfinite(w) and w > 0):
+            if not is_number(w) or not (math.isfinite(w) and w > 0):
                 raise ValueError(f"bin weight must be a positive number, got {row!r}")
             i_lo = _NEG if a is None else a
             i_hi = _POS if b is None else b
@@ -246,7 +261,6 @@ class DurationEstimator:
         while self._weight > MAX_WEIGHT:
             self._decay()
         self._fit_weight = -math.inf  # refit on next use
-
 
 
 class CompletionStats:
@@ -277,8 +291,9 @@ class CompletionStats:
             est = self._kinds[kind] = DurationEstimator()
         return est
 
-    def fit(self, kind: TaskKind | str, now: float, hint: DurationHint | None = None
-            ) -> DurationFit | None:
+    def fit(
+        self, kind: TaskKind | str, now: float, hint: DurationHint | None = None
+    ) -> DurationFit | None:
         """The current duration fit of ``kind`` at event-loop time ``now`` (for a task of
         size ``hint`` once the kind's relation to that unit is learned)."""
         return self.for_kind(TaskKind(kind)).fit_for(now, hint)
@@ -296,8 +311,17 @@ class CompletionStats:
         """
         self.for_kind(kind).track(start, hint)
 
-    def completed(self, kind: TaskKind, start: float, lo: float, hi: float, *,
-                  known_start: bool, tracked: bool, hint: DurationHint | None = None) -> None:
+    def completed(
+        self,
+        kind: TaskKind,
+        start: float,
+        lo: float,
+        hi: float,
+        *,
+        known_start: bool,
+        tracked: bool,
+        hint: DurationHint | None = None,
+    ) -> None:
         """Record a completion seen between ages ``lo`` and ``hi``.
 
         Args:
@@ -319,8 +343,9 @@ class CompletionStats:
             # watched it pending, and that is all we know.
             est.observe(lo, None, hint)
 
-    def abandoned(self, kind: TaskKind, start: float, age: float,
-                  hint: DurationHint | None = None) -> None:
+    def abandoned(
+        self, kind: TaskKind, start: float, age: float, hint: DurationHint | None = None
+    ) -> None:
         """Watching stopped while the task was pending (deadline, cancel): it ran > ``age``."""
         est = self.for_kind(kind)
         est.untrack(start, hint)
@@ -334,9 +359,15 @@ class CompletionStats:
 
     def to_dict(self) -> dict[str, Any]:
         """Learned statistics as JSON-able data (pending tasks are not included)."""
-        return {"version": 1, "grid": GRID,
-                "kinds": {k.value: e.to_dict() for k, e in self._kinds.items()
-                          if e.completions > 0 or e._obs or e._hinted}}
+        return {
+            "version": 1,
+            "grid": GRID,
+            "kinds": {
+                k.value: e.to_dict()
+                for k, e in self._kinds.items()
+                if e.completions > 0 or e._obs or e._hinted
+            },
+        }
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Merge statistics exported by ``to_dict`` into these."""
@@ -362,5 +393,3 @@ class CompletionStats:
         stats = cls()
         stats.load(data)
         return stats
-
-

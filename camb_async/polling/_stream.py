@@ -94,9 +94,16 @@ async def gather_statuses(
             that refused its id) in its slot instead of raising it.
         on_update: called with every observed status (may be async).
     """
-    poller = await make_poller(client, tasks, kind=kind, wait=wait, policy=policy,
-                                return_exceptions=return_exceptions, on_update=on_update,
-                                timeout=timeout)
+    poller = await make_poller(
+        client,
+        tasks,
+        kind=kind,
+        wait=wait,
+        policy=policy,
+        return_exceptions=return_exceptions,
+        on_update=on_update,
+        timeout=timeout,
+    )
     with anyio.move_on_at(poller.deadline):
         await poller.run()
     if poller.fatal is not None:
@@ -163,8 +170,16 @@ def iter_statuses(
         return_exceptions: yield a task's own error in its place instead of raising it.
         on_update: called with every observed status (may be async).
     """
-    return StatusIterator(client, tasks, kind=kind, wait=wait, timeout=timeout, policy=policy,
-                          return_exceptions=return_exceptions, on_update=on_update)
+    return StatusIterator(
+        client,
+        tasks,
+        kind=kind,
+        wait=wait,
+        timeout=timeout,
+        policy=policy,
+        return_exceptions=return_exceptions,
+        on_update=on_update,
+    )
 
 
 class StatusIterator(Generic[T_co]):
@@ -193,11 +208,29 @@ class StatusIterator(Generic[T_co]):
         **kwargs: the other arguments of ``iter_statuses``.
     """
 
-    __slots__ = ("_args", "_client", "_poller", "_buffer", "_deadline", "_done", "_timeout",
-                 "_group", "_receive", "_raised", "_last_time", "_driving")
+    __slots__ = (
+        "_args",
+        "_client",
+        "_poller",
+        "_buffer",
+        "_deadline",
+        "_done",
+        "_timeout",
+        "_group",
+        "_receive",
+        "_raised",
+        "_last_time",
+        "_driving",
+    )
 
-    def __init__(self, client: AsyncCambClient, tasks: Iterable[str | TaskHandle[Any]], *,
-                 timeout: float | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        client: AsyncCambClient,
+        tasks: Iterable[str | TaskHandle[Any]],
+        *,
+        timeout: float | None,
+        **kwargs: Any,
+    ) -> None:
         self._client = client
         self._args = (tasks, kwargs)
         self._timeout = timeout
@@ -219,8 +252,9 @@ class StatusIterator(Generic[T_co]):
 
     async def _start(self) -> _Poller:
         tasks, kwargs = self._args
-        poller = self._poller = await make_poller(self._client, tasks, timeout=self._timeout,
-                                                   **kwargs)
+        poller = self._poller = await make_poller(
+            self._client, tasks, timeout=self._timeout, **kwargs
+        )
         self._deadline = poller.deadline
         return poller
 
@@ -308,8 +342,9 @@ class StatusIterator(Generic[T_co]):
         group.start_soon(self._drive, poller, send, self._driving)
         return self
 
-    async def _drive(self, poller: _Poller, send: MemoryObjectSendStream[Any],
-                     driving: anyio.CancelScope) -> None:
+    async def _drive(
+        self, poller: _Poller, send: MemoryObjectSendStream[Any], driving: anyio.CancelScope
+    ) -> None:
         # Never raises (a fatal error is stored and raised by __anext__), so nothing from
         # here can cancel the caller's code inside the ``async with`` block.
         with send, driving:
@@ -318,8 +353,12 @@ class StatusIterator(Generic[T_co]):
             if poller.fatal is None and not self._done:
                 await poller.emit_unfinished()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
         """Stop polling; nothing keeps running after the block."""
         group, self._group = self._group, None
         try:

@@ -8,10 +8,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
-from .._validation import (
-    is_int,
-    is_number,
-)
+from .._validation import is_int, is_number
 
 # ------------------------------------------------------------------------ routes and checks
 
@@ -40,8 +37,9 @@ def check_run_ids(run_ids: Iterable[int]) -> list[int]:
     return list(dict.fromkeys(check_run_id(r) for r in run_ids))
 
 
-def check_language(value: object, name: str, *, allow_str: bool = True,
-                   allow_auto: bool = False) -> int | str:
+def check_language(
+    value: object, name: str, *, allow_str: bool = True, allow_auto: bool = False
+) -> int | str:
     """A language argument as sent on the wire: an ``int`` id, or a locale tag string."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a language id, got a bool")
@@ -52,8 +50,9 @@ def check_language(value: object, name: str, *, allow_str: bool = True,
     if isinstance(value, str) and allow_str:
         tag = value.strip()
         if not tag or len(tag) > 35 or not all(c.isalnum() or c in "-_" for c in tag):
-            raise ValueError(f"{name} must be a language id or a locale tag like 'es-es', "
-                             f"got {value[:40]!r}")
+            raise ValueError(
+                f"{name} must be a language id or a locale tag like 'es-es', got {value[:40]!r}"
+            )
         if tag.lower() == "auto" and not allow_auto:
             raise ValueError(f"{name} must be a concrete language, not 'auto'")
         return tag
@@ -129,8 +128,7 @@ def _opt_formatting(value: object) -> str | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError("formatting_options keys must be strings")
-            if (not is_number(item)
-                    or not math.isfinite(item)):
+            if not is_number(item) or not math.isfinite(item):
                 raise TypeError(f"formatting_options[{key!r}] must be a finite number")
         return json.dumps(dict(value))
     raise TypeError("formatting_options must be a mapping or JSON text")
@@ -142,12 +140,15 @@ def _form_text(value: str | int | bool) -> str:
     return str(value)
 
 
-def _project_fields(project_name: object, project_description: object, folder_id: object
-                    ) -> dict[str, str | int]:
+def _project_fields(
+    project_name: object, project_description: object, folder_id: object
+) -> dict[str, str | int]:
     """The optional project fields every create takes, checked; absent ones left out."""
-    fields = {"project_name": _opt_str(project_name, "project_name"),
-              "project_description": _opt_str(project_description, "project_description"),
-              "folder_id": _opt_int(folder_id, "folder_id")}
+    fields = {
+        "project_name": _opt_str(project_name, "project_name"),
+        "project_description": _opt_str(project_description, "project_description"),
+        "folder_id": _opt_int(folder_id, "folder_id"),
+    }
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -159,5 +160,3 @@ def _put(body: dict[str, Any], name: str, value: object) -> None:
 def _check_flag(retry_unsafe: object) -> None:
     if not isinstance(retry_unsafe, bool):
         raise TypeError("retry_unsafe must be True or False")
-
-

@@ -33,17 +33,9 @@ from .._models import (
     parse_translation_result,
     parse_tts_result,
 )
-from .._validation import (
-    _PLAIN_ID,
-    DEFAULT_CHUNK_SIZE,
-    check_chunk_size,
-    check_task_id,
-)
+from .._validation import _PLAIN_ID, DEFAULT_CHUNK_SIZE, check_chunk_size, check_task_id
 from ..polling._handle import TaskHandle
-from ._args import (
-    check_run_id,
-    check_run_ids,
-)
+from ._args import check_run_id, check_run_ids
 
 if TYPE_CHECKING:
     from .._client import AsyncCambClient
@@ -111,10 +103,7 @@ class TaskResource(Generic[R]):
                 self._client.budget.release()
             raise
         return await self._client._request(
-            "GET",
-            path,
-            lambda data: parse_status(kind, task_id, data),
-            preacquired=preacquired,
+            "GET", path, lambda data: parse_status(kind, task_id, data), preacquired=preacquired
         )
 
     def task(self, task_id: str, *, hint: DurationHint | float | None = None) -> TaskHandle[R]:
@@ -129,8 +118,9 @@ class TaskResource(Generic[R]):
 
     # ------------------------------------------------------------- results (issue 4)
 
-    async def result(self, run_id: int, *, extra_headers: _Headers = None,
-                     extra_query: _Query = None) -> R:
+    async def result(
+        self, run_id: int, *, extra_headers: _Headers = None, extra_query: _Query = None
+    ) -> R:
         """The result of run ``run_id`` as the kind's model: ``GET /{kind}-result/{run_id}``.
 
         Args:
@@ -138,12 +128,19 @@ class TaskResource(Generic[R]):
             extra_headers: headers added to the request (never ``x-api-key``).
             extra_query: query parameters added to the request.
         """
-        return cast(R, await self._result(run_id, extra_headers=extra_headers,
-                                          extra_query=extra_query))
+        return cast(
+            R, await self._result(run_id, extra_headers=extra_headers, extra_query=extra_query)
+        )
 
-    async def results(self, run_ids: Iterable[int], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                      extra_headers: _Headers = None, extra_query: _Query = None,
-                      extra_body: _Body = None) -> dict[int, R]:
+    async def results(
+        self,
+        run_ids: Iterable[int],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> dict[int, R]:
         """``{run_id: result}`` through the kind's batch endpoint, in chunks of ``chunk_size``
         run ids sent concurrently under the client's budget. Runs the API does not answer
         for are absent.
@@ -155,31 +152,58 @@ class TaskResource(Generic[R]):
             extra_query: query parameters added to every request.
             extra_body: fields added to every request's JSON body.
         """
-        return await self._results(run_ids, chunk_size=chunk_size, extra_headers=extra_headers,
-                                   extra_query=extra_query, extra_body=extra_body)
+        return await self._results(
+            run_ids,
+            chunk_size=chunk_size,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )
 
-    async def _result(self, run_id: int, *, extra_headers: _Headers = None,
-                      extra_query: _Query = None) -> Any:
+    async def _result(
+        self, run_id: int, *, extra_headers: _Headers = None, extra_query: _Query = None
+    ) -> Any:
         """``GET /{kind}-result/{run_id}``, parsed into the kind's result model."""
         route = _ROUTES[self.kind]
         return await self._client._request(
-            "GET", route.result_prefix + str(check_run_id(run_id)), route.parse,
-            params=route.result_params, extra_headers=extra_headers, extra_query=extra_query,
+            "GET",
+            route.result_prefix + str(check_run_id(run_id)),
+            route.parse,
+            params=route.result_params,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
         )
 
-    async def _results(self, run_ids: Iterable[int], *, chunk_size: int = 100,
-                       extra_headers: _Headers = None, extra_query: _Query = None,
-                       extra_body: _Body = None) -> dict[int, R]:
+    async def _results(
+        self,
+        run_ids: Iterable[int],
+        *,
+        chunk_size: int = 100,
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> dict[int, R]:
         ids = check_run_ids(run_ids)
-        got = await self._fetch_batches(ids, check_chunk_size(chunk_size),
-                                        collect_errors=False, extra_headers=extra_headers,
-                                        extra_query=extra_query, extra_body=extra_body)
+        got = await self._fetch_batches(
+            ids,
+            check_chunk_size(chunk_size),
+            collect_errors=False,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )
         return {run_id: got[run_id] for run_id in ids if run_id in got}  # caller's order
 
-    async def _fetch_batches(self, ids: Sequence[int], chunk_size: int, *,
-                             collect_errors: bool, extra_headers: _Headers = None,
-                             extra_query: _Query = None, extra_body: _Body = None
-                             ) -> dict[int, Any]:
+    async def _fetch_batches(
+        self,
+        ids: Sequence[int],
+        chunk_size: int,
+        *,
+        collect_errors: bool,
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> dict[int, Any]:
         """Fetch ``ids`` through the kind's batch endpoint, ``chunk_size`` ids a request.
 
         Chunks go out concurrently, as many at once as the budget lets requests be in flight;
@@ -190,7 +214,7 @@ class TaskResource(Generic[R]):
         """
         route = _ROUTES[self.kind]
         client = self._client
-        chunks = [list(ids[i:i + chunk_size]) for i in range(0, len(ids), chunk_size)]
+        chunks = [list(ids[i : i + chunk_size]) for i in range(0, len(ids), chunk_size)]
         out: dict[int, Any] = {}
         if not chunks:
             return out
@@ -206,11 +230,15 @@ class TaskResource(Generic[R]):
                     return parse_batch(data, requested, route.parse)
 
                 try:
-                    got = await client._request("POST", route.batch_path, parse,
-                                                json_body={"run_ids": chunk},
-                                                extra_headers=extra_headers,
-                                                extra_query=extra_query,
-                                                extra_body=extra_body)
+                    got = await client._request(
+                        "POST",
+                        route.batch_path,
+                        parse,
+                        json_body={"run_ids": chunk},
+                        extra_headers=extra_headers,
+                        extra_query=extra_query,
+                        extra_body=extra_body,
+                    )
                 except Exception as exc:  # stored, then raised alone: never an ExceptionGroup
                     if collect_errors and isinstance(exc, CambError) and not is_fatal(exc):
                         out.update(dict.fromkeys(chunk, exc))
@@ -227,12 +255,20 @@ class TaskResource(Generic[R]):
             raise failures[0]
         return out
 
-    async def _create(self, path: str, *, json_body: Any = None, files: Any = None,
-                      retry_unsafe: bool = False, max_retries: int | None = None,
-                      reopen_body: Callable[[], Awaitable[Any]] | None = None,
-                      hint: DurationHint | float | None = None,
-                      extra_headers: _Headers = None, extra_query: _Query = None,
-                      extra_body: _Body = None) -> TaskHandle[R]:
+    async def _create(
+        self,
+        path: str,
+        *,
+        json_body: Any = None,
+        files: Any = None,
+        retry_unsafe: bool = False,
+        max_retries: int | None = None,
+        reopen_body: Callable[[], Awaitable[Any]] | None = None,
+        hint: DurationHint | float | None = None,
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+        extra_body: _Body = None,
+    ) -> TaskHandle[R]:
         """POST a create request and wrap the new task id in a handle.
 
         Not idempotent: unless ``retry_unsafe``, only failures that prove the server never saw
@@ -243,9 +279,17 @@ class TaskResource(Generic[R]):
         hint = as_hint(self.kind, hint)
         created_at = anyio.current_time()
         created = await self._client._request(
-            "POST", path, _parse_task_id, json_body=json_body, files=files,
-            idempotent=retry_unsafe, max_retries=max_retries, reopen_body=reopen_body,
-            extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body,
+            "POST",
+            path,
+            _parse_task_id,
+            json_body=json_body,
+            files=files,
+            idempotent=retry_unsafe,
+            max_retries=max_retries,
+            reopen_body=reopen_body,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
         )
         return TaskHandle(self._client, self.kind, created, created_at=created_at, hint=hint)
 
@@ -253,9 +297,14 @@ class TaskResource(Generic[R]):
 class _Route:
     __slots__ = ("create_path", "result_prefix", "batch_path", "parse", "result_params")
 
-    def __init__(self, create_path: str, result_prefix: str, batch_path: str,
-                 parse: Callable[[Any], Any],
-                 result_params: Mapping[str, str | int] | None = None) -> None:
+    def __init__(
+        self,
+        create_path: str,
+        result_prefix: str,
+        batch_path: str,
+        parse: Callable[[Any], Any],
+        result_params: Mapping[str, str | int] | None = None,
+    ) -> None:
         self.create_path = create_path
         self.result_prefix = result_prefix
         self.batch_path = batch_path
@@ -267,12 +316,18 @@ _ROUTES: dict[TaskKind, _Route] = {
     TaskKind.DUB: _Route("/dub", "/dub-result/", "/dubbing-results", parse_dubbing_result),
     # The API's OutputType enum is lower case (raw_bytes | file_url) and FastAPI checks it
     # case-sensitively: FILE_URL is answered 422.
-    TaskKind.TTS: _Route("/tts", "/tts-result/", "/tts-results", parse_tts_result,
-                         {"output_type": "file_url"}),
-    TaskKind.TRANSLATION: _Route("/translate", "/translation-result/", "/translation-results",
-                                 parse_translation_result),
-    TaskKind.TRANSCRIPTION: _Route("/transcribe", "/transcription-result/",
-                                   "/transcription-results", parse_transcription_result),
+    TaskKind.TTS: _Route(
+        "/tts", "/tts-result/", "/tts-results", parse_tts_result, {"output_type": "file_url"}
+    ),
+    TaskKind.TRANSLATION: _Route(
+        "/translate", "/translation-result/", "/translation-results", parse_translation_result
+    ),
+    TaskKind.TRANSCRIPTION: _Route(
+        "/transcribe",
+        "/transcription-result/",
+        "/transcription-results",
+        parse_transcription_result,
+    ),
 }
 
 
@@ -289,4 +344,3 @@ def _parse_task_id(data: Any) -> str:
         return check_task_id(task_id)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"task_id: {exc}") from None
-

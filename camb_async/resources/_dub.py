@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._models import (
-    DubbingOutcome,
-    DurationHint,
-)
+from .._models import DubbingOutcome, DurationHint
 from ..polling._handle import TaskHandle
 from ._args import (
     LanguageArg,
@@ -22,13 +19,7 @@ from ._args import (
     _required_str,
     check_language,
 )
-from ._base import (
-    _ROUTES,
-    TaskResource,
-    _Body,
-    _Headers,
-    _Query,
-)
+from ._base import _ROUTES, TaskResource, _Body, _Headers, _Query
 
 __all__ = ["DubResource"]
 
@@ -41,7 +32,6 @@ class DubResource(TaskResource[DubbingOutcome]):
     """
 
     __slots__ = ()
-
 
     async def create(
         self,
@@ -80,23 +70,28 @@ class DubResource(TaskResource[DubbingOutcome]):
         """
         body: dict[str, Any] = {
             "video_url": _required_str(video_url, "video_url"),
-            "source_language": check_language(source_language, "source_language",
-                                              allow_auto=True),
+            "source_language": check_language(source_language, "source_language", allow_auto=True),
         }
         if (target_language is None) == (target_languages is None):
             raise ValueError("pass exactly one of target_language= or target_languages=")
         if target_language is not None:
-            body["target_language"] = check_language(target_language, "target_language",
-                                                     allow_auto=False)
+            body["target_language"] = check_language(
+                target_language, "target_language", allow_auto=False
+            )
         else:
             body["target_languages"] = _language_list(target_languages, "target_languages")
         body.update(_project_fields(project_name, project_description, folder_id))
-        _put(body, "selected_audio_tracks",
-             _opt_int_list(selected_audio_tracks, "selected_audio_tracks"))
-        _put(body, "add_output_as_an_audio_track",
-             _opt_bool(add_output_as_an_audio_track, "add_output_as_an_audio_track"))
-        _put(body, "chosen_dictionaries",
-             _opt_int_list(chosen_dictionaries, "chosen_dictionaries"))
+        _put(
+            body,
+            "selected_audio_tracks",
+            _opt_int_list(selected_audio_tracks, "selected_audio_tracks"),
+        )
+        _put(
+            body,
+            "add_output_as_an_audio_track",
+            _opt_bool(add_output_as_an_audio_track, "add_output_as_an_audio_track"),
+        )
+        _put(body, "chosen_dictionaries", _opt_int_list(chosen_dictionaries, "chosen_dictionaries"))
         _put(body, "ai_optimization", _opt_bool(ai_optimization, "ai_optimization"))
         _put(body, "transcription_mode", _opt_mode(transcription_mode))
         if source_transcript is not None:
@@ -108,14 +103,20 @@ class DubResource(TaskResource[DubbingOutcome]):
             if not isinstance(target_transcripts, Mapping):
                 raise TypeError("target_transcripts must be a mapping {language: srt_text}")
             body["target_transcripts"] = [
-                {"content": _required_str(text, "target_transcripts value"), "format": "srt",
-                 "language": check_language(lang, "target_transcripts key", allow_auto=False)}
+                {
+                    "content": _required_str(text, "target_transcripts value"),
+                    "format": "srt",
+                    "language": check_language(lang, "target_transcripts key", allow_auto=False),
+                }
                 for lang, text in target_transcripts.items()
             ]
         _check_flag(retry_unsafe)
-        return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe, hint=hint,
-                                  extra_headers=extra_headers, extra_query=extra_query,
-                                  extra_body=extra_body)
-
-
+        return await self._create(
+            _ROUTES[self.kind].create_path,
+            json_body=body,
+            retry_unsafe=retry_unsafe,
+            hint=hint,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._models import (
-    DurationHint,
-    TranscriptionResult,
-)
+from .._models import DurationHint, TranscriptionResult
 from ..polling._handle import TaskHandle
 from ._args import (
     FileArg,
@@ -22,13 +19,7 @@ from ._args import (
     _required_str,
     check_language,
 )
-from ._base import (
-    _ROUTES,
-    TaskResource,
-    _Body,
-    _Headers,
-    _Query,
-)
+from ._base import _ROUTES, TaskResource, _Body, _Headers, _Query
 from ._upload import _Upload
 
 __all__ = ["TranscriptionResource"]
@@ -38,7 +29,6 @@ class TranscriptionResource(TaskResource[TranscriptionResult]):
     """``client.transcription``: transcribe media from a URL or an uploaded file."""
 
     __slots__ = ()
-
 
     async def create(
         self,
@@ -73,7 +63,7 @@ class TranscriptionResource(TaskResource[TranscriptionResult]):
         otherwise an uploaded file's size in bytes is the handle's duration hint.
         """
         fields: list[tuple[str, str]] = [
-            ("language", str(check_language(language, "language", allow_auto=True))),
+            ("language", str(check_language(language, "language", allow_auto=True)))
         ]
         if (media_url is None) == (file is None):
             raise ValueError("pass exactly one of media_url= or file=")
@@ -94,21 +84,30 @@ class TranscriptionResource(TaskResource[TranscriptionResult]):
         parts: list[tuple[str, Any]] = [(name, (None, value)) for name, value in fields]
         path = _ROUTES[self.kind].create_path
         if file is None:
-            return await self._create(path, files=parts, retry_unsafe=retry_unsafe,
-                                      hint=hint, extra_headers=extra_headers,
-                                      extra_query=extra_query, extra_body=extra_body)
+            return await self._create(
+                path,
+                files=parts,
+                retry_unsafe=retry_unsafe,
+                hint=hint,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=extra_body,
+            )
         upload = _Upload.prepare(file, filename, content_type)
         try:
             if hint is None:
                 size = upload.size()
                 hint = DurationHint(size, "bytes") if size else None
             return await self._create(
-                path, files=[*parts, upload.part()], retry_unsafe=retry_unsafe,
+                path,
+                files=[*parts, upload.part()],
+                retry_unsafe=retry_unsafe,
                 max_retries=None if upload.resendable else 0,
-                reopen_body=lambda: upload.reopen(parts), hint=hint,
-                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body,
+                reopen_body=lambda: upload.reopen(parts),
+                hint=hint,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=extra_body,
             )
         finally:
             upload.close()
-
-

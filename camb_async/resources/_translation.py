@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._models import (
-    DurationHint,
-    TranslationResult,
-)
+from .._models import DurationHint, TranslationResult
 from ..polling._handle import TaskHandle
 from ._args import (
     LanguageArg,
@@ -20,13 +17,7 @@ from ._args import (
     _required_str,
     check_language,
 )
-from ._base import (
-    _ROUTES,
-    TaskResource,
-    _Body,
-    _Headers,
-    _Query,
-)
+from ._base import _ROUTES, TaskResource, _Body, _Headers, _Query
 
 __all__ = ["TranslationResource"]
 
@@ -35,7 +26,6 @@ class TranslationResource(TaskResource[TranslationResult]):
     """``client.translation``: translate batches of texts."""
 
     __slots__ = ()
-
 
     async def create(
         self,
@@ -67,24 +57,24 @@ class TranslationResource(TaskResource[TranslationResult]):
             raise ValueError("texts must not be empty")
         body: dict[str, Any] = {
             "texts": [_required_str(t, "texts item", allow_blank=True) for t in texts],
-            "source_language": check_language(source_language, "source_language",
-                                              allow_auto=True),
-            "target_language": check_language(target_language, "target_language",
-                                              allow_auto=False),
+            "source_language": check_language(source_language, "source_language", allow_auto=True),
+            "target_language": check_language(target_language, "target_language", allow_auto=False),
         }
         _put(body, "age", _opt_int(age, "age"))
         _put(body, "formality", _opt_int(formality, "formality"))
         _put(body, "gender", _opt_int(gender, "gender"))
-        _put(body, "chosen_dictionaries",
-             _opt_int_list(chosen_dictionaries, "chosen_dictionaries"))
+        _put(body, "chosen_dictionaries", _opt_int_list(chosen_dictionaries, "chosen_dictionaries"))
         body.update(_project_fields(project_name, project_description, folder_id))
         _check_flag(retry_unsafe)
         chars = sum(len(t) for t in body["texts"])
         if hint is None and chars:
             hint = DurationHint(chars, "chars")
-        return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe, hint=hint,
-                                  extra_headers=extra_headers, extra_query=extra_query,
-                                  extra_body=extra_body)
-
-
+        return await self._create(
+            _ROUTES[self.kind].create_path,
+            json_body=body,
+            retry_unsafe=retry_unsafe,
+            hint=hint,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )

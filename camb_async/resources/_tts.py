@@ -11,10 +11,7 @@ import anyio
 
 from .._download import save_atomically
 from .._errors import APITimeoutError
-from .._models import (
-    DurationHint,
-    TTSResult,
-)
+from .._models import DurationHint, TTSResult
 from ..polling._handle import TaskHandle
 from ._args import (
     _check_flag,
@@ -26,15 +23,7 @@ from ._args import (
     check_language,
     check_run_id,
 )
-from ._base import (
-    _RAW_AUDIO,
-    _ROUTES,
-    TaskResource,
-    _as_body,
-    _Body,
-    _Headers,
-    _Query,
-)
+from ._base import _RAW_AUDIO, _ROUTES, TaskResource, _as_body, _Body, _Headers, _Query
 
 if TYPE_CHECKING:
     from .._reading import BodyStream
@@ -57,9 +46,9 @@ class TTSResource(TaskResource[TTSResult]):
 
     __slots__ = ()
 
-
-    async def audio(self, run_id: int, *, extra_headers: _Headers = None,
-                    extra_query: _Query = None) -> AsyncIterator[bytes]:
+    async def audio(
+        self, run_id: int, *, extra_headers: _Headers = None, extra_query: _Query = None
+    ) -> AsyncIterator[bytes]:
         """The FLAC audio of run ``run_id`` as it arrives: ``async for chunk in ...``.
 
         ``GET /tts-result/{run_id}?output_type=raw_bytes``. Retried (budget, back-off) only
@@ -80,9 +69,15 @@ class TTSResource(TaskResource[TTSResult]):
             with anyio.CancelScope(shield=True):
                 await body.aclose()
 
-    async def save_audio(self, run_id: int, path: str | os.PathLike[str], *,
-                         deadline: float | None = None,
-                         extra_headers: _Headers = None, extra_query: _Query = None) -> int:
+    async def save_audio(
+        self,
+        run_id: int,
+        path: str | os.PathLike[str],
+        *,
+        deadline: float | None = None,
+        extra_headers: _Headers = None,
+        extra_query: _Query = None,
+    ) -> int:
         """Stream the FLAC audio of run ``run_id`` to ``path``; returns the bytes written.
 
         Written to a temporary file beside ``path`` and renamed over it only when complete:
@@ -107,22 +102,32 @@ class TTSResource(TaskResource[TTSResult]):
 
         if deadline is None:
             return await save_atomically(path, body)
-        if (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
-                or not 0 < deadline < math.inf):
+        if (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not 0 < deadline < math.inf
+        ):
             raise ValueError(f"deadline must be a finite positive number, got {deadline!r}")
         with anyio.move_on_after(deadline):
             return await save_atomically(path, body)
-        raise APITimeoutError(f"GET /tts-result/{run_id}: the audio did not arrive "
-                              f"within deadline={deadline}s")
+        raise APITimeoutError(
+            f"GET /tts-result/{run_id}: the audio did not arrive within deadline={deadline}s"
+        )
 
-    async def _audio_body(self, run_id: int, extra_headers: _Headers = None,
-                          extra_query: _Query = None) -> BodyStream:
+    async def _audio_body(
+        self, run_id: int, extra_headers: _Headers = None, extra_query: _Query = None
+    ) -> BodyStream:
         path = _ROUTES[self.kind].result_prefix + str(check_run_id(run_id))
         body: BodyStream = await self._client._request(
-            "GET", path, _as_body, params=_RAW_AUDIO, stream=True,
-            extra_headers=extra_headers, extra_query=extra_query)
+            "GET",
+            path,
+            _as_body,
+            params=_RAW_AUDIO,
+            stream=True,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+        )
         return body
-
 
     async def create(
         self,
@@ -158,9 +163,12 @@ class TTSResource(TaskResource[TTSResult]):
         _check_flag(retry_unsafe)
         if hint is None and text:
             hint = DurationHint(len(text), "chars")
-        return await self._create(_ROUTES[self.kind].create_path, json_body=body,
-                                  retry_unsafe=retry_unsafe, hint=hint,
-                                  extra_headers=extra_headers, extra_query=extra_query,
-                                  extra_body=extra_body)
-
-
+        return await self._create(
+            _ROUTES[self.kind].create_path,
+            json_body=body,
+            retry_unsafe=retry_unsafe,
+            hint=hint,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )

@@ -22,8 +22,15 @@ class _Upload:
 
     __slots__ = ("filename", "content_type", "_path", "_data", "_file", "resendable")
 
-    def __init__(self, filename: str, content_type: str, path: str | None,
-                 data: bytes | None, file: IO[bytes] | None, resendable: bool) -> None:
+    def __init__(
+        self,
+        filename: str,
+        content_type: str,
+        path: str | None,
+        data: bytes | None,
+        file: IO[bytes] | None,
+        resendable: bool,
+    ) -> None:
         self.filename = filename
         self.content_type = content_type
         self._path = path
@@ -32,8 +39,7 @@ class _Upload:
         self.resendable = resendable
 
     @classmethod
-    def prepare(cls, file: object, filename: str | None, content_type: str | None
-                ) -> _Upload:
+    def prepare(cls, file: object, filename: str | None, content_type: str | None) -> _Upload:
         if filename is not None:
             _required_str(filename, "filename")
             if any(c in filename for c in '\r\n"'):
@@ -58,12 +64,12 @@ class _Upload:
             raise TypeError("file objects must be opened in binary mode ('rb')")
         read = getattr(file, "read", None)
         if not callable(read):
-            raise TypeError("file must be a path, bytes, or a binary file object, "
-                            f"got {type(file).__name__}")
+            raise TypeError(
+                f"file must be a path, bytes, or a binary file object, got {type(file).__name__}"
+            )
         fobj = cast("IO[bytes]", file)
         given = getattr(fobj, "name", None)
-        name = filename or (os.path.basename(given) if isinstance(given, str) else "") \
-            or "upload"
+        name = filename or (os.path.basename(given) if isinstance(given, str) else "") or "upload"
         seekable = getattr(fobj, "seekable", None)
         resendable = bool(seekable()) if callable(seekable) else False
         return cls(name, content_type or _guess_type(name), None, None, fobj, resendable)

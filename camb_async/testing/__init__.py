@@ -29,5 +29,12 @@ from ._faults import TRANSIENT_FAULTS, Fault
 from ._server import serve_in_thread
 from ._tasks import FakeTask, LoggedRequest, peak_per_window
 
-__all__ = ["Fault", "FakeCambAPI", "FakeTask", "LoggedRequest", "TRANSIENT_FAULTS",
-           "peak_per_window", "serve_in_thread"]
+__all__ = [
+    "Fault",
+    "FakeCambAPI",
+    "FakeTask",
+    "LoggedRequest",
+    "TRANSIENT_FAULTS",
+    "peak_per_window",
+    "serve_in_thread",
+]

@@ -43,10 +43,13 @@ class _Audio:
             sent += len(chunk)
             yield chunk
 
-    async def send(self, send: Send, headers: list[tuple[str, str]], *,
-                   reset: bool = False) -> None:
-        raw_headers = [(b"content-type", b"audio/flac"),
-                       (b"content-length", str(self.size).encode())]
+    async def send(
+        self, send: Send, headers: list[tuple[str, str]], *, reset: bool = False
+    ) -> None:
+        raw_headers = [
+            (b"content-type", b"audio/flac"),
+            (b"content-length", str(self.size).encode()),
+        ]
         raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         cut = self.size // 2 if reset else self.reset_after
@@ -65,17 +68,27 @@ async def _read_body(receive: Receive) -> bytes:
         if not message.get("more_body"):
             return b"".join(chunks)
 
-async def _respond(send: Send, status: int, payload: bytes | _Audio,
-                   headers: list[tuple[str, str]], *, reset: bool = False) -> None:
+
+async def _respond(
+    send: Send,
+    status: int,
+    payload: bytes | _Audio,
+    headers: list[tuple[str, str]],
+    *,
+    reset: bool = False,
+) -> None:
     if isinstance(payload, _Audio):
         await payload.send(send, headers, reset=reset)
         return
-    raw_headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(payload)).encode())]
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
     raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     if reset:
-        await send({"type": "http.response.body", "body": payload[: len(payload) // 2],
-                    "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
+        )
         raise _ResetConnection("injected connection reset")
     await send({"type": "http.response.body", "body": payload})

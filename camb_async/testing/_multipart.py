@@ -32,8 +32,10 @@ class _FormReader:
         try:
             from python_multipart.multipart import MultipartParser, parse_options_header
         except ImportError as exc:  # pragma: no cover - a test extra
-            raise RuntimeError("FakeCambAPI needs python-multipart for multipart requests "
-                               "(pip install 'camb-async[test]')") from exc
+            raise RuntimeError(
+                "FakeCambAPI needs python-multipart for multipart requests "
+                "(pip install 'camb-async[test]')"
+            ) from exc
         self._options = parse_options_header
         self.form: dict[str, Any] = {}
         self.part: dict[str, Any] = {}
@@ -43,12 +45,18 @@ class _FormReader:
         if not boundary:
             self.form["__invalid__"] = "no boundary"
             return
-        self.parser = MultipartParser(boundary, {
-            "on_part_begin": self.on_part_begin, "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end, "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished,
-        })
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self.on_part_begin,
+                "on_part_data": self.on_part_data,
+                "on_part_end": self.on_part_end,
+                "on_header_field": self.on_header_field,
+                "on_header_value": self.on_header_value,
+                "on_header_end": self.on_header_end,
+                "on_headers_finished": self.on_headers_finished,
+            },
+        )
 
     def feed(self, chunk: bytes) -> None:
         if self.parser is not None and chunk:
@@ -67,8 +75,14 @@ class _FormReader:
         return self.form
 
     def on_part_begin(self) -> None:
-        self.part = {"headers": {}, "field": b"", "value": b"", "name": "", "file": None,
-                     "text": bytearray()}
+        self.part = {
+            "headers": {},
+            "field": b"",
+            "value": b"",
+            "name": "",
+            "file": None,
+            "text": bytearray(),
+        }
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.part["field"] += data[start:end]
@@ -90,7 +104,8 @@ class _FormReader:
             part["file"] = {
                 "filename": filename.decode("utf-8", "replace"),
                 "content_type": part["headers"].get(b"content-type", b"").decode("latin-1"),
-                "size": 0, "sha256": hashlib.sha256(),
+                "size": 0,
+                "sha256": hashlib.sha256(),
             }
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:

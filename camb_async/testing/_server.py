@@ -23,9 +23,16 @@ class serve_in_thread:  # lower case: used like a function, `with serve_in_threa
 
     port: int
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning", lifespan: Literal["on", "off", "auto"] = "off",
-                 **uvicorn_options: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        lifespan: Literal["on", "off", "auto"] = "off",
+        **uvicorn_options: Any,
+    ) -> None:
         self.app = app
         self.lifespan = lifespan  # "on" for apps (e.g. FastAPI) that open resources at startup
         self.host = host
@@ -50,11 +57,17 @@ class serve_in_thread:  # lower case: used like a function, `with serve_in_threa
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan=self.lifespan,
-                                access_log=False, **self.options)
+        config = uvicorn.Config(
+            self.app,
+            log_level=self.log_level,
+            lifespan=self.lifespan,
+            access_log=False,
+            **self.options,
+        )
         self._server = server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                        daemon=True, name="fake-camb-api")
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="fake-camb-api"
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not server.started:

@@ -86,9 +86,15 @@ def peak_per_window(times: Iterable[float], window: float = 1.0) -> int:
 
 
 def _segments(run_id: int, label: str) -> list[dict[str, Any]]:
-    return [{"start": i * 2.0, "end": i * 2.0 + 1.5,
-             "text": f"{label} run {run_id} segment {i + 1}", "speaker": f"SPEAKER_{i % 2}"}
-            for i in range(1 + run_id % 3)]
+    return [
+        {
+            "start": i * 2.0,
+            "end": i * 2.0 + 1.5,
+            "text": f"{label} run {run_id} segment {i + 1}",
+            "speaker": f"SPEAKER_{i % 2}",
+        }
+        for i in range(1 + run_id % 3)
+    ]
 
 
 def _result_json(task: FakeTask) -> Any:
@@ -101,10 +107,14 @@ def _result_json(task: FakeTask) -> Any:
     request = task.request or {}
     base = f"https://fake.camb.ai/{task.kind.value}/{run_id}"
     if task.kind is TaskKind.DUB:
+
         def one(language: Any) -> dict[str, Any]:
-            return {"audio_url": f"{base}/{language}/audio.mp3",
-                    "video_url": f"{base}/{language}/video.mp4",
-                    "transcript": _segments(run_id, f"dub[{language}]")}
+            return {
+                "audio_url": f"{base}/{language}/audio.mp3",
+                "video_url": f"{base}/{language}/video.mp4",
+                "transcript": _segments(run_id, f"dub[{language}]"),
+            }
+
         targets = request.get("target_languages")
         if isinstance(targets, list) and len(targets) > 1:
             return {str(t): one(t) for t in targets}
@@ -117,5 +127,3 @@ def _result_json(task: FakeTask) -> Any:
         target = request.get("target_language", "target")
         return {"texts": [f"[{target}] {text}" for text in texts]}
     return {"transcript": _segments(run_id, "transcription")}
-
-

@@ -53,18 +53,29 @@ def _v_int(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
             return int(value)
         if not math.isfinite(value):
             return _error(errors, loc, "finite_number", "Input should be a finite number")
-        return _error(errors, loc, "int_from_float",
-                      "Input should be a valid integer, got a number with a fractional part")
+        return _error(
+            errors,
+            loc,
+            "int_from_float",
+            "Input should be a valid integer, got a number with a fractional part",
+        )
     if isinstance(value, str):
         if _INT_TEXT.fullmatch(value):
             digits = value.strip().replace("_", "").split(".", 1)[0]
             if len(digits.lstrip("+-")) > 4300:  # pydantic's (and CPython's) digit limit
-                return _error(errors, loc, "int_parsing_size",
-                              "Unable to parse input string as an integer, exceeded maximum "
-                              "size")
+                return _error(
+                    errors,
+                    loc,
+                    "int_parsing_size",
+                    "Unable to parse input string as an integer, exceeded maximum size",
+                )
             return int(digits)
-        return _error(errors, loc, "int_parsing",
-                      "Input should be a valid integer, unable to parse string as an integer")
+        return _error(
+            errors,
+            loc,
+            "int_parsing",
+            "Input should be a valid integer, unable to parse string as an integer",
+        )
     return _error(errors, loc, "int_type", "Input should be a valid integer")
 
 
@@ -81,8 +92,12 @@ def _v_float(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
         try:
             return float(value)
         except ValueError:
-            return _error(errors, loc, "float_parsing",
-                          "Input should be a valid number, unable to parse string as a number")
+            return _error(
+                errors,
+                loc,
+                "float_parsing",
+                "Input should be a valid number, unable to parse string as a number",
+            )
     return _error(errors, loc, "float_type", "Input should be a valid number")
 
 
@@ -96,8 +111,12 @@ def _v_bool(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
     if isinstance(value, (int, float, str)):
-        return _error(errors, loc, "bool_parsing",
-                      "Input should be a valid boolean, unable to interpret input")
+        return _error(
+            errors,
+            loc,
+            "bool_parsing",
+            "Input should be a valid boolean, unable to interpret input",
+        )
     return _error(errors, loc, "bool_type", "Input should be a valid boolean")
 
 
@@ -121,12 +140,14 @@ def _literal(*allowed: str, kind: str = "literal_error") -> Validator:
         if isinstance(value, str) and value in allowed:
             return value
         return _error(errors, loc, kind, f"Input should be {expected}")
+
     return check
 
 
 def _optional(inner: Validator) -> Validator:
     def check(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
         return None if value is None else inner(value, loc, errors)
+
     return check
 
 
@@ -136,6 +157,7 @@ def _list_of(inner: Validator) -> Validator:
             return _error(errors, loc, "list_type", "Input should be a valid list")
         out = [inner(item, (*loc, i), errors) for i, item in enumerate(value)]
         return _BAD if any(item is _BAD for item in out) else out
+
     return check
 
 
@@ -145,16 +167,22 @@ Fields = dict[str, tuple[bool, Validator]]  # name -> (required, validator)
 def _model(fields: Fields) -> Validator:
     def check(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
         if not isinstance(value, dict):
-            return _error(errors, loc, "model_attributes_type", "Input should be a valid "
-                          "dictionary or object to extract fields from")
+            return _error(
+                errors,
+                loc,
+                "model_attributes_type",
+                "Input should be a valid dictionary or object to extract fields from",
+            )
         before = len(errors)
         _validate_fields(value, fields, loc, errors)
         return value if len(errors) == before else _BAD
+
     return check
 
 
-def _validate_fields(value: dict[str, Any], fields: Fields, loc: Loc,
-                     errors: list[dict[str, Any]]) -> None:
+def _validate_fields(
+    value: dict[str, Any], fields: Fields, loc: Loc, errors: list[dict[str, Any]]
+) -> None:
     for field, (required, validator) in fields.items():
         if field not in value:
             if required:
@@ -169,14 +197,18 @@ def _validate_model(value: Any, fields: Fields, loc: Loc) -> list[dict[str, Any]
     if value is None:
         return [{"loc": list(loc), "msg": "Field required", "type": "missing"}]
     if not isinstance(value, dict):
-        return [{"loc": list(loc), "type": "model_attributes_type",
-                 "msg": "Input should be a valid dictionary or object to extract fields from"}]
+        return [
+            {
+                "loc": list(loc),
+                "type": "model_attributes_type",
+                "msg": "Input should be a valid dictionary or object to extract fields from",
+            }
+        ]
     _validate_fields(value, fields, loc, errors)
     return errors
 
 
-def _check_query(params: dict[str, str], fields: dict[str, Validator]
-                 ) -> list[dict[str, Any]]:
+def _check_query(params: dict[str, str], fields: dict[str, Validator]) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     for name, validator in fields.items():
         if name in params:
@@ -184,8 +216,9 @@ def _check_query(params: dict[str, str], fields: dict[str, Validator]
     return errors
 
 
-def _json_body(body: bytes, form: dict[str, Any] | None, headers: dict[str, str]
-               ) -> tuple[Any, list[dict[str, Any]]]:
+def _json_body(
+    body: bytes, form: dict[str, Any] | None, headers: dict[str, str]
+) -> tuple[Any, list[dict[str, Any]]]:
     """A JSON route's body as FastAPI reads it: decoded when the content type is JSON (or
     absent), else the raw bytes, which then fail model validation."""
     if form is not None:
@@ -195,14 +228,17 @@ def _json_body(body: bytes, form: dict[str, Any] | None, headers: dict[str, str]
     content_type = headers.get("content-type")
     if content_type:
         main = content_type.split(";", 1)[0].strip().lower()
-        if not (main == "application/json" or (main.startswith("application/")
-                                                and main.endswith("+json"))):
+        if not (
+            main == "application/json"
+            or (main.startswith("application/") and main.endswith("+json"))
+        ):
             return body, []
     try:
         return json.loads(body), []
     except json.JSONDecodeError as exc:
-        return None, [{"loc": ["body", exc.pos], "msg": "JSON decode error",
-                       "type": "json_invalid"}]
+        return None, [
+            {"loc": ["body", exc.pos], "msg": "JSON decode error", "type": "json_invalid"}
+        ]
     except (ValueError, RecursionError):
         # Nesting deeper than the parser's stack, bytes that are no text: FastAPI answers
         # 400 "There was an error parsing the body".
@@ -231,8 +267,10 @@ _CREATE_MODELS: dict[TaskKind, Fields] = {
         "ai_optimization": (False, _optional(_v_bool)),
         "transcription_mode": (False, _MODE),
         "source_transcript": (False, _optional(_model(_SRT))),
-        "target_transcripts": (False, _optional(_list_of(_model(
-            {**_SRT, "language": (True, _v_language)})))),
+        "target_transcripts": (
+            False,
+            _optional(_list_of(_model({**_SRT, "language": (True, _v_language)}))),
+        ),
     },
     TaskKind.TTS: {
         **_PROJECT,
@@ -259,8 +297,9 @@ _BATCH_MODEL: Fields = {"run_ids": (True, _list_of(_v_int))}
 def _v_upload(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:
     if isinstance(value, dict):  # a file part (summarised by _read_form)
         return value
-    return _error(errors, loc, "value_error",
-                  f"Value error, Expected UploadFile, received: {type(value)}")
+    return _error(
+        errors, loc, "value_error", f"Value error, Expected UploadFile, received: {type(value)}"
+    )
 
 
 def _v_form_str(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> Any:

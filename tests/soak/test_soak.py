@@ -55,8 +55,7 @@ FAULTS = (
     Fault(status=None, reset=True),  # answer starts, then the connection is dropped mid-body
     Fault(status=None, delay=READ_TIMEOUT * 1.6),  # answer slower than the read timeout
 )
-TERMINAL = (TaskStatus.SUCCESS, TaskStatus.ERROR, TaskStatus.TIMEOUT,
-            TaskStatus.PAYMENT_REQUIRED)
+TERMINAL = (TaskStatus.SUCCESS, TaskStatus.ERROR, TaskStatus.TIMEOUT, TaskStatus.PAYMENT_REQUIRED)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -122,16 +121,22 @@ def script(api: FakeCambAPI, rng: random.Random) -> dict[tuple[TaskKind, str], T
         kind = kinds[i % 4]
         status = rng.choice(TERMINAL)
         task_id = f"soak-{i}"
-        api.add_task(kind, task_id, status=status, polls=rng.randrange(3),
-                     exception_reason=None if status is TaskStatus.SUCCESS else "INTERNAL_ERROR")
+        api.add_task(
+            kind,
+            task_id,
+            status=status,
+            polls=rng.randrange(3),
+            exception_reason=None if status is TaskStatus.SUCCESS else "INTERNAL_ERROR",
+        )
         truth[(kind, task_id)] = status
     return truth
 
 
 async def test_soak_10k_tasks_with_faults(anyio_backend: str) -> None:
     rng = random.Random(SEED)
-    api = FakeCambAPI(api_key=API_KEY, clock=time.monotonic, fault_rate=0.2, faults=FAULTS,
-                      seed=SEED)
+    api = FakeCambAPI(
+        api_key=API_KEY, clock=time.monotonic, fault_rate=0.2, faults=FAULTS, seed=SEED
+    )
     truth = script(api, rng)
     keys = list(truth)
     half = len(keys) // 2
@@ -148,21 +153,28 @@ async def test_soak_10k_tasks_with_faults(anyio_backend: str) -> None:
             started = time.monotonic()
             gathered: list[Any] = []
             streamed: list[Any] = []
-            async with AsyncCambClient(API_KEY, base_url=url, timeout=READ_TIMEOUT,
-                                       max_retries=3, rate_limit=None,
-                                       max_concurrency=32) as client:
+            async with AsyncCambClient(
+                API_KEY,
+                base_url=url,
+                timeout=READ_TIMEOUT,
+                max_retries=3,
+                rate_limit=None,
+                max_concurrency=32,
+            ) as client:
                 handles = [client.task(kind, task_id) for kind, task_id in keys[:half]]
                 ids_by_kind: dict[TaskKind, list[str]] = {}
                 for kind, task_id in keys[half:]:
                     ids_by_kind.setdefault(kind, []).append(task_id)
 
                 async def gather() -> None:
-                    gathered.extend(await client.gather_statuses(
-                        handles, policy=policy, return_exceptions=True))
+                    gathered.extend(
+                        await client.gather_statuses(handles, policy=policy, return_exceptions=True)
+                    )
 
                 async def stream(kind: TaskKind, ids: list[str]) -> None:
-                    async with iter_statuses(client, ids, kind=kind, policy=policy,
-                                             return_exceptions=True) as items:
+                    async with iter_statuses(
+                        client, ids, kind=kind, policy=policy, return_exceptions=True
+                    ) as items:
                         streamed.extend([item async for item in items])
 
                 try:
@@ -196,8 +208,11 @@ async def test_soak_10k_tasks_with_faults(anyio_backend: str) -> None:
     seen = Counter((r.kind, r.task_id) for r in gathered + streamed)
     assert set(seen) == set(truth)
     assert max(seen.values()) == 1, [k for k, n in seen.items() if n > 1][:5]
-    wrong = [(r.task_id, r.status, truth[(r.kind, r.task_id)]) for r in gathered + streamed
-             if r.status is not truth[(r.kind, r.task_id)]]
+    wrong = [
+        (r.task_id, r.status, truth[(r.kind, r.task_id)])
+        for r in gathered + streamed
+        if r.status is not truth[(r.kind, r.task_id)]
+    ]
     assert not wrong, wrong[:5]
 
     # Sockets: the client holds none after aclose(); the server side drains to the baseline.

@@ -52,15 +52,22 @@ class TLSFiles:
     client_certs_required: bool = False
 
     @classmethod
-    def make(cls, directory: str, *, server_names: Sequence[str] = ("127.0.0.1", "localhost"),
-             client_certs_required: bool = False) -> TLSFiles:
+    def make(
+        cls,
+        directory: str,
+        *,
+        server_names: Sequence[str] = ("127.0.0.1", "localhost"),
+        client_certs_required: bool = False,
+    ) -> TLSFiles:
         import trustme
 
         ca = trustme.CA()
         server = ca.issue_cert(*server_names)
         client = ca.issue_cert("camb-async-client")
-        paths = {name: os.path.join(directory, f"{name}.pem") for name in (
-            "ca", "server_cert", "server_key", "client_cert", "client_key")}
+        paths = {
+            name: os.path.join(directory, f"{name}.pem")
+            for name in ("ca", "server_cert", "server_key", "client_cert", "client_key")
+        }
         ca.cert_pem.write_to_path(paths["ca"])
         server.cert_chain_pems[0].write_to_path(paths["server_cert"])
         server.private_key_pem.write_to_path(paths["server_key"])
@@ -78,8 +85,13 @@ class TLSFiles:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, data in a temp dir, nothing persisted."""
 
-    def __init__(self, port: int | None = None, password: str | None = None,
-                 args: Sequence[str] = (), tls: TLSFiles | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        args: Sequence[str] = (),
+        tls: TLSFiles | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -98,17 +110,46 @@ class RedisServer:
     def start(self) -> None:
         ports = ["--port", str(self.port)]
         if self.tls is not None:
-            ports = ["--port", "0", "--tls-port", str(self.port),
-                     "--tls-cert-file", self.tls.server_cert, "--tls-key-file", self.tls.server_key,
-                     "--tls-ca-cert-file", self.tls.ca,
-                     "--tls-auth-clients", "yes" if self.tls.client_certs_required else "no"]
+            ports = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.tls.server_cert,
+                "--tls-key-file",
+                self.tls.server_key,
+                "--tls-ca-cert-file",
+                self.tls.ca,
+                "--tls-auth-clients",
+                "yes" if self.tls.client_certs_required else "no",
+            ]
         self.proc = subprocess.Popen(
-            [self.binary, *ports, "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--protected-mode", "yes", "--loglevel", "warning",
-             "--enable-debug-command", "local",  # DEBUG SLEEP: a slow Redis, in the tests
-             *(["--requirepass", self.password] if self.password else []), *self.args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                *ports,
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--loglevel",
+                "warning",
+                "--enable-debug-command",
+                "local",  # DEBUG SLEEP: a slow Redis, in the tests
+                *(["--requirepass", self.password] if self.password else []),
+                *self.args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while not self.ping():
@@ -131,15 +172,25 @@ class RedisServer:
     def _cli(self) -> list[str]:
         cli = [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port)]
         if self.tls is not None:
-            cli += ["--tls", "--cacert", self.tls.ca, "--cert", self.tls.client_cert,
-                    "--key", self.tls.client_key]
+            cli += [
+                "--tls",
+                "--cacert",
+                self.tls.ca,
+                "--cert",
+                self.tls.client_cert,
+                "--key",
+                self.tls.client_key,
+            ]
         return cli
 
     def cli(self, *command: str, timeout: float = 30.0) -> str:
         """Run one command with redis-cli; its output."""
         return subprocess.run(
             [*self._cli(), *command],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             env={**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})},
         ).stdout.strip()
 
@@ -147,7 +198,9 @@ class RedisServer:
         """Start one redis-cli command without waiting for it (DEBUG SLEEP, a busy script)."""
         return subprocess.Popen(
             [*self._cli(), *command],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             env={**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})},
         )
 
@@ -213,11 +266,21 @@ class LocalCluster:
         self.nodes: list[RedisServer] = []
         for _ in range(masters * 2):
             port = free_cluster_port()
-            self.nodes.append(RedisServer(port=port, args=[
-                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", str(node_timeout_ms),
-                "--cluster-require-full-coverage", "no",
-            ]))
+            self.nodes.append(
+                RedisServer(
+                    port=port,
+                    args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"nodes-{port}.conf",
+                        "--cluster-node-timeout",
+                        str(node_timeout_ms),
+                        "--cluster-require-full-coverage",
+                        "no",
+                    ],
+                )
+            )
 
     @property
     def url(self) -> str:
@@ -231,9 +294,19 @@ class LocalCluster:
             node.start()
         cli = shutil.which("redis-cli") or "redis-cli"
         subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-             "--cluster-replicas", "1", "--cluster-yes"],
-            check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
         )
         self.wait_ok()
 
@@ -352,15 +425,26 @@ def run_fleet(
         procs = []
         for w in range(workers):
             config = {
-                "redis_url": redis_url, "api_url": base_url, "name": name, "rate": rate,
-                "prefix": f"w{w}", "tasks": counts[w], "options": budget_options or {},
-                "local_rate": local_rate, "backend": backends[w % len(backends)],
+                "redis_url": redis_url,
+                "api_url": base_url,
+                "name": name,
+                "rate": rate,
+                "prefix": f"w{w}",
+                "tasks": counts[w],
+                "options": budget_options or {},
+                "local_rate": local_rate,
+                "backend": backends[w % len(backends)],
             }
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.tcp.redis_server", "worker", json.dumps(config)],
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.tcp.redis_server", "worker", json.dumps(config)],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+            )
         # Start together once every worker has imported everything (a start line each).
         for w, proc in enumerate(procs):
             assert proc.stdout is not None
@@ -373,14 +457,17 @@ def run_fleet(
             proc.stdin.flush()
         threads = []
         for at, label, action in during:
-            def act(at: float = at, label: str = label,
-                    action: Callable[[FakeCambAPI], object] = action) -> None:
+
+            def act(
+                at: float = at, label: str = label, action: Callable[[FakeCambAPI], object] = action
+            ) -> None:
                 while not api.log and time.monotonic() < start + timeout:
                     time.sleep(0.005)
                 time.sleep(max(0.0, api.log[0].time + at - time.monotonic()))
                 events[label] = time.monotonic()
                 action(api)
                 events[label + ":done"] = time.monotonic()
+
             thread = threading.Thread(target=act, daemon=True)
             thread.start()
             threads.append(thread)
@@ -414,18 +501,24 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
     if config["local_rate"] is not None:
         budget = RateBudget(config["local_rate"], 16)
     else:
-        budget = RedisRateBudget.from_url(config["redis_url"], rate=config["rate"],
-                                          name=config["name"], **config["options"])
+        budget = RedisRateBudget.from_url(
+            config["redis_url"], rate=config["rate"], name=config["name"], **config["options"]
+        )
     ids = [f"{config['prefix']}-{i}" for i in range(config["tasks"])]
     async with AsyncExitStack() as stack:
         if isinstance(budget, RedisRateBudget):
             await stack.enter_async_context(budget)
         client = await stack.enter_async_context(
-            AsyncCambClient(API_KEY, base_url=config["api_url"], budget=budget))
+            AsyncCambClient(API_KEY, base_url=config["api_url"], budget=budget)
+        )
         began = time.monotonic()
-        results = await gather_statuses(client, ids, kind=TaskKind.TTS,
-                                        policy=PollPolicy(initial=0.5, max_interval=2.0),
-                                        return_exceptions=True)
+        results = await gather_statuses(
+            client,
+            ids,
+            kind=TaskKind.TTS,
+            policy=PollPolicy(initial=0.5, max_interval=2.0),
+            return_exceptions=True,
+        )
         finished = time.monotonic()
     return {
         "prefix": config["prefix"],
@@ -435,9 +528,18 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         "results": len(results),
         "success": sum(1 for r in results if getattr(r, "is_success", False)),
         "errors": [repr(r) for r in results if isinstance(r, BaseException)][:5],
-        **{k: getattr(budget, k, 0) for k in (
-            "grants", "local_grants", "pauses", "redis_errors", "outages", "resets_seen",
-            "redis_calls")},
+        **{
+            k: getattr(budget, k, 0)
+            for k in (
+                "grants",
+                "local_grants",
+                "pauses",
+                "redis_errors",
+                "outages",
+                "resets_seen",
+                "redis_calls",
+            )
+        },
     }
 
 

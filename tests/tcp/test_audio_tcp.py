@@ -29,24 +29,25 @@ def tts_run(api: FakeCambAPI, size: int, reset_after: int | None = None) -> int:
     return run_id
 
 
-async def test_save_audio_over_loopback(api: FakeCambAPI, base_url: str,
-                                        tmp_path: Path) -> None:
+async def test_save_audio_over_loopback(api: FakeCambAPI, base_url: str, tmp_path: Path) -> None:
     run_id = tts_run(api, 12 * MB + 123)
     target = tmp_path / "speech.flac"
     async with AsyncCambClient(API_KEY, base_url=base_url) as client:
         written = await client.tts.save_audio(run_id, target)
         handle_target = tmp_path / "again.flac"
         task_id = next(iter(api.tasks))[1]
-        again = await client.tts.task(task_id).save_audio(handle_target, timeout=30,
-                                                          policy=PollPolicy(initial=0.05))
+        again = await client.tts.task(task_id).save_audio(
+            handle_target, timeout=30, policy=PollPolicy(initial=0.05)
+        )
     assert written == again == 12 * MB + 123
     digest = hashlib.sha256(api.audio_bytes(run_id)).hexdigest()
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
     assert sorted(os.listdir(tmp_path)) == ["again.flac", "speech.flac"]
 
 
-async def test_reset_mid_body_leaves_no_file(api: FakeCambAPI, base_url: str,
-                                             tmp_path: Path) -> None:
+async def test_reset_mid_body_leaves_no_file(
+    api: FakeCambAPI, base_url: str, tmp_path: Path
+) -> None:
     # The acceptance case is a reset after 50 MB; 5 MB into a 10 MB answer is the same path.
     run_id = tts_run(api, 10 * MB, reset_after=5 * MB)
     target = tmp_path / "speech.flac"

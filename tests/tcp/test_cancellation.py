@@ -10,10 +10,7 @@ import time
 import anyio
 import pytest
 
-from camb_async import (
-    AsyncCambClient,
-    RateBudget,
-)
+from camb_async import AsyncCambClient, RateBudget
 from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
 
 from ..conftest import API_KEY
@@ -26,16 +23,21 @@ pytestmark = pytest.mark.anyio
 def test_cancel_over_real_sockets_returns_every_connection(backend: str) -> None:
     """Same trials through uvicorn: the pool lends out nothing after a cancellation."""
     rng = random.Random(f"sockets-{backend}")
-    api = FakeCambAPI(api_key=API_KEY, clock=time.monotonic, fault_rate=0.3, seed=1,
-                      faults=(Fault(status=None, delay=0.05), Fault(status=503),
-                              Fault(status=None, reset=True)))
+    api = FakeCambAPI(
+        api_key=API_KEY,
+        clock=time.monotonic,
+        fault_rate=0.3,
+        seed=1,
+        faults=(Fault(status=None, delay=0.05), Fault(status=503), Fault(status=None, reset=True)),
+    )
     ids = [api.add_task("translate", f"t{i}", after=1e9) for i in range(8)]
     stats = {"mid_request": 0}
 
     async def main(url: str) -> None:
         baseline = running_tasks()
-        async with AsyncCambClient(API_KEY, base_url=url, max_concurrency=1, rate_limit=None,
-                                   timeout=5) as client:
+        async with AsyncCambClient(
+            API_KEY, base_url=url, max_concurrency=1, rate_limit=None, timeout=5
+        ) as client:
             budget = client.budget
             assert isinstance(budget, RateBudget)
             for trial in range(TRIALS):

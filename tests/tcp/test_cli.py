@@ -29,24 +29,36 @@ KEY = "sk-cli-test-5f2c9a"
 pytestmark = pytest.mark.slow
 
 
-def run(*args: str, key: str | None = KEY, timeout: float = 60,
-        **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, key: str | None = KEY, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CAMB_")}
     if key is not None:
         environ["CAMB_API_KEY"] = key
     environ.update(env)
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout,
-                          env=environ, stdin=subprocess.DEVNULL)
-
-
+    return subprocess.run(
+        [str(BIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
 def quick_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Six TTS/translation tasks that all succeed within 0.5 s."""
     server = FakeServer.cli(
-        tmp_path_factory.mktemp("quick"), KEY, "--tasks", "6", "--kinds", "tts,translate",
-        "--max-duration", "0.5")
+        tmp_path_factory.mktemp("quick"),
+        KEY,
+        "--tasks",
+        "6",
+        "--kinds",
+        "tts,translate",
+        "--max-duration",
+        "0.5",
+    )
     yield server
     server.stop()
 
@@ -55,8 +67,17 @@ def quick_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServe
 def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Four tasks that all end ERROR or TIMEOUT within 1 s."""
     server = FakeServer.cli(
-        tmp_path_factory.mktemp("failing"), KEY, "--tasks", "4", "--kinds", "tts",
-        "--max-duration", "1", "--error-rate", "1")
+        tmp_path_factory.mktemp("failing"),
+        KEY,
+        "--tasks",
+        "4",
+        "--kinds",
+        "tts",
+        "--max-duration",
+        "1",
+        "--error-rate",
+        "1",
+    )
     yield server
     server.stop()
 
@@ -65,8 +86,19 @@ def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSer
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Tasks that take minutes, behind a server that faults half of the time (seeded)."""
     server = FakeServer.cli(
-        tmp_path_factory.mktemp("slow"), KEY, "--tasks", "3", "--kinds", "dub", "--min-duration",
-        "300", "--max-duration", "600", "--fault-rate", "0.5")
+        tmp_path_factory.mktemp("slow"),
+        KEY,
+        "--tasks",
+        "3",
+        "--kinds",
+        "dub",
+        "--min-duration",
+        "300",
+        "--max-duration",
+        "600",
+        "--fault-rate",
+        "0.5",
+    )
     yield server
     server.stop()
 
@@ -94,8 +126,7 @@ def test_status_table(quick_server: FakeServer) -> None:
 
 def test_status_json_reports_unknown_ids_with_exit_5(quick_server: FakeServer) -> None:
     kind, task_id = quick_server.ids[0]
-    proc = run("status", kind, task_id, "no-such-task", "--json", "--base-url",
-               quick_server.url)
+    proc = run("status", kind, task_id, "no-such-task", "--json", "--base-url", quick_server.url)
     assert proc.returncode == 5, proc.stderr
     results = json.loads(proc.stdout)["results"]
     assert [r["task_id"] for r in results] == [task_id, "no-such-task"]
@@ -128,8 +159,16 @@ def test_bad_kind_is_a_usage_error() -> None:
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_watch_from_file_json_all_succeed(quick_server: FakeServer, backend: str) -> None:
-    proc = run("watch", "--from-file", str(quick_server.ids_file), "--json", "--backend",
-               backend, "--base-url", quick_server.url)
+    proc = run(
+        "watch",
+        "--from-file",
+        str(quick_server.ids_file),
+        "--json",
+        "--backend",
+        backend,
+        "--base-url",
+        quick_server.url,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert [(r["kind"], r["task_id"]) for r in doc["results"]] == quick_server.ids
@@ -149,16 +188,31 @@ def test_watch_plain_lines_when_not_a_tty(quick_server: FakeServer) -> None:
 
 
 def test_watch_failed_tasks_exit_1(failing_server: FakeServer) -> None:
-    proc = run("watch", "--from-file", str(failing_server.ids_file), "--json", "--base-url",
-               failing_server.url)
+    proc = run(
+        "watch",
+        "--from-file",
+        str(failing_server.ids_file),
+        "--json",
+        "--base-url",
+        failing_server.url,
+    )
     assert proc.returncode == 1, proc.stderr
     statuses = {r["status"] for r in json.loads(proc.stdout)["results"]}
     assert statuses <= {"ERROR", "TIMEOUT"} and statuses
 
 
 def test_watch_timeout_exits_4_despite_faults(slow_server: FakeServer) -> None:
-    proc = run("watch", "--from-file", str(slow_server.ids_file), "--timeout", "1", "--json",
-               "-v", "--base-url", slow_server.url)
+    proc = run(
+        "watch",
+        "--from-file",
+        str(slow_server.ids_file),
+        "--timeout",
+        "1",
+        "--json",
+        "-v",
+        "--base-url",
+        slow_server.url,
+    )
     assert proc.returncode == 4, proc.stderr
     doc = json.loads(proc.stdout)
     assert [r["status"] for r in doc["results"]] == ["PENDING"] * len(slow_server.ids)
@@ -173,22 +227,36 @@ def test_watch_unknown_task_exits_5(quick_server: FakeServer) -> None:
     proc = run("watch", "tts", "missing-id", "--json", "--base-url", quick_server.url)
     assert proc.returncode == 5, proc.stderr
     [result] = json.loads(proc.stdout)["results"]
-    assert result == {"kind": "tts", "task_id": "missing-id", "error": "NotFoundError",
-                      "detail": result["detail"]}
+    assert result == {
+        "kind": "tts",
+        "task_id": "missing-id",
+        "error": "NotFoundError",
+        "detail": result["detail"],
+    }
 
 
 def test_watch_auth_error_exits_3(quick_server: FakeServer) -> None:
-    proc = run("watch", "--from-file", str(quick_server.ids_file), "--base-url",
-               quick_server.url, key="sk-nope")
+    proc = run(
+        "watch",
+        "--from-file",
+        str(quick_server.ids_file),
+        "--base-url",
+        quick_server.url,
+        key="sk-nope",
+    )
     assert proc.returncode == 3
     assert "sk-nope" not in proc.stdout + proc.stderr
 
 
 def test_fake_server_prints_ids_to_stdout(tmp_path: Path) -> None:
     """Without --ids-file the 'KIND ID' lines go to stdout, ready for `watch --from-file -`."""
-    proc = subprocess.Popen([str(BIN), "fake-server", "--port", "0", "--tasks", "5",
-                             "--kinds", "dub,tts"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN), "fake-server", "--port", "0", "--tasks", "5", "--kinds", "dub,tts"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         lines = [proc.stdout.readline().split() for _ in range(5)]
@@ -213,9 +281,14 @@ class DemoRun:
         # and its time bound are about the library, not about a tracer in the same process.
         environ.pop("COVERAGE_PROCESS_CONFIG", None)
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([str(BIN), "demo", "--json", "--seed", "7"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=environ, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [str(BIN), "demo", "--json", "--seed", "7"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+        )
 
     def result(self) -> tuple[int, str, str, float]:
         out, err = self.proc.communicate(timeout=90)
@@ -263,15 +336,19 @@ BAD_INPUT = {
     "missing ids file": (["status", "--from-file", "{missing}"], "cannot read"),
     "ids file with a bad id": (["status", "dub", "--from-file", "{badid}"], "badid.txt:1:"),
     "three fields": (["status", "--from-file", "{three}"], "got 'dub a b'"),
-    "unparsable --base-url": (["status", "dub", "x", "--base-url", "http://[::1"],
-                              "--base-url is not a valid URL"),
+    "unparsable --base-url": (
+        ["status", "dub", "x", "--base-url", "http://[::1"],
+        "--base-url is not a valid URL",
+    ),
     "empty --base-url": (["status", "dub", "x", "--base-url", ""], "--base-url is empty"),
     "negative watch --timeout": (["watch", "dub", "x", "--timeout", "-1"], "--timeout"),
     "nan watch --timeout": (["watch", "dub", "x", "--timeout", "nan"], "--timeout"),
     "bad --rate-limit": (["status", "dub", "x", "--rate-limit", "abc"], "--rate-limit"),
     "negative --rate-limit": (["status", "dub", "x", "--rate-limit", "-3"], "--rate-limit"),
-    "negative --max-concurrency": (["status", "dub", "x", "--max-concurrency", "-1"],
-                                   "--max-concurrency"),
+    "negative --max-concurrency": (
+        ["status", "dub", "x", "--max-concurrency", "-1"],
+        "--max-concurrency",
+    ),
     "unknown kind": (["status", "podcast", "x"], "unknown task kind 'podcast'"),
     "unknown kind in a file": (["status", "--from-file", "{podcast}"], "podcast.txt:1:"),
     "non-ASCII API key": (["status", "dub", "x", "--api-key", "ключ"], "non-ASCII"),
@@ -280,15 +357,22 @@ BAD_INPUT = {
     "demo --max-concurrency 0": (["demo", "--max-concurrency", "0"], "--max-concurrency"),
     "fake-server --port 99999": (["fake-server", "--port", "99999"], "--port"),
     "fake-server --fault-rate 2": (["fake-server", "--fault-rate", "2"], "--fault-rate"),
-    "fake-server unknown kind": (["fake-server", "--port", "0", "--kinds", "dub,"],
-                                 "unknown task kind"),
+    "fake-server unknown kind": (
+        ["fake-server", "--port", "0", "--kinds", "dub,"],
+        "unknown task kind",
+    ),
 }
 
 
 @pytest.fixture
 def ids_files(tmp_path: Path) -> dict[str, str]:
-    files = {"latin1": b"dub ok-1\ndub caf\xe9\n", "empty": b"# nothing here\n\n",
-             "badid": b"a\\b\n", "three": b"dub a b\n", "podcast": b"podcast x\n"}
+    files = {
+        "latin1": b"dub ok-1\ndub caf\xe9\n",
+        "empty": b"# nothing here\n\n",
+        "badid": b"a\\b\n",
+        "three": b"dub a b\n",
+        "podcast": b"podcast x\n",
+    }
     out = {"missing": str(tmp_path / "missing.txt")}
     for name, data in files.items():
         (tmp_path / f"{name}.txt").write_bytes(data)
@@ -296,8 +380,9 @@ def ids_files(tmp_path: Path) -> dict[str, str]:
     return out
 
 
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str],
-             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+def run_main(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
     for name in [k for k in os.environ if k.startswith("CAMB_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("CAMB_API_KEY", KEY)
@@ -314,8 +399,11 @@ def with_base_url(argv: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("case", BAD_INPUT)
 def test_bad_input_exits_2_with_one_line_and_no_traceback(
-        case: str, ids_files: dict[str, str], capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    case: str,
+    ids_files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     argv, expected = BAD_INPUT[case]
     argv = with_base_url([a.format(**ids_files) for a in argv])
     code, out, err = run_main(argv, capsys, monkeypatch)
@@ -327,8 +415,11 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(
 
 @pytest.mark.parametrize("case", [c for c in BAD_INPUT if not c.startswith("fake-server")])
 def test_bad_input_with_json_is_one_json_object_on_stdout(
-        case: str, ids_files: dict[str, str], capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    case: str,
+    ids_files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     argv, expected = BAD_INPUT[case]
     argv = [*with_base_url([a.format(**ids_files) for a in argv]), "--json"]
     code, out, err = run_main(argv, capsys, monkeypatch)
@@ -340,7 +431,8 @@ def test_bad_input_with_json_is_one_json_object_on_stdout(
 
 
 def test_plain_http_refusal_names_the_flag_and_the_flag_works(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv = ["status", "dub", "x", "--base-url", "http://camb.example.com"]
     code, _, err = run_main(argv, capsys, monkeypatch)
     assert code == 2
@@ -350,8 +442,9 @@ def test_plain_http_refusal_names_the_flag_and_the_flag_works(
     assert client.base_url == "http://camb.example.com"
 
 
-def test_missing_key_with_json_is_a_json_object(capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_key_with_json_is_a_json_object(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CAMB_API_KEY", raising=False)
     code = cli.main(["status", "dub", "x", "--base-url", REFUSED, "--json"])
     out, err = capsys.readouterr()
@@ -360,18 +453,19 @@ def test_missing_key_with_json_is_a_json_object(capsys: pytest.CaptureFixture[st
 
 
 def test_an_internal_error_shows_its_traceback_and_exits_70(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def broken(args: object) -> int:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cli, "_cmd_status", broken)
-    code, out, err = run_main(["status", "dub", "x", "--base-url", REFUSED], capsys,
-                              monkeypatch)
+    code, out, err = run_main(["status", "dub", "x", "--base-url", REFUSED], capsys, monkeypatch)
     assert code == cli.EXIT_INTERNAL == 70
     assert "Traceback" in err and "RuntimeError: boom" in err
     assert err.splitlines()[-1].startswith("camb-async status: internal error")
-    code, out, err = run_main(["status", "dub", "x", "--base-url", REFUSED, "--json"], capsys,
-                              monkeypatch)
+    code, out, err = run_main(
+        ["status", "dub", "x", "--base-url", REFUSED, "--json"], capsys, monkeypatch
+    )
     assert code == 70 and "Traceback" in err
     assert json.loads(out)["error"] == "InternalError"
 
@@ -385,12 +479,19 @@ def test_status_table_shows_ids_and_server_text_literally(quick_server: FakeServ
 
 
 def test_trio_missing_is_a_usage_error(tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['trio'] = None\n"
-            "from camb_async.cli import main\n"
-            f"sys.exit(main(['status', 'dub', 'x', '--backend', 'trio', '--base-url', "
-            f"{REFUSED!r}]))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "CAMB_API_KEY": KEY})
+    code = (
+        "import sys; sys.modules['trio'] = None\n"
+        "from camb_async.cli import main\n"
+        f"sys.exit(main(['status', 'dub', 'x', '--backend', 'trio', '--base-url', "
+        f"{REFUSED!r}]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CAMB_API_KEY": KEY},
+    )
     assert proc.returncode == 2
     assert proc.stderr == "camb-async status: error: needs trio: pip install trio\n"
 
@@ -402,23 +503,49 @@ def test_trio_missing_is_a_usage_error(tmp_path: Path) -> None:
 def faulting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     """Every request answered with a transient fault: clients retry (and log it with -v)."""
     server = FakeServer.cli(
-        tmp_path_factory.mktemp("faulting"), KEY, "--tasks", "2", "--kinds", "dub",
-        "--min-duration", "300", "--max-duration", "600", "--fault-rate", "1")
+        tmp_path_factory.mktemp("faulting"),
+        KEY,
+        "--tasks",
+        "2",
+        "--kinds",
+        "dub",
+        "--min-duration",
+        "300",
+        "--max-duration",
+        "600",
+        "--fault-rate",
+        "1",
+    )
     yield server
     server.stop()
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
-def test_ctrl_c_exits_130_on_both_backends(faulting_server: FakeServer, backend: str,
-                                           json_output: bool) -> None:
+def test_ctrl_c_exits_130_on_both_backends(
+    faulting_server: FakeServer, backend: str, json_output: bool
+) -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CAMB_")}
     proc = subprocess.Popen(
-        [str(BIN), "watch", "--from-file", str(faulting_server.ids_file), "-v", "--plain",
-         "--backend", backend, "--base-url", faulting_server.url,
-         *(["--json"] if json_output else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-        env={**environ, "CAMB_API_KEY": KEY})
+        [
+            str(BIN),
+            "watch",
+            "--from-file",
+            str(faulting_server.ids_file),
+            "-v",
+            "--plain",
+            "--backend",
+            backend,
+            "--base-url",
+            faulting_server.url,
+            *(["--json"] if json_output else []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**environ, "CAMB_API_KEY": KEY},
+    )
     try:
         assert proc.stderr is not None
         # A logged retry means the poller is running, inside main's handlers.
@@ -436,8 +563,11 @@ def test_ctrl_c_exits_130_on_both_backends(faulting_server: FakeServer, backend:
     assert proc.returncode == cli.EXIT_INTERRUPTED == 130, err
     assert "Traceback" not in err and "ExceptionGroup" not in err
     if json_output:
-        assert json.loads(out) == {"error": "KeyboardInterrupt", "detail": "interrupted",
-                                   "exit_code": 130}
+        assert json.loads(out) == {
+            "error": "KeyboardInterrupt",
+            "detail": "interrupted",
+            "exit_code": 130,
+        }
     else:
         assert err.splitlines()[-1] == "camb-async watch: interrupted"
 
@@ -458,9 +588,26 @@ def test_fake_server_hint_works_when_pasted(tmp_path: Path, key_from: str) -> No
     log = tmp_path / "server.log"
     with log.open("w") as err:
         server = subprocess.Popen(
-            [str(BIN), "fake-server", "--port", "0", "--tasks", "2", "--kinds", "tts",
-             "--max-duration", "0.3", "--ids-file", str(ids_file), *extra],
-            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=environ)
+            [
+                str(BIN),
+                "fake-server",
+                "--port",
+                "0",
+                "--tasks",
+                "2",
+                "--kinds",
+                "tts",
+                "--max-duration",
+                "0.3",
+                "--ids-file",
+                str(ids_file),
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=environ,
+        )
     try:
         deadline = time.monotonic() + 30
         while not (match := re.search(r"^  try: (.+)$", log.read_text(), re.MULTILINE)):
@@ -469,8 +616,15 @@ def test_fake_server_hint_works_when_pasted(tmp_path: Path, key_from: str) -> No
         hint = match.group(1)
         if key_from == "environment":
             assert "sk-from-env-71" not in log.read_text()  # not printed, found in the env
-        proc = subprocess.run(["sh", "-c", hint], capture_output=True, text=True, timeout=60,
-                              env=environ, stdin=subprocess.DEVNULL, cwd=tmp_path)
+        proc = subprocess.run(
+            ["sh", "-c", hint],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, (hint, proc.stderr)
         assert "2/2 done" in proc.stdout
     finally:
@@ -496,18 +650,32 @@ def test_fake_server_connections_have_tcp_nodelay() -> None:
 
 def test_exit_codes_in_docs_help_and_code_agree() -> None:
     table = dict(cli.EXIT_CODES)
-    assert set(table) == {cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_AUTH,
-                          cli.EXIT_TIMEOUT, cli.EXIT_ERRORS, cli.EXIT_INTERRUPTED,
-                          cli.EXIT_INTERNAL}
-    assert (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_AUTH, cli.EXIT_TIMEOUT,
-            cli.EXIT_ERRORS, cli.EXIT_INTERRUPTED, cli.EXIT_INTERNAL) == (0, 1, 2, 3, 4, 5,
-                                                                          130, 70)
+    assert set(table) == {
+        cli.EXIT_OK,
+        cli.EXIT_FAILED,
+        cli.EXIT_USAGE,
+        cli.EXIT_AUTH,
+        cli.EXIT_TIMEOUT,
+        cli.EXIT_ERRORS,
+        cli.EXIT_INTERRUPTED,
+        cli.EXIT_INTERNAL,
+    }
+    assert (
+        cli.EXIT_OK,
+        cli.EXIT_FAILED,
+        cli.EXIT_USAGE,
+        cli.EXIT_AUTH,
+        cli.EXIT_TIMEOUT,
+        cli.EXIT_ERRORS,
+        cli.EXIT_INTERRUPTED,
+        cli.EXIT_INTERNAL,
+    ) == (0, 1, 2, 3, 4, 5, 130, 70)
     page = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
-    section = page[page.index("## Exit codes"):]
+    section = page[page.index("## Exit codes") :]
     rows = re.findall(r"^\| `(\d+)` \| (.+) \|$", section.split("\n\n", 3)[2], re.MULTILINE)
     assert [(int(code), text.replace("`", "")) for code, text in rows] == list(table.items())
     help_text = run("--help", key=None).stdout
-    epilog = help_text[help_text.index("exit codes"):]
+    epilog = help_text[help_text.index("exit codes") :]
     listed = re.findall(r"^  (\d+)\s+(.+)$", epilog, re.MULTILINE)
     assert [(int(code), text) for code, text in listed] == list(table.items())
     doc_codes = re.findall(r"^\s*(\d+)\s{3,}\S", cli.__doc__ or "", re.MULTILINE)

@@ -89,9 +89,13 @@ class DocsAPI(FakeCambAPI):
                 kind, task_id = TaskKind(parts[1]), parts[2]
                 if (kind, task_id) not in self.tasks:
                     failed = "fail" in task_id
-                    self.add_task(kind, task_id, status="ERROR" if failed else "SUCCESS",
-                                  message="the media could not be processed" if failed else None,
-                                  exception_reason="BadMedia" if failed else None)
+                    self.add_task(
+                        kind,
+                        task_id,
+                        status="ERROR" if failed else "SUCCESS",
+                        message="the media could not be processed" if failed else None,
+                        exception_reason="BadMedia" if failed else None,
+                    )
         await super().__call__(scope, receive, send)
 
 
@@ -99,14 +103,21 @@ _KINDS = {kind.value for kind in TaskKind}
 
 
 def _params() -> list[Any]:
-    return [pytest.param(s, id=s.name,
-                         marks=[pytest.mark.redis] if "camb_async.redis" in s.code else [])
-            for s in SNIPPETS]
+    return [
+        pytest.param(
+            s, id=s.name, marks=[pytest.mark.redis] if "camb_async.redis" in s.code else []
+        )
+        for s in SNIPPETS
+    ]
 
 
 @pytest.mark.parametrize("snippet", _params())
-def test_snippet_runs(snippet: Snippet, request: pytest.FixtureRequest,
-                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_snippet_runs(
+    snippet: Snippet,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     monkeypatch.chdir(tmp_path)
     if "camb_async.redis" in snippet.code:
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
@@ -119,8 +130,11 @@ def test_snippet_runs(snippet: Snippet, request: pytest.FixtureRequest,
         monkeypatch.setenv("CAMB_BASE_URL", url)
         exec(code, namespace)
         for name, func in list(namespace.items()):
-            if name.startswith("test_") and callable(func) and not inspect.signature(
-                    func).parameters:
+            if (
+                name.startswith("test_")
+                and callable(func)
+                and not inspect.signature(func).parameters
+            ):
                 if inspect.iscoroutinefunction(func):
                     anyio.run(func)
                 else:
@@ -158,7 +172,6 @@ def test_the_cli_page_matches_the_parser() -> None:
     assert documented == codes
 
 
-
 def test_readme_links_point_at_files() -> None:
     """The README's links into docs/ (and to LICENSE, CHANGELOG.md) name files that exist."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -175,14 +188,18 @@ def test_the_api_reference_covers_the_public_names() -> None:
     import camb_async.testing
     from camb_async import CambError
 
-    reference = "\n".join(p.read_text(encoding="utf-8")
-                          for p in sorted((ROOT / "docs" / "reference").glob("*.md")))
+    reference = "\n".join(
+        p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs" / "reference").glob("*.md"))
+    )
     documented = set(re.findall(r"^::: ([\w.]+)$", reference, flags=re.M))
     wanted = {f"camb_async.{name}" for name in camb_async.__all__ if name != "__version__"}
     wanted |= {f"camb_async.testing.{name}" for name in camb_async.testing.__all__}
     wanted |= {"camb_async.redis.RedisRateBudget", "camb_async.redis.RedisBudgetUnavailableError"}
     assert wanted - documented == set()
-    errors = {f"camb_async.{name}" for name in camb_async.__all__
-              if isinstance(getattr(camb_async, name), type)
-              and issubclass(getattr(camb_async, name), CambError)}
+    errors = {
+        f"camb_async.{name}"
+        for name in camb_async.__all__
+        if isinstance(getattr(camb_async, name), type)
+        and issubclass(getattr(camb_async, name), CambError)
+    }
     assert errors <= documented and len(errors) >= 12

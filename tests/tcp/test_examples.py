@@ -74,12 +74,19 @@ class Scenario:
     def __init__(self, api: FakeCambAPI) -> None:
         now = time.monotonic()
         self.api = api
-        self.quick = [api.add_task("tts", f"quick-{i}", after=0.2 + i * 0.02, created_at=now)
-                      for i in range(12)]
+        self.quick = [
+            api.add_task("tts", f"quick-{i}", after=0.2 + i * 0.02, created_at=now)
+            for i in range(12)
+        ]
         self.slow = api.add_task("dub", "slow-1", after=3600, created_at=now)
-        self.broken = api.add_task("translate", "broken-1", status="ERROR", after=0.1,
-                                   exception_reason="unsupported language pair",
-                                   created_at=now)
+        self.broken = api.add_task(
+            "translate",
+            "broken-1",
+            status="ERROR",
+            after=0.1,
+            exception_reason="unsupported language pair",
+            created_at=now,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +98,9 @@ def fake_api() -> Iterator[tuple[Scenario, str]]:
 
 
 @pytest.fixture(scope="module", params=["fastapi", "aiohttp"])
-def service(request: pytest.FixtureRequest, fake_api: tuple[Scenario, str]
-            ) -> Iterator[tuple[Scenario, str]]:
+def service(
+    request: pytest.FixtureRequest, fake_api: tuple[Scenario, str]
+) -> Iterator[tuple[Scenario, str]]:
     scenario, api_url = fake_api
     options = {"api_key": API_KEY, "base_url": api_url, "policy": FAST, "rate_limit": 50.0}
     if request.param == "fastapi":
@@ -111,8 +119,7 @@ async def test_wait_endpoint_returns_the_final_status(service: tuple[Scenario, s
         r = await http.get(f"/tasks/tts/{scenario.quick[0]}", params={"timeout": 5})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["status"], body["done"], body["task_id"]) == ("SUCCESS", True,
-                                                               scenario.quick[0])
+    assert (body["status"], body["done"], body["task_id"]) == ("SUCCESS", True, scenario.quick[0])
     assert isinstance(body["run_id"], int)
 
 
@@ -126,7 +133,7 @@ async def test_wait_endpoint_reports_failed_tasks(service: tuple[Scenario, str])
 
 
 async def test_wait_endpoint_gives_202_with_last_status_on_timeout(
-    service: tuple[Scenario, str]
+    service: tuple[Scenario, str],
 ) -> None:
     scenario, url = service
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
@@ -203,13 +210,18 @@ async def test_worker_pool_handles_every_job_from_the_stream() -> None:
             await send.send(("dub", slow))
 
     async with (
-        AsyncCambClient(api_key=API_KEY, base_url="http://localhost", rate_limit=None,
-                        transport=httpx.ASGITransport(app=api)) as client,
+        AsyncCambClient(
+            api_key=API_KEY,
+            base_url="http://localhost",
+            rate_limit=None,
+            transport=httpx.ASGITransport(app=api),
+        ) as client,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(producer)
-        outcomes = await example.run_pool(client, receive, workers=5, timeout=1.0,
-                                          policy=FAST, on_done=on_done)
+        outcomes = await example.run_pool(
+            client, receive, workers=5, timeout=1.0, policy=FAST, on_done=on_done
+        )
 
     assert set(outcomes) == set(expected)
     for key, status in expected.items():
@@ -224,8 +236,10 @@ async def test_worker_pool_handles_every_job_from_the_stream() -> None:
     spans: dict[str, list[float]] = {}
     for entry in api.log:
         spans.setdefault(entry.path, []).append(entry.time)
-    events = sorted([(min(t), 1) for t in spans.values()] + [(max(t), -1) for t in spans.values()],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(min(t), 1) for t in spans.values()] + [(max(t), -1) for t in spans.values()],
+        key=lambda e: (e[0], e[1]),
+    )
     overlap = peak = 0
     for _, delta in events:
         overlap += delta

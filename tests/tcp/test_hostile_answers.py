@@ -10,12 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from camb_async import (
-    APIConnectionError,
-    APITimeoutError,
-    AsyncCambClient,
-    CambError,
-)
+from camb_async import APIConnectionError, APITimeoutError, AsyncCambClient, CambError
 from camb_async.testing import FakeCambAPI, Fault, serve_in_thread
 
 from ..conftest import API_KEY
@@ -31,16 +26,22 @@ def test_no_call_outlives_its_timeout_over_real_sockets(backend: str) -> None:
     async def slow_trickle(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         for _ in range(25):  # 2.5 s of one byte per 0.1 s: each read comes well in time
             await send({"type": "http.response.body", "body": b" ", "more_body": True})
             await anyio.sleep(timeout / 5)
         await send({"type": "http.response.body", "body": b"{}"})
 
     async def main(url: str) -> float:
-        async with AsyncCambClient(API_KEY, base_url=url, timeout=timeout, max_retries=1,
-                                   rate_limit=None) as client:
+        async with AsyncCambClient(
+            API_KEY, base_url=url, timeout=timeout, max_retries=1, rate_limit=None
+        ) as client:
             started = anyio.current_time()
             with pytest.raises(APITimeoutError):
                 await client.dub.status("x")
@@ -60,10 +61,14 @@ def test_reset_and_slow_faults_are_transport_errors_over_real_sockets(backend: s
 
     async def main(url: str) -> list[BaseException]:
         errors: list[BaseException] = []
-        async with AsyncCambClient(API_KEY, base_url=url, timeout=0.3, max_retries=0,
-                                   rate_limit=None) as client:
-            for fault in (Fault(status=None, reset=True), Fault(status=503, reset=True),
-                          Fault(status=None, delay=0.6)):
+        async with AsyncCambClient(
+            API_KEY, base_url=url, timeout=0.3, max_retries=0, rate_limit=None
+        ) as client:
+            for fault in (
+                Fault(status=None, reset=True),
+                Fault(status=503, reset=True),
+                Fault(status=None, delay=0.6),
+            ):
                 api.inject(fault)
                 try:
                     await client.dub.status("t1")
@@ -74,6 +79,5 @@ def test_reset_and_slow_faults_are_transport_errors_over_real_sockets(backend: s
 
     with serve_in_thread(api, log_level="critical") as url:
         errors = anyio.run(main, url, backend=backend)
-    assert [type(e) for e in errors] == [APIConnectionError, APIConnectionError,
-                                         APITimeoutError]
+    assert [type(e) for e in errors] == [APIConnectionError, APIConnectionError, APITimeoutError]
     assert [r.fault for r in api.log[:2]] == ["reset", "fault"]

@@ -10,12 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from camb_async import (
-    AsyncCambClient,
-    TaskKind,
-    TaskStatus,
-    gather_statuses,
-)
+from camb_async import AsyncCambClient, TaskKind, TaskStatus, gather_statuses
 from camb_async.testing import FakeCambAPI, serve_in_thread
 
 from ..conftest import API_KEY

@@ -12,12 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from camb_async import (
-    APIError,
-    APITimeoutError,
-    AsyncCambClient,
-    CambError,
-)
+from camb_async import APIError, APITimeoutError, AsyncCambClient, CambError
 from camb_async._reading import DEFAULT_MAX_RESPONSE_BYTES
 from camb_async.testing import serve_in_thread
 
@@ -40,16 +35,28 @@ def test_the_cap_holds_over_real_sockets(backend: str) -> None:
         if scope["type"] != "http":
             return
         gzipped = scope["path"].endswith("gzip")
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"),
-            *([(b"content-encoding", b"gzip")] if gzipped else [])]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    *([(b"content-encoding", b"gzip")] if gzipped else []),
+                ],
+            }
+        )
         if gzipped:
             await send({"type": "http.response.body", "body": bomb})
             return
         body = json_of_size(size)
         for start in range(0, size, 1 << 16):
-            await send({"type": "http.response.body", "body": body[start:start + (1 << 16)],
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": body[start : start + (1 << 16)],
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b""})
 
     async def main(url: str) -> list[BaseException]:
@@ -67,8 +74,7 @@ def test_the_cap_holds_over_real_sockets(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_trickled_answer_after_an_upload_ends_at_timeout_over_real_sockets(
-        backend: str) -> None:
+def test_a_trickled_answer_after_an_upload_ends_at_timeout_over_real_sockets(backend: str) -> None:
     """Over uvicorn: the server reads the upload, then trickles its answer for 4 s with
     ``timeout=0.5``; before the fix the call returned the late answer."""
 
@@ -77,16 +83,20 @@ def test_a_trickled_answer_after_an_upload_ends_at_timeout_over_real_sockets(
             return
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         for _ in range(40):
             await send({"type": "http.response.body", "body": b" ", "more_body": True})
             await anyio.sleep(0.1)
         await send({"type": "http.response.body", "body": b'{"task_id": "late"}'})
 
     async def main(url: str) -> None:
-        async with AsyncCambClient(API_KEY, base_url=url, timeout=0.5, rate_limit=None
-                                   ) as client:
+        async with AsyncCambClient(API_KEY, base_url=url, timeout=0.5, rate_limit=None) as client:
             for call in create_calls(client)[:2]:
                 with pytest.raises(APITimeoutError):
                     await call()
@@ -96,8 +106,7 @@ def test_a_trickled_answer_after_an_upload_ends_at_timeout_over_real_sockets(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_an_upload_to_a_server_that_stops_reading_ends_over_real_sockets(backend: str
-                                                                         ) -> None:
+def test_an_upload_to_a_server_that_stops_reading_ends_over_real_sockets(backend: str) -> None:
     """A server that accepts and never reads: 20 MB fill the socket buffers, then no chunk
     is taken. On asyncio (aiohttp's transport, no write timeout) the call never ended."""
     import socket
@@ -119,8 +128,13 @@ def test_an_upload_to_a_server_that_stops_reading_ends_over_real_sockets(backend
     port = listener.getsockname()[1]
 
     async def main() -> None:
-        async with AsyncCambClient(API_KEY, base_url=f"http://127.0.0.1:{port}", timeout=0.5,
-                                   rate_limit=None, max_retries=0) as client:
+        async with AsyncCambClient(
+            API_KEY,
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=0.5,
+            rate_limit=None,
+            max_retries=0,
+        ) as client:
             with anyio.fail_after(60), pytest.raises(APITimeoutError):
                 await client.transcription.create(language=1, file=b"\0" * (20 << 20))
 
@@ -142,8 +156,13 @@ def test_a_pipe_upload_whose_size_fstat_misreports_is_a_camb_error(backend: str)
             return
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"task_id": "t-1"}'})
 
     async def main(url: str) -> None:
@@ -151,13 +170,13 @@ def test_a_pipe_upload_whose_size_fstat_misreports_is_a_camb_error(backend: str)
         os.write(write_end, b"x" * 60_000)
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
-            async with AsyncCambClient(API_KEY, base_url=url, timeout=0.5, rate_limit=None,
-                                       max_retries=0) as client:
+            async with AsyncCambClient(
+                API_KEY, base_url=url, timeout=0.5, rate_limit=None, max_retries=0
+            ) as client:
                 # A CambError or a handle (what the server makes of the body is its own
                 # business); anything else fails the test.
                 with anyio.fail_after(30), contextlib.suppress(CambError):
-                    await client.transcription.create(language=1, file=pipe,
-                                                      filename="a.wav")
+                    await client.transcription.create(language=1, file=pipe, filename="a.wav")
 
     with serve_in_thread(app, log_level="critical") as url:
         anyio.run(main, url, backend=backend)

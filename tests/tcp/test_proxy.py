@@ -59,7 +59,7 @@ class RecordingProxy:
                 return
             method, target, _ = line.split(" ", 2)
             headers: dict[str, str] = {}
-            while (header := rfile.readline().decode("latin-1").strip()):
+            while header := rfile.readline().decode("latin-1").strip():
                 name, _, value = header.partition(":")
                 headers[name.strip().lower()] = value.strip()
             self.seen.append((method, target, headers))
@@ -74,8 +74,11 @@ class RecordingProxy:
             upstream = socket.create_connection(self.upstream or (url.host, url.port or 80))
             headers["connection"] = "close"
             headers.pop("proxy-connection", None)
-            request = f"{method} {url.raw_path.decode()} HTTP/1.1\r\n" + "".join(
-                f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+            request = (
+                f"{method} {url.raw_path.decode()} HTTP/1.1\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                + "\r\n"
+            )
             upstream.sendall(request.encode("latin-1") + body)
             with upstream:
                 while chunk := upstream.recv(65536):
@@ -115,33 +118,43 @@ def tls() -> Iterator[TLSFiles]:
 
 @pytest.fixture
 def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE",
-                 "SSL_CERT_DIR"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
     return monkeypatch
 
 
-async def test_explicit_proxy_forwards_plain_http(api: FakeCambAPI,
-                                                  no_proxy_env: pytest.MonkeyPatch) -> None:
+async def test_explicit_proxy_forwards_plain_http(
+    api: FakeCambAPI, no_proxy_env: pytest.MonkeyPatch
+) -> None:
     task_id = api.add_task(TaskKind.DUB, polls=0)
     with serve_in_thread(api) as base_url, RecordingProxy() as proxy:
-        async with AsyncCambClient(api_key=API_KEY, base_url=base_url, rate_limit=None,
-                                   proxy=proxy.url) as client:
+        async with AsyncCambClient(
+            api_key=API_KEY, base_url=base_url, rate_limit=None, proxy=proxy.url
+        ) as client:
             assert (await client.dub.status(task_id)).status is TaskStatus.SUCCESS
             assert (await client.dub.status(task_id)).is_success
     assert [(m, t) for m, t, _ in proxy.seen] == [("GET", f"{base_url}/dub/{task_id}")] * 2
 
 
 async def test_proxy_from_the_environment_and_no_proxy(
-        api: FakeCambAPI, no_proxy_env: pytest.MonkeyPatch) -> None:
+    api: FakeCambAPI, no_proxy_env: pytest.MonkeyPatch
+) -> None:
     task_id = api.add_task(TaskKind.TTS, polls=0)
     with serve_in_thread(api) as base_url, RecordingProxy() as proxy:
         port = int(base_url.rsplit(":", 1)[1])
         proxy.upstream = ("127.0.0.1", port)  # camb.invalid is served by the local fake
         no_proxy_env.setenv("HTTP_PROXY", proxy.url)
-        async with AsyncCambClient(api_key=API_KEY, base_url="http://camb.invalid/",
-                                   allow_insecure=True, rate_limit=None) as client:
+        async with AsyncCambClient(
+            api_key=API_KEY, base_url="http://camb.invalid/", allow_insecure=True, rate_limit=None
+        ) as client:
             assert (await client.tts.status(task_id)).status is TaskStatus.SUCCESS
         assert proxy.seen[0][:2] == ("GET", f"http://camb.invalid/tts/{task_id}")
         assert proxy.seen[0][2]["x-api-key"] == API_KEY  # through our own loopback proxy
@@ -153,23 +166,26 @@ async def test_proxy_from_the_environment_and_no_proxy(
 
 
 async def test_connect_tunnel_and_ca_bundle_from_ssl_cert_file(
-        api: FakeCambAPI, tls: TLSFiles, no_proxy_env: pytest.MonkeyPatch) -> None:
+    api: FakeCambAPI, tls: TLSFiles, no_proxy_env: pytest.MonkeyPatch
+) -> None:
     task_id = api.add_task(TaskKind.TRANSLATION, polls=0)
-    with serve_in_thread(api, ssl_certfile=tls.server_cert,
-                         ssl_keyfile=tls.server_key) as base_url:
+    with serve_in_thread(api, ssl_certfile=tls.server_cert, ssl_keyfile=tls.server_key) as base_url:
         https_url = base_url.replace("http://", "https://").replace("127.0.0.1", "localhost")
         # Without the CA the certificate is refused; SSL_CERT_FILE names it, as in httpx.
-        async with AsyncCambClient(api_key=API_KEY, base_url=https_url, rate_limit=None,
-                                   max_retries=0) as client:
+        async with AsyncCambClient(
+            api_key=API_KEY, base_url=https_url, rate_limit=None, max_retries=0
+        ) as client:
             with pytest.raises(Exception, match=r"(?i)certificate"):
                 await client.translation.status(task_id)
         no_proxy_env.setenv("SSL_CERT_FILE", tls.ca)
-        async with AsyncCambClient(api_key=API_KEY, base_url=https_url,
-                                   rate_limit=None) as client:  # the loop's default transport
+        async with AsyncCambClient(
+            api_key=API_KEY, base_url=https_url, rate_limit=None
+        ) as client:  # the loop's default transport
             assert (await client.translation.status(task_id)).is_success
         with RecordingProxy() as proxy:
-            async with AsyncCambClient(api_key=API_KEY, base_url=https_url, rate_limit=None,
-                                       proxy=proxy.url) as client:
+            async with AsyncCambClient(
+                api_key=API_KEY, base_url=https_url, rate_limit=None, proxy=proxy.url
+            ) as client:
                 assert (await client.translation.status(task_id)).is_success
         host_port = https_url.split("//", 1)[1]
         assert [(m, t) for m, t, _ in proxy.seen] == [("CONNECT", host_port)]
@@ -177,15 +193,21 @@ async def test_connect_tunnel_and_ca_bundle_from_ssl_cert_file(
 
 
 def test_plain_http_proxy_for_a_remote_plain_http_base_is_refused(
-        no_proxy_env: pytest.MonkeyPatch) -> None:
+    no_proxy_env: pytest.MonkeyPatch,
+) -> None:
     with pytest.raises(ValueError, match="plain http to the proxy"):
-        AsyncCambClient(api_key=API_KEY, base_url="http://127.0.0.1:9",
-                        proxy="http://proxy.example:3128")
+        AsyncCambClient(
+            api_key=API_KEY, base_url="http://127.0.0.1:9", proxy="http://proxy.example:3128"
+        )
     no_proxy_env.setenv("HTTP_PROXY", "http://proxy.example:3128")
     # A loopback base never takes the environment's (remote) proxy: the key stays local.
     assert AsyncCambClient(api_key=API_KEY, base_url="http://127.0.0.1:9")._proxy is None
-    AsyncCambClient(api_key=API_KEY, base_url="https://camb.invalid",
-                    proxy="http://proxy.example:3128")  # CONNECT: the key stays in TLS
+    AsyncCambClient(
+        api_key=API_KEY, base_url="https://camb.invalid", proxy="http://proxy.example:3128"
+    )  # CONNECT: the key stays in TLS
     with pytest.raises(ValueError, match="proxy= is for the client's own transport"):
-        AsyncCambClient(api_key=API_KEY, proxy="http://127.0.0.1:1",
-                        transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+        AsyncCambClient(
+            api_key=API_KEY,
+            proxy="http://127.0.0.1:1",
+            transport=httpx.MockTransport(lambda r: httpx.Response(200)),
+        )

@@ -223,8 +223,7 @@ async def test_first_use_holds_the_fleet(make_budget: Any) -> None:
 
 async def test_redis_down_wait_then_recovers(make_budget: Any) -> None:
     port = free_port()
-    budget = make_budget(f"redis://127.0.0.1:{port}/0", on_redis_error="wait",
-                         retry_interval=0.2)
+    budget = make_budget(f"redis://127.0.0.1:{port}/0", on_redis_error="wait", retry_interval=0.2)
     assert await blocked(budget)  # never unlimited: waits
     assert not budget.redis_available and budget.outages == 1 and budget.redis_errors >= 1
     server = RedisServer(port=port)
@@ -249,8 +248,14 @@ async def test_redis_down_raise(make_budget: Any) -> None:
 
 
 async def test_redis_down_local_share(make_budget: Any) -> None:
-    budget = make_budget(f"redis://127.0.0.1:{free_port()}/0", on_redis_error="local",
-                         fleet_size=4, rate=8, window=2.0, margin=0.1)
+    budget = make_budget(
+        f"redis://127.0.0.1:{free_port()}/0",
+        on_redis_error="local",
+        fleet_size=4,
+        rate=8,
+        window=2.0,
+        margin=0.1,
+    )
     # The fleet may have spent the rate just before Redis went: one window (2.2 s) first.
     assert await blocked(budget)
     for _ in range(2):  # then 8 / 4 = 2 per window for this process
@@ -303,25 +308,37 @@ def test_configuration_is_checked() -> None:
         RedisRateBudget.from_url("unix:///tmp/redis.sock", rate=10, name="x", cluster=True)
 
 
-@pytest.mark.parametrize("field", ["window", "margin", "lease_ttl", "retry_interval",
-                                   "poll_interval", "redis_timeout", "give_back_timeout",
-                                   "state_ttl", "min_rate", "default_pause", "max_pause",
-                                   "recovery", "reset_hold"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "window",
+        "margin",
+        "lease_ttl",
+        "retry_interval",
+        "poll_interval",
+        "redis_timeout",
+        "give_back_timeout",
+        "state_ttl",
+        "min_rate",
+        "default_pause",
+        "max_pause",
+        "recovery",
+        "reset_hold",
+    ],
+)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
 def test_redis_budget_float_settings_must_be_finite(field: str, value: float) -> None:
     """Before, NaN passed the ``<= 0`` checks and every acquire then waited for Redis
     forever (the reviewer's r5_redis_nan_settings.py)."""
     with pytest.raises(ValueError, match=field):
-        RedisRateBudget.from_url("redis://127.0.0.1:1/0", rate=10, name="x",
-                                 **{field: value})  # type: ignore[arg-type]
+        RedisRateBudget.from_url("redis://127.0.0.1:1/0", rate=10, name="x", **{field: value})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", ["bogus", "REQUIRED", ""])
 def test_a_bad_ssl_cert_reqs_is_a_value_error(value: str) -> None:
     """Before: a raw KeyError from coredis' lookup table."""
     with pytest.raises(ValueError, match="ssl_cert_reqs"):
-        RedisRateBudget.from_url(f"rediss://127.0.0.1:1/0?ssl_cert_reqs={value}", rate=10,
-                                 name="x")
+        RedisRateBudget.from_url(f"rediss://127.0.0.1:1/0?ssl_cert_reqs={value}", rate=10, name="x")
 
 
 async def test_a_coredis_client_of_the_callers_own(redis_server: RedisServer, name: str) -> None:

@@ -42,12 +42,21 @@ def keys(name: str) -> list[str]:
 @pytest.mark.anyio
 async def test_one_budget_on_one_slot(cluster: LocalCluster) -> None:
     name = f"cl-{uuid.uuid4().hex[:8]}"
-    a = RedisRateBudget.from_url(cluster.url, cluster=True, rate=5, name=name, window=10.0,
-                                 smooth=0, reset_hold=0.0, max_concurrency=3)
+    a = RedisRateBudget.from_url(
+        cluster.url,
+        cluster=True,
+        rate=5,
+        name=name,
+        window=10.0,
+        smooth=0,
+        reset_hold=0.0,
+        max_concurrency=3,
+    )
     # A caller's own RedisCluster client stands for a second process.
     own = coredis.RedisCluster("127.0.0.1", cluster.nodes[0].port)
-    b = RedisRateBudget(own, rate=5, name=name, window=10.0, smooth=0, reset_hold=0.0,
-                        max_concurrency=3)
+    b = RedisRateBudget(
+        own, rate=5, name=name, window=10.0, smooth=0, reset_hold=0.0, max_concurrency=3
+    )
     async with a, b:
         for budget in (a, a, b):
             with anyio.fail_after(5):
@@ -83,8 +92,11 @@ def check_failover(run: FleetRun, label: str, tasks: int) -> dict[str, Any]:
     # Out of the switch (from 1 s before it to 1 s after requests flow again), the budget.
     resumed = next(t for a, t in itertools.pairwise(times) if t - a == longest)
     outside = [t for t in times if t < switch - 1.0 or t > resumed + 1.0]
-    figures = {"peak": run.peak(1.0), "gap s": round(longest, 2),
-               "peak outside the switch": run.peak_of(outside)}
+    figures = {
+        "peak": run.peak(1.0),
+        "gap s": round(longest, 2),
+        "peak outside the switch": run.peak_of(outside),
+    }
     assert figures["peak"] <= 2 * RATE + 1, figures  # one window's worth over, at most
     assert figures["peak outside the switch"] <= RATE + 1, figures
     return figures
@@ -98,9 +110,16 @@ def test_a_fleet_goes_on_through_a_manual_failover(cluster: LocalCluster) -> Non
     def failover(api: object) -> None:
         assert replica.cli("CLUSTER", "FAILOVER") == "OK"
 
-    run = run_fleet(cluster.url, workers=3, tasks=150, rate=RATE, name=name,
-                    budget_options=FLEET, backends=["asyncio", "trio"],
-                    during=[(2.0, "failover", failover)])
+    run = run_fleet(
+        cluster.url,
+        workers=3,
+        tasks=150,
+        rate=RATE,
+        name=name,
+        budget_options=FLEET,
+        backends=["asyncio", "trio"],
+        during=[(2.0, "failover", failover)],
+    )
     cluster.wait_ok()
     assert cluster.master_of(keys(name)[0]).port == replica.port
     figures = check_failover(run, "failover", 150)
@@ -112,9 +131,16 @@ def test_a_fleet_goes_on_when_the_master_dies(cluster: LocalCluster) -> None:
     master = cluster.master_of(keys(name)[0])
     replica = cluster.replica_of(master)
     try:
-        run = run_fleet(cluster.url, workers=3, tasks=200, rate=RATE, name=name,
-                        budget_options=FLEET, backends=["asyncio", "trio"],
-                        during=[(2.0, "kill", lambda api: master.kill())])
+        run = run_fleet(
+            cluster.url,
+            workers=3,
+            tasks=200,
+            rate=RATE,
+            name=name,
+            budget_options=FLEET,
+            backends=["asyncio", "trio"],
+            during=[(2.0, "kill", lambda api: master.kill())],
+        )
         assert cluster.master_of(keys(name)[0]).port == replica.port
         figures = check_failover(run, "kill", 200)
         print("master killed:", figures)

@@ -196,8 +196,11 @@ SCENARIOS = [OutOfMemory, ReadOnly, MasterDown, Busy, Loading, MaxClients]
 @pytest.mark.parametrize("held_open", [False, True], ids=["per-call", "async-with"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
 async def test_an_error_reply_is_an_outage(
-    scenario: type[Scenario], held_open: bool, server: RedisServer,
-    make_budget: Callable[..., RedisRateBudget], caplog: pytest.LogCaptureFixture,
+    scenario: type[Scenario],
+    held_open: bool,
+    server: RedisServer,
+    make_budget: Callable[..., RedisRateBudget],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     raising = make_budget(on_redis_error="raise")
     waiting = make_budget(on_redis_error="wait", name=f"wait-{uuid.uuid4().hex[:8]}")
@@ -228,8 +231,10 @@ async def test_an_error_reply_is_an_outage(
             await waiting.acquire()  # Redis is healthy again: requests go on
         waiting.release()
         assert waiting.redis_available and waiting.grants == 1
-    assert (f"Redis unavailable ({scenario.code})" in caplog.text
-            or f"Redis unavailable ({scenario.or_else})" in caplog.text)
+    assert (
+        f"Redis unavailable ({scenario.code})" in caplog.text
+        or f"Redis unavailable ({scenario.or_else})" in caplog.text
+    )
 
 
 async def test_an_error_reply_with_a_local_fallback(
@@ -278,8 +283,9 @@ async def test_no_redis_raises_a_camb_error_without_secrets(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     secret = "pa55-w0rd-xyz"
-    budget = make_budget(url=f"redis://user:{secret}@127.0.0.1:{free_port()}/0",
-                         on_redis_error="raise")
+    budget = make_budget(
+        url=f"redis://user:{secret}@127.0.0.1:{free_port()}/0", on_redis_error="raise"
+    )
     with pytest.raises(RedisBudgetUnavailableError) as info:
         await budget.acquire()
     assert info.value.redis_error == "ConnectionError"

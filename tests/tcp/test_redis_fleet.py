@@ -33,9 +33,15 @@ def _others(log: list[Any], prefix: str, lo: float, hi: float) -> int:
 
 
 def test_three_processes_share_one_budget(redis_server: RedisServer) -> None:
-    run = run_fleet(redis_server.url, workers=3, tasks=300, rate=100,
-                    name=f"fleet-{uuid.uuid4().hex[:6]}", budget_options=FLEET,
-                    backends=["asyncio", "trio"])  # one trio worker among asyncio ones
+    run = run_fleet(
+        redis_server.url,
+        workers=3,
+        tasks=300,
+        rate=100,
+        name=f"fleet-{uuid.uuid4().hex[:6]}",
+        budget_options=FLEET,
+        backends=["asyncio", "trio"],
+    )  # one trio worker among asyncio ones
     assert [w["backend"] for w in run.workers] == ["asyncio", "trio", "asyncio"]
     assert [w["success"] for w in run.workers] == [300, 300, 300]
     assert len(run.log) == 900 and all(r.status == 200 for r in run.log)
@@ -52,10 +58,15 @@ def test_a_429_in_one_process_pauses_the_others(redis_server: RedisServer) -> No
 
     # recovery=100: back to the full rate 0.5 s after the pause (the default takes 5 s; the
     # cut itself is checked in-process above), to keep this test short.
-    run = run_fleet(redis_server.url, workers=3, tasks=100, rate=100,
-                    name=f"fleet-{uuid.uuid4().hex[:6]}",
-                    budget_options={**FLEET, "recovery": 100.0},
-                    during=[(0.0, "429", throttle)])
+    run = run_fleet(
+        redis_server.url,
+        workers=3,
+        tasks=100,
+        rate=100,
+        name=f"fleet-{uuid.uuid4().hex[:6]}",
+        budget_options={**FLEET, "recovery": 100.0},
+        during=[(0.0, "429", throttle)],
+    )
     assert [w["success"] for w in run.workers] == [100, 100, 100]
     (hit,) = [r for r in run.log if r.status == 429]
     assert hit.path.startswith("/tts/w0-")
@@ -73,9 +84,16 @@ def test_redis_restart_mid_run() -> None:
     """Redis stops for 2 s and comes back empty; the workers fall back to a third each."""
     options = {**FLEET, "retry_interval": 0.25, "on_redis_error": "local", "fleet_size": 3}
     with RedisServer() as server:
-        run = run_fleet(server.url, workers=3, tasks=100, rate=100, name="restarted",
-                        budget_options=options, backends=["asyncio", "trio"],
-                        during=[(1.0, "restart", lambda api: server.restart(down_for=2.0))])
+        run = run_fleet(
+            server.url,
+            workers=3,
+            tasks=100,
+            rate=100,
+            name="restarted",
+            budget_options=options,
+            backends=["asyncio", "trio"],
+            during=[(1.0, "restart", lambda api: server.restart(down_for=2.0))],
+        )
     assert [w["success"] for w in run.workers] == [100, 100, 100]  # no crash, all done
     assert all(w["outages"] >= 1 for w in run.workers)  # each saw Redis go
     assert sum(w["local_grants"] for w in run.workers) > 0  # and carried on locally

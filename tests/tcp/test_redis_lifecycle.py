@@ -35,19 +35,25 @@ async def connections(raw: coredis.Redis[str]) -> int:
 
 
 def make(redis_server: RedisServer) -> tuple[RedisRateBudget, FakeCambAPI, list[str]]:
-    budget = RedisRateBudget.from_url(redis_server.url, rate=1000,
-                                      name=f"life-{uuid.uuid4().hex[:8]}", reset_hold=0.0)
+    budget = RedisRateBudget.from_url(
+        redis_server.url, rate=1000, name=f"life-{uuid.uuid4().hex[:8]}", reset_hold=0.0
+    )
     api = FakeCambAPI(api_key=API_KEY, clock=time.monotonic)
     ids = [api.add_task(TaskKind.DUB, polls=0) for _ in range(20)]
     return budget, api, ids
 
 
-async def test_the_client_enters_and_leaves_the_budget(redis_server: RedisServer,
-                                                       accepted: coredis.Redis[str]) -> None:
+async def test_the_client_enters_and_leaves_the_budget(
+    redis_server: RedisServer, accepted: coredis.Redis[str]
+) -> None:
     budget, api, ids = make(redis_server)
     assert not budget.entered
-    async with AsyncCambClient(api_key=API_KEY, base_url="http://localhost", budget=budget,
-                               transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        api_key=API_KEY,
+        base_url="http://localhost",
+        budget=budget,
+        transport=httpx.ASGITransport(app=api),
+    ) as client:
         assert budget.entered
         await client.dub.status(ids[0])
         before = await connections(accepted)
@@ -57,12 +63,20 @@ async def test_the_client_enters_and_leaves_the_budget(redis_server: RedisServer
     assert not budget.entered
     # Outside any `async with`, each call opens (and closes) a connection of its own: the
     # difference the client's entering makes.
-    async with AsyncCambClient(api_key=API_KEY, base_url="http://localhost", budget=budget,
-                               transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        api_key=API_KEY,
+        base_url="http://localhost",
+        budget=budget,
+        transport=httpx.ASGITransport(app=api),
+    ) as client:
         pass
     before = await connections(accepted)
-    bare = AsyncCambClient(api_key=API_KEY, base_url="http://localhost", budget=budget,
-                           transport=httpx.ASGITransport(app=api))
+    bare = AsyncCambClient(
+        api_key=API_KEY,
+        base_url="http://localhost",
+        budget=budget,
+        transport=httpx.ASGITransport(app=api),
+    )
     for task_id in ids[:5]:
         await bare.dub.status(task_id)
     await bare.aclose()
@@ -70,12 +84,16 @@ async def test_the_client_enters_and_leaves_the_budget(redis_server: RedisServer
 
 
 async def test_a_budget_the_caller_entered_is_left_to_the_caller(
-        redis_server: RedisServer, accepted: coredis.Redis[str]) -> None:
+    redis_server: RedisServer, accepted: coredis.Redis[str]
+) -> None:
     budget, api, ids = make(redis_server)
     async with budget:
-        async with AsyncCambClient(api_key=API_KEY, base_url="http://localhost",
-                                   budget=budget,
-                                   transport=httpx.ASGITransport(app=api)) as client:
+        async with AsyncCambClient(
+            api_key=API_KEY,
+            base_url="http://localhost",
+            budget=budget,
+            transport=httpx.ASGITransport(app=api),
+        ) as client:
             await client.dub.status(ids[0])
             before = await connections(accepted)
             for task_id in ids:
@@ -83,9 +101,12 @@ async def test_a_budget_the_caller_entered_is_left_to_the_caller(
             assert await connections(accepted) == before
         assert budget.entered  # the client did not leave what it did not enter
         # Two clients on one budget, one after another: neither enters it twice.
-        async with AsyncCambClient(api_key=API_KEY, base_url="http://localhost",
-                                   budget=budget,
-                                   transport=httpx.ASGITransport(app=api)) as client:
+        async with AsyncCambClient(
+            api_key=API_KEY,
+            base_url="http://localhost",
+            budget=budget,
+            transport=httpx.ASGITransport(app=api),
+        ) as client:
             await client.dub.status(ids[1])
         assert budget.entered
     assert not budget.entered
@@ -93,8 +114,12 @@ async def test_a_budget_the_caller_entered_is_left_to_the_caller(
 
 async def test_views_do_not_enter_the_budget(redis_server: RedisServer) -> None:
     budget, api, ids = make(redis_server)
-    client = AsyncCambClient(api_key=API_KEY, base_url="http://localhost", budget=budget,
-                             transport=httpx.ASGITransport(app=api))
+    client = AsyncCambClient(
+        api_key=API_KEY,
+        base_url="http://localhost",
+        budget=budget,
+        transport=httpx.ASGITransport(app=api),
+    )
     async with client.with_options(timeout=5) as view:
         assert not budget.entered
         await view.dub.status(ids[0])

@@ -43,14 +43,26 @@ class Sentinel:
                 f"sentinel failover-timeout {SERVICE} 5000\n"
             )
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", self.conf, "--sentinel",
-             "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                shutil.which("redis-server") or "redis-server",
+                self.conf,
+                "--sentinel",
+                "--loglevel",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def cli(self, *command: str) -> str:
         return subprocess.run(
             [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port), *command],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30).stdout.strip()
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
 
     def primary_port(self) -> int:
         return int(self.cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE).split()[-1])
@@ -69,8 +81,10 @@ class Sentinel:
 
 @pytest.fixture(scope="module")
 def sentinel() -> Iterator[Sentinel]:
-    with RedisServer() as master, \
-            RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]) as replica:
+    with (
+        RedisServer() as master,
+        RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]) as replica,
+    ):
         deadline = time.monotonic() + 20
         while "master_link_status:up" not in replica.cli("INFO", "replication"):
             assert time.monotonic() < deadline
@@ -88,9 +102,14 @@ def sentinel() -> Iterator[Sentinel]:
 async def test_a_budget_follows_the_primary_through_a_failover(sentinel: Sentinel) -> None:
     manager: coredis.Sentinel[bytes] = coredis.Sentinel([TCPLocation("127.0.0.1", sentinel.port)])
     async with manager:  # the caller holds the Sentinel open; the budget opens the primary
-        budget = RedisRateBudget(manager.primary_for(SERVICE, stream_timeout=1.0),
-                                 rate=50, name=f"sen-{uuid.uuid4().hex[:8]}", reset_hold=0.0,
-                                 max_concurrency=4, retry_interval=0.2)
+        budget = RedisRateBudget(
+            manager.primary_for(SERVICE, stream_timeout=1.0),
+            rate=50,
+            name=f"sen-{uuid.uuid4().hex[:8]}",
+            reset_hold=0.0,
+            max_concurrency=4,
+            retry_interval=0.2,
+        )
         for held_open in (False, True):
             async with budget if held_open else contextlib.nullcontext():
                 with anyio.fail_after(5):

@@ -13,6 +13,7 @@ import ssl
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -49,9 +50,10 @@ def mtls_server(certs: TLSFiles) -> Iterator[RedisServer]:
 async def make_budget() -> AsyncIterator[Callable[..., RedisRateBudget]]:
     made: list[RedisRateBudget] = []
 
-    def make(url: str, **options: object) -> RedisRateBudget:
-        budget = RedisRateBudget.from_url(url, rate=50, name=f"tls-{uuid.uuid4().hex[:8]}",
-                                          reset_hold=0.0, **options)  # type: ignore[arg-type]
+    def make(url: str, **options: Any) -> RedisRateBudget:
+        budget = RedisRateBudget.from_url(
+            url, rate=50, name=f"tls-{uuid.uuid4().hex[:8]}", reset_hold=0.0, **options
+        )
         made.append(budget)
         return budget
 
@@ -75,22 +77,27 @@ async def granted(budget: RedisRateBudget, held_open: bool = False) -> bool:
 
 
 @pytest.mark.parametrize("held_open", [False, True], ids=["per-call", "async-with"])
-async def test_a_custom_ca_in_the_url(tls_server: RedisServer, certs: TLSFiles,
-                                      make_budget: Callable[..., RedisRateBudget],
-                                      held_open: bool) -> None:
+async def test_a_custom_ca_in_the_url(
+    tls_server: RedisServer,
+    certs: TLSFiles,
+    make_budget: Callable[..., RedisRateBudget],
+    held_open: bool,
+) -> None:
     budget = make_budget(f"{tls_server.url}?ssl_ca_certs={quote(certs.ca)}")
     assert await granted(budget, held_open)
 
 
-async def test_a_custom_ssl_context(tls_server: RedisServer, certs: TLSFiles,
-                                    make_budget: Callable[..., RedisRateBudget]) -> None:
+async def test_a_custom_ssl_context(
+    tls_server: RedisServer, certs: TLSFiles, make_budget: Callable[..., RedisRateBudget]
+) -> None:
     context = ssl.create_default_context(cafile=certs.ca)
     budget = make_budget(tls_server.url, redis_options={"ssl_context": context})
     assert await granted(budget)
 
 
-async def test_an_unknown_ca_is_an_outage(tls_server: RedisServer,
-                                          make_budget: Callable[..., RedisRateBudget]) -> None:
+async def test_an_unknown_ca_is_an_outage(
+    tls_server: RedisServer, make_budget: Callable[..., RedisRateBudget]
+) -> None:
     budget = make_budget(tls_server.url, on_redis_error="raise")  # the system's CAs only
     with pytest.raises(RedisBudgetUnavailableError) as info:
         await budget.acquire()
@@ -101,8 +108,9 @@ async def test_an_unknown_ca_is_an_outage(tls_server: RedisServer,
     assert scope.cancelled_caught and waiting.outages == 1
 
 
-async def test_the_server_name_is_checked(certs: TLSFiles,
-                                          make_budget: Callable[..., RedisRateBudget]) -> None:
+async def test_the_server_name_is_checked(
+    certs: TLSFiles, make_budget: Callable[..., RedisRateBudget]
+) -> None:
     with tempfile.TemporaryDirectory() as directory:
         elsewhere = TLSFiles.make(directory, server_names=["redis.elsewhere.example"])
         with RedisServer(tls=elsewhere) as server:
@@ -115,13 +123,19 @@ async def test_the_server_name_is_checked(certs: TLSFiles,
 
 
 @pytest.mark.parametrize("held_open", [False, True], ids=["per-call", "async-with"])
-async def test_client_certificates(mtls_server: RedisServer, certs: TLSFiles,
-                                   make_budget: Callable[..., RedisRateBudget],
-                                   held_open: bool) -> None:
-    url = (f"{mtls_server.url}?ssl_ca_certs={quote(certs.ca)}"
-           f"&ssl_certfile={quote(certs.client_cert)}&ssl_keyfile={quote(certs.client_key)}")
+async def test_client_certificates(
+    mtls_server: RedisServer,
+    certs: TLSFiles,
+    make_budget: Callable[..., RedisRateBudget],
+    held_open: bool,
+) -> None:
+    url = (
+        f"{mtls_server.url}?ssl_ca_certs={quote(certs.ca)}"
+        f"&ssl_certfile={quote(certs.client_cert)}&ssl_keyfile={quote(certs.client_key)}"
+    )
     assert await granted(make_budget(url), held_open)
-    anonymous = make_budget(f"{mtls_server.url}?ssl_ca_certs={quote(certs.ca)}",
-                            on_redis_error="raise")
+    anonymous = make_budget(
+        f"{mtls_server.url}?ssl_ca_certs={quote(certs.ca)}", on_redis_error="raise"
+    )
     with pytest.raises(RedisBudgetUnavailableError):
         await anonymous.acquire()

@@ -54,19 +54,25 @@ def scripted(n: int, polls: int = 2) -> FakeCambAPI:
     """``n`` TTS tasks t0..: every third ends ERROR, the rest SUCCESS, after ``polls`` polls."""
     api = FakeCambAPI(api_key=KEY)
     for i in range(n):
-        api.add_task("tts", f"t{i}", polls=polls,
-                     status="ERROR" if i % 3 == 0 else "SUCCESS",
-                     exception_reason="BadMedia" if i % 3 == 0 else None)
+        api.add_task(
+            "tts",
+            f"t{i}",
+            polls=polls,
+            status="ERROR" if i % 3 == 0 else "SUCCESS",
+            exception_reason="BadMedia" if i % 3 == 0 else None,
+        )
     return api
 
 
 def client_for(api: FakeCambAPI, rate_limit: float | None = None) -> AsyncCambClient:
-    return AsyncCambClient(KEY, base_url="http://fake", transport=httpx.ASGITransport(app=api),
-                           rate_limit=rate_limit)
+    return AsyncCambClient(
+        KEY, base_url="http://fake", transport=httpx.ASGITransport(app=api), rate_limit=rate_limit
+    )
 
 
-async def collect(watch: RedisWatchList, n: int, *, group: str = "g", consumer: str = "c",
-                  **options: Any) -> list[WatchEvent]:
+async def collect(
+    watch: RedisWatchList, n: int, *, group: str = "g", consumer: str = "c", **options: Any
+) -> list[WatchEvent]:
     out: list[WatchEvent] = []
     with anyio.fail_after(20):
         async with watch.completions(group=group, consumer=consumer, **options) as events:
@@ -82,7 +88,8 @@ async def collect(watch: RedisWatchList, n: int, *, group: str = "g", consumer: 
 
 @pytest.mark.anyio
 async def test_each_task_is_polled_until_it_ends_then_is_one_event(
-        redis_server: RedisServer, name: str) -> None:
+    redis_server: RedisServer, name: str
+) -> None:
     api = scripted(12, polls=2)
     async with RedisWatchList.from_url(redis_server.url, name=name) as watch:
         assert await watch.add_many([("tts", f"t{i}", {"user": f"u{i}"}) for i in range(12)]) == 12
@@ -93,11 +100,17 @@ async def test_each_task_is_polled_until_it_ends_then_is_one_event(
                 await watch.run(client, policy=FAST, until_empty=True)
         after = await watch.stats()
         assert (after.tracked, after.due, after.leased, after.completed, after.events) == (
-            0, 0, 0, 12, 12)
+            0,
+            0,
+            0,
+            12,
+            12,
+        )
         events = await collect(watch, 12)
     # Pending twice, then the end: three polls each, none more (each poll settled once).
-    assert sorted(r.path for r in api.log) == sorted(f"/tts/t{i}" for i in range(12)
-                                                     for _ in range(3))
+    assert sorted(r.path for r in api.log) == sorted(
+        f"/tts/t{i}" for i in range(12) for _ in range(3)
+    )
     by_id = {e.task_id: e for e in events}
     assert len(by_id) == 12
     for i in range(12):
@@ -109,8 +122,7 @@ async def test_each_task_is_polled_until_it_ends_then_is_one_event(
 
 
 @pytest.mark.anyio
-async def test_add_is_idempotent_and_checks_its_input(redis_server: RedisServer,
-                                                      name: str) -> None:
+async def test_add_is_idempotent_and_checks_its_input(redis_server: RedisServer, name: str) -> None:
     watch = RedisWatchList.from_url(redis_server.url, name=name)
     assert await watch.add("dub", "d1", {"a": "1"}) is True
     assert await watch.add("dub", "d1", {"a": "2"}) is False
@@ -129,7 +141,8 @@ async def test_add_is_idempotent_and_checks_its_input(redis_server: RedisServer,
 
 @pytest.mark.anyio
 async def test_a_failed_body_leaves_its_event_pending_for_the_same_consumer(
-        redis_server: RedisServer, name: str) -> None:
+    redis_server: RedisServer, name: str
+) -> None:
     api = scripted(3, polls=0)
     async with RedisWatchList.from_url(redis_server.url, name=name) as watch:
         await watch.add_many([("tts", f"t{i}") for i in range(3)])
@@ -144,14 +157,17 @@ async def test_a_failed_body_leaves_its_event_pending_for_the_same_consumer(
                         raise RuntimeError("body failed")
         # The first was acknowledged (its body ended); the second was not: delivered again.
         again = await collect(watch, 2)
-    assert [e.task_id for e in again] == [seen[1], next(
-        f"t{i}" for i in range(3) if f"t{i}" not in seen)]
+    assert [e.task_id for e in again] == [
+        seen[1],
+        next(f"t{i}" for i in range(3) if f"t{i}" not in seen),
+    ]
     assert len({*seen, *(e.task_id for e in again)}) == 3
 
 
 @pytest.mark.anyio
 async def test_a_dead_consumers_events_are_claimed_by_another(
-        redis_server: RedisServer, name: str) -> None:
+    redis_server: RedisServer, name: str
+) -> None:
     api = scripted(4, polls=0)
     async with RedisWatchList.from_url(redis_server.url, name=name) as watch:
         await watch.add_many([("tts", f"t{i}") for i in range(4)])
@@ -184,14 +200,16 @@ async def test_an_expired_lease_is_taken_over(redis_server: RedisServer, name: s
 
 @pytest.mark.anyio
 async def test_a_stopped_worker_gives_back_what_it_did_not_poll(
-        redis_server: RedisServer, name: str) -> None:
+    redis_server: RedisServer, name: str
+) -> None:
     api = scripted(40, polls=50)
     async with RedisWatchList.from_url(redis_server.url, name=name, lease_ttl=60) as watch:
         await watch.add_many([("tts", f"t{i}") for i in range(40)])
         async with client_for(api, rate_limit=10) as client:  # 10 req/s: few polled
             with anyio.move_on_after(0.5):
-                await watch.run(client, policy=PollPolicy(initial=30, max_interval=30),
-                                concurrency=4)
+                await watch.run(
+                    client, policy=PollPolicy(initial=30, max_interval=30), concurrency=4
+                )
         stats = await watch.stats()
     # Polled tasks were rescheduled (not due for 30 s), claimed ones not polled came back due
     # (and a poll cut short by the stop, if any: due again too); no lease is left to expire.
@@ -202,12 +220,14 @@ async def test_a_stopped_worker_gives_back_what_it_did_not_poll(
 
 @pytest.mark.anyio
 async def test_a_refused_api_key_stops_the_worker_and_gives_its_leases_back(
-        redis_server: RedisServer, name: str) -> None:
+    redis_server: RedisServer, name: str
+) -> None:
     api = scripted(5)
     async with RedisWatchList.from_url(redis_server.url, name=name, lease_ttl=60) as watch:
         await watch.add_many([("tts", f"t{i}") for i in range(5)])
-        async with AsyncCambClient("sk-not-the-key", base_url="http://fake",
-                                   transport=httpx.ASGITransport(app=api)) as client:
+        async with AsyncCambClient(
+            "sk-not-the-key", base_url="http://fake", transport=httpx.ASGITransport(app=api)
+        ) as client:
             with anyio.fail_after(20), pytest.raises(AuthenticationError):
                 await watch.run(client, policy=FAST)
         stats = await watch.stats()
@@ -217,8 +237,7 @@ async def test_a_refused_api_key_stops_the_worker_and_gives_its_leases_back(
 @pytest.mark.anyio
 async def test_redis_unavailable_is_a_camb_error_without_the_password() -> None:
     url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
-    watch = RedisWatchList.from_url(url, name="nowhere", redis_timeout=2.0,
-                                    on_redis_error="raise")
+    watch = RedisWatchList.from_url(url, name="nowhere", redis_timeout=2.0, on_redis_error="raise")
     assert "s3cret" not in repr(watch)
     for call in (watch.add("tts", "t1"), watch.stats()):
         with pytest.raises(RedisWatchUnavailableError) as info:
@@ -249,9 +268,12 @@ async def test_refused_credentials_raise_at_once() -> None:
 
 
 def _cli(*args: str, **popen: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "camb_async.cli", *args], cwd=ROOT,
-                            env={**os.environ, "CAMB_API_KEY": KEY,
-                                 "PYTHONPATH": str(ROOT)}, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "camb_async.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "CAMB_API_KEY": KEY, "PYTHONPATH": str(ROOT)},
+        **popen,
+    )
 
 
 def test_a_killed_worker_and_a_redis_restart_lose_nothing() -> None:
@@ -270,11 +292,16 @@ def test_a_killed_worker_and_a_redis_restart_lose_nothing() -> None:
             return await watch.stats()
 
         anyio.run(watch.add_many, [("tts", f"t{i}", {"i": str(i)}) for i in range(n)])
-        common = ["--redis", redis.url, "--name", name, "--base-url", base_url,
-                  "--lease-ttl", "2"]
+        common = ["--redis", redis.url, "--name", name, "--base-url", base_url, "--lease-ttl", "2"]
         # Slow (2 req/s): it holds its claimed leases for seconds.
-        first = _cli("worker", *common, "--rate-limit", "2", stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
+        first = _cli(
+            "worker",
+            *common,
+            "--rate-limit",
+            "2",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         second: subprocess.Popen[bytes] | None = None
         try:
             deadline = time.monotonic() + 30
@@ -285,16 +312,26 @@ def test_a_killed_worker_and_a_redis_restart_lose_nothing() -> None:
             first.wait()
             killed_with = anyio.run(stats)
             assert killed_with.leased > 0 and killed_with.tracked == n
-            second = _cli("worker", *common, "--rate-limit", "50", "--backend", "trio",
-                          "--budget-name", name + "-2",
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            second = _cli(
+                "worker",
+                *common,
+                "--rate-limit",
+                "50",
+                "--backend",
+                "trio",
+                "--budget-name",
+                name + "-2",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             while len(api.log) < 40:  # mid-run
                 assert time.monotonic() < deadline + 30 and second.poll() is None
                 time.sleep(0.05)
             redis.restart(down_for=0.5)
             events = anyio.run(collect, watch, n)
-            watched = _cli("watch", "--redis", redis.url, "--name", name, "--json",
-                           stdout=subprocess.PIPE)
+            watched = _cli(
+                "watch", "--redis", redis.url, "--name", name, "--json", stdout=subprocess.PIPE
+            )
             figures = json.loads(watched.communicate(timeout=30)[0])
         finally:
             for proc in (first, second):
@@ -307,3 +344,37 @@ def test_a_killed_worker_and_a_redis_restart_lose_nothing() -> None:
         i = int(e.task_id[1:])
         assert e.result.status is (TaskStatus.TIMEOUT if i % 5 == 0 else TaskStatus.SUCCESS)
     assert figures["tracked"] == 0 and figures["completed"] == n and figures["leased"] == 0
+
+
+@pytest.mark.anyio
+async def test_sharing_an_unopened_watch_list_between_tasks_is_refused_clearly(
+    redis_server: RedisServer, name: str
+) -> None:
+    """A worker and a consumer in two tasks without ``async with watch``: the client's pool
+    would belong to whichever opened it first, and stopping that one broke the other's cancel
+    scopes (a raw RuntimeError). The second user is told to hold the watch list open; inside
+    ``async with watch`` the same pair works and stops cleanly."""
+    api = scripted(3, polls=1)
+    watch = RedisWatchList.from_url(redis_server.url, name=name)
+    await watch.add_many([("tts", f"t{i}") for i in range(3)])
+    async with client_for(api) as client, anyio.create_task_group() as tg:
+        started = anyio.Event()
+
+        async def work() -> None:
+            started.set()
+            await watch.run(client, policy=FAST)
+
+        tg.start_soon(work)
+        await started.wait()
+        with anyio.fail_after(10):
+            while not watch._client_is_open():  # the worker opens the client
+                await anyio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="async with watch"):
+            async with watch.completions(group="g", consumer="c"):
+                pass
+        tg.cancel_scope.cancel()
+    async with watch, client_for(api) as client, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch.run(client, policy=FAST))
+        events = await collect(watch, 3)
+        tg.cancel_scope.cancel()
+    assert sorted(e.task_id for e in events) == ["t0", "t1", "t2"]

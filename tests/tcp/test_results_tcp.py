@@ -41,19 +41,35 @@ def wait_for(predicate: Any, seconds: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize(("kind", "create", "expected"), [
-    ("dub", {"video_url": "https://x/v.mp4", "source_language": 1,
-             "target_languages": [54, 76]}, dict),
-    ("dub", {"video_url": "https://x/v.mp4", "source_language": 1, "target_language": 54},
-     DubbingResult),
-    ("tts", {"text": "hello", "voice_id": 7, "language": 1}, TTSResult),
-    ("translate", {"texts": ["hello", "world"], "source_language": 1, "target_language": 54},
-     TranslationResult),
-    ("transcribe", {"language": "auto", "file": b"RIFF" + bytes(200_000),
-                    "filename": "a.wav"}, TranscriptionResult),
-])
-async def test_round_trip_over_loopback(api: FakeCambAPI, base_url: str, kind: str,
-                                        create: dict[str, Any], expected: type) -> None:
+@pytest.mark.parametrize(
+    ("kind", "create", "expected"),
+    [
+        (
+            "dub",
+            {"video_url": "https://x/v.mp4", "source_language": 1, "target_languages": [54, 76]},
+            dict,
+        ),
+        (
+            "dub",
+            {"video_url": "https://x/v.mp4", "source_language": 1, "target_language": 54},
+            DubbingResult,
+        ),
+        ("tts", {"text": "hello", "voice_id": 7, "language": 1}, TTSResult),
+        (
+            "translate",
+            {"texts": ["hello", "world"], "source_language": 1, "target_language": 54},
+            TranslationResult,
+        ),
+        (
+            "transcribe",
+            {"language": "auto", "file": b"RIFF" + bytes(200_000), "filename": "a.wav"},
+            TranscriptionResult,
+        ),
+    ],
+)
+async def test_round_trip_over_loopback(
+    api: FakeCambAPI, base_url: str, kind: str, create: dict[str, Any], expected: type
+) -> None:
     api.script_create(kind, after=0.3)
     async with AsyncCambClient(API_KEY, base_url=base_url) as client:
         resource: Any = client.resource(kind)
@@ -75,8 +91,9 @@ async def test_read_timeout_on_create_is_one_request(api: FakeCambAPI, base_url:
     api.inject(status=None, delay=1.5, path="/dub")  # the job is made; its answer comes late
     async with AsyncCambClient(API_KEY, base_url=base_url, timeout=0.3) as client:
         with pytest.raises(APITimeoutError):
-            await client.dub.create(video_url="https://x/v.mp4", source_language=1,
-                                    target_language=2)
+            await client.dub.create(
+                video_url="https://x/v.mp4", source_language=1, target_language=2
+            )
     wait_for(lambda: api.requests("POST", "/dub"))
     assert len(api.requests("POST", "/dub")) == 1
     assert len(api.created()) == 1
@@ -93,8 +110,9 @@ async def test_reset_after_create_is_not_retried(api: FakeCambAPI, base_url: str
     assert len(api.created()) == 2
 
 
-async def test_upload_resent_whole_after_429(api: FakeCambAPI, base_url: str,
-                                            tmp_path: Any) -> None:
+async def test_upload_resent_whole_after_429(
+    api: FakeCambAPI, base_url: str, tmp_path: Any
+) -> None:
     data = bytes(range(256)) * 20_000  # 5 MB
     path = tmp_path / "a.wav"
     path.write_bytes(data)
@@ -140,8 +158,9 @@ async def test_refused_connection_is_an_api_connection_error() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with AsyncCambClient(API_KEY, base_url=f"http://127.0.0.1:{port}",
-                               max_retries=1) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=f"http://127.0.0.1:{port}", max_retries=1
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.tts.create(text="hi", voice_id=1, language=1)
     assert not isinstance(info.value, APITimeoutError)
@@ -149,7 +168,7 @@ async def test_refused_connection_is_an_api_connection_error() -> None:
 
 # ------------------------------------------------------------------ memory of a big upload
 
-UPLOAD_CHILD = textwrap.dedent('''
+UPLOAD_CHILD = textwrap.dedent("""
     import json, os, resource, sys, tempfile, time
     import anyio
     from camb_async import AsyncCambClient
@@ -175,7 +194,7 @@ UPLOAD_CHILD = textwrap.dedent('''
             f.truncate(size_mb * 1024 * 1024)  # sparse: costs no disk, reads as zeros
         with serve_in_thread(api) as url:
             anyio.run(main, url, api, path, backend=backend)
-''')
+""")
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -185,9 +204,13 @@ def test_100mb_upload_is_streamed(backend: str) -> None:
     Memory, unlike time, is deterministic enough to assert: the streamed upload measures
     under 1 MB of growth; reading the file whole measures about +290 MB.
     """
-    out = subprocess.run([sys.executable, "-c", UPLOAD_CHILD, backend, "100"],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", UPLOAD_CHILD, backend, "100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["server_size"] == 100 * 1024 * 1024
     assert report["delta_mb"] < 30, report
-

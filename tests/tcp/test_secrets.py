@@ -32,7 +32,8 @@ pytestmark = pytest.mark.anyio
 
 
 def test_key_absent_from_errors_and_logs_over_real_sockets(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Resets, read timeouts and error answers through uvicorn; DEBUG logs of every library."""
     caplog.set_level(logging.DEBUG)
     api = FakeCambAPI(api_key=SECRET, clock=time.monotonic)
@@ -40,10 +41,15 @@ def test_key_absent_from_errors_and_logs_over_real_sockets(
     errors: list[BaseException] = []
 
     async def main() -> None:
-        async with AsyncCambClient(SECRET, base_url=url, timeout=0.3, max_retries=1,
-                                   rate_limit=None) as client:
-            for fault in (Fault(status=None, reset=True), Fault(status=None, delay=0.6),
-                          Fault(status=502), Fault(status=429, retry_after="0")):
+        async with AsyncCambClient(
+            SECRET, base_url=url, timeout=0.3, max_retries=1, rate_limit=None
+        ) as client:
+            for fault in (
+                Fault(status=None, reset=True),
+                Fault(status=None, delay=0.6),
+                Fault(status=502),
+                Fault(status=429, retry_after="0"),
+            ):
                 api.inject(fault, count=2)
                 try:
                     await client.dub.status("t1")
@@ -54,8 +60,12 @@ def test_key_absent_from_errors_and_logs_over_real_sockets(
     with serve_in_thread(api, log_level="critical") as url:
         for backend in ("asyncio", "trio"):
             anyio.run(main, backend=backend)
-    assert [type(e) for e in errors] == [APIConnectionError, APITimeoutError,
-                                         InternalServerError, RateLimitError] * 2
+    assert [type(e) for e in errors] == [
+        APIConnectionError,
+        APITimeoutError,
+        InternalServerError,
+        RateLimitError,
+    ] * 2
     for error in errors:
         assert_no_secret(*error_texts(error))
     assert "HTTP Request" in caplog.text  # httpx's own DEBUG/INFO lines were captured
@@ -69,10 +79,29 @@ def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     folder: Path = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, env={**os.environ, "RANDFILE": str(folder / "rnd")},
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "RANDFILE": str(folder / "rnd")},
     )
     yield str(cert), str(key)
 
@@ -100,7 +129,8 @@ def test_tls_is_verified_by_default(self_signed_cert: tuple[str, str]) -> None:
 
 
 def test_a_key_the_server_echoes_is_redacted_over_real_sockets(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Through uvicorn on both loops; httpcore (trio) logs response headers at DEBUG."""
     caplog.set_level(logging.DEBUG)
 
@@ -110,16 +140,23 @@ def test_a_key_the_server_echoes_is_redacted_over_real_sockets(
         headers = dict(scope["headers"])
         key = headers.get(b"x-api-key", b"")
         quoted = b"\n".join(name + b": " + value for name, value in scope["headers"])
-        await send({"type": "http.response.start", "status": 502,
-                    "headers": [(b"content-type", b"text/plain"), (b"x-echo", key),
-                                (b"x-partial", key[:20])]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 502,
+                "headers": [
+                    (b"content-type", b"text/plain"),
+                    (b"x-echo", key),
+                    (b"x-partial", key[:20]),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"bad gateway; you sent:\n" + quoted})
 
     errors: list[BaseException] = []
 
     async def main() -> None:
-        async with AsyncCambClient(SECRET, base_url=url, max_retries=1,
-                                   rate_limit=None) as client:
+        async with AsyncCambClient(SECRET, base_url=url, max_retries=1, rate_limit=None) as client:
             with pytest.raises(InternalServerError) as info:
                 await client.dub.status("t1")
             errors.append(info.value)

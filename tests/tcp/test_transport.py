@@ -77,12 +77,16 @@ async def test_default_transport_is_aiohttp_on_asyncio_and_sharded_httpx_on_trio
 
 async def test_a_callers_transport_or_http_client_wins(api: FakeCambAPI) -> None:
     transport = httpx.ASGITransport(app=api)
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport,
-                               rate_limit=None) as client:
-        assert transport_of(client) is transport
-    async with httpx.AsyncClient() as own, AsyncCambClient(
-        API_KEY, base_url="http://localhost", http_client=own, rate_limit=None
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=transport, rate_limit=None
     ) as client:
+        assert transport_of(client) is transport
+    async with (
+        httpx.AsyncClient() as own,
+        AsyncCambClient(
+            API_KEY, base_url="http://localhost", http_client=own, rate_limit=None
+        ) as client,
+    ):
         assert client._open() is own
 
 
@@ -132,8 +136,9 @@ async def test_reset_mid_answer_is_httpx_transport_error_not_timeout(
 
 
 async def test_refused_connection_raises_api_connection_error_not_timeout() -> None:
-    async with AsyncCambClient(API_KEY, base_url=closed_port_url(), rate_limit=None,
-                               max_retries=0) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=closed_port_url(), rate_limit=None, max_retries=0
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.dub.status("x")
     assert not isinstance(info.value, APITimeoutError)
@@ -142,8 +147,9 @@ async def test_refused_connection_raises_api_connection_error_not_timeout() -> N
 async def test_slow_answer_raises_api_timeout_error(api: FakeCambAPI, base_url: str) -> None:
     api.add_task("dub", "slow")
     api.inject(status=None, delay=1.0)
-    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None, timeout=0.2,
-                               max_retries=0) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=base_url, rate_limit=None, timeout=0.2, max_retries=0
+    ) as client:
         with pytest.raises(APITimeoutError):
             await client.dub.status("slow")
 
@@ -151,8 +157,9 @@ async def test_slow_answer_raises_api_timeout_error(api: FakeCambAPI, base_url: 
 async def test_reset_status_check_is_retried_and_succeeds(api: FakeCambAPI, base_url: str) -> None:
     api.add_task("dub", "r", status="SUCCESS", run_id=3)
     api.inject(status=None, reset=True)
-    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None,
-                               max_retries=2) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=base_url, rate_limit=None, max_retries=2
+    ) as client:
         result = await client.dub.status("r")
     assert result.run_id == 3
     assert [r.fault for r in api.log] == ["reset", None]
@@ -161,11 +168,11 @@ async def test_reset_status_check_is_retried_and_succeeds(api: FakeCambAPI, base
 async def test_reset_after_a_create_was_sent_is_not_resent(api: FakeCambAPI, base_url: str) -> None:
     """A create whose answer was lost may have made a job: resending could make a second."""
     api.inject(Fault(status=200, reset=True), count=5)
-    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None,
-                               max_retries=3) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=base_url, rate_limit=None, max_retries=3
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
-            await client._request("POST", "/dub", lambda data: data, json_body={},
-                                  idempotent=False)
+            await client._request("POST", "/dub", lambda data: data, json_body={}, idempotent=False)
     assert not isinstance(info.value, APITimeoutError)
     assert len(api.requests("POST")) == 1
 
@@ -173,11 +180,11 @@ async def test_reset_after_a_create_was_sent_is_not_resent(api: FakeCambAPI, bas
 async def test_refused_create_is_resent(caplog: pytest.LogCaptureFixture) -> None:
     """A refused connection proves the server never saw the request: safe to resend."""
     caplog.set_level(logging.INFO, logger="camb_async")
-    async with AsyncCambClient(API_KEY, base_url=closed_port_url(), rate_limit=None,
-                               max_retries=1) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=closed_port_url(), rate_limit=None, max_retries=1
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
-            await client._request("POST", "/dub", lambda data: data, json_body={},
-                                  idempotent=False)
+            await client._request("POST", "/dub", lambda data: data, json_body={}, idempotent=False)
     assert not isinstance(info.value, APITimeoutError)
     retries = [r for r in caplog.records if r.getMessage().startswith("retrying POST /dub")]
     assert len(retries) == 1
@@ -187,11 +194,13 @@ async def test_hang_up_before_answering_a_create_is_not_resent() -> None:
     """The server read the create and hung up: it may have made the job. Never resend."""
     server = HangUpServer()
     try:
-        async with AsyncCambClient(API_KEY, base_url=server.url, rate_limit=None,
-                                   max_retries=3) as client:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=3
+        ) as client:
             with pytest.raises(APIConnectionError) as info:
-                await client._request("POST", "/dub", lambda data: data, json_body={},
-                                      idempotent=False)
+                await client._request(
+                    "POST", "/dub", lambda data: data, json_body={}, idempotent=False
+                )
             with pytest.raises(httpx.TransportError) as raw:
                 await client._open().post(client.base_url + "/dub", json={})
     finally:
@@ -219,8 +228,13 @@ async def test_own_client_sends_our_headers_and_logs_like_httpx(
     change: key, user agent, JSON accept, keep-alive, and httpx's own INFO line."""
     caplog.set_level(logging.INFO, logger="httpx")
     seen: list[httpx.Request] = []
-    async with AsyncCambClient(API_KEY, base_url="http://localhost/apis", rate_limit=None,
-                               timeout=7, transport=echo_transport(seen)) as client:
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost/apis",
+        rate_limit=None,
+        timeout=7,
+        transport=echo_transport(seen),
+    ) as client:
         await client.dub.status("a b")
     (request,) = seen
     assert str(request.url) == "http://localhost/apis/dub/a%20b"
@@ -239,10 +253,16 @@ async def test_callers_http_client_keeps_its_hooks_and_headers() -> None:
     async def hook(request: httpx.Request) -> None:
         hooked.append(request.url.path)
 
-    async with httpx.AsyncClient(transport=echo_transport(seen), headers={"x-trace": "1"},
-                                 event_hooks={"request": [hook]}) as own, AsyncCambClient(
-        API_KEY, base_url="http://localhost", http_client=own, rate_limit=None
-    ) as client:
+    async with (
+        httpx.AsyncClient(
+            transport=echo_transport(seen),
+            headers={"x-trace": "1"},
+            event_hooks={"request": [hook]},
+        ) as own,
+        AsyncCambClient(
+            API_KEY, base_url="http://localhost", http_client=own, rate_limit=None
+        ) as client,
+    ):
         await client.tts.status("t")
     assert hooked == ["/tts/t"]
     assert seen[0].headers["x-trace"] == "1"
@@ -257,8 +277,9 @@ async def test_many_in_flight_then_cancelled_leave_no_shard_busy(
     requests must still all succeed)."""
     ids = [api.add_task("tts", f"t{i}", after=1e9) for i in range(40)]
     api.inject(status=None, delay=5.0, count=10)  # ten slow answers, cancelled below
-    async with AsyncCambClient(API_KEY, base_url=base_url, rate_limit=None,
-                               max_concurrency=40) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=base_url, rate_limit=None, max_concurrency=40
+    ) as client:
         transport = transport_of(client)
         loads = getattr(transport, "_load", None)
         with anyio.move_on_after(1.0):

@@ -98,8 +98,9 @@ async def create_tts(body: CreateTTSRequest, run_id: int | None = None) -> dict[
 
 
 @app.post("/translate")
-async def create_translation(body: CreateTranslationRequest,
-                             run_id: int | None = None) -> dict[str, Any]:
+async def create_translation(
+    body: CreateTranslationRequest, run_id: int | None = None
+) -> dict[str, Any]:
     return OK
 
 
@@ -128,15 +129,16 @@ async def single_result(run_id: int) -> dict[str, Any]:
 
 
 @app.get("/tts-result/{run_id}")
-async def tts_result(run_id: int,
-                     output_type: Annotated[OutputType, Query()] = OutputType.raw_bytes
-                     ) -> dict[str, Any]:
+async def tts_result(
+    run_id: int, output_type: Annotated[OutputType, Query()] = OutputType.raw_bytes
+) -> dict[str, Any]:
     return OK
 
 
 @app.get("/transcription-result/{run_id}")
-async def transcription_result(run_id: int, format_type: str | None = None,
-                               data_type: str | None = None) -> dict[str, Any]:
+async def transcription_result(
+    run_id: int, format_type: str | None = None, data_type: str | None = None
+) -> dict[str, Any]:
     # Open strings: camb-sdk types them Literal[...] | Any, and the sources disagree on the
     # data_type values (camb-sdk: raw_data | file; the reference's prose: json | file).
     return OK

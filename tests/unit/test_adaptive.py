@@ -103,8 +103,9 @@ def test_tasks_of_unknown_age_only_say_they_ran_longer() -> None:
     est = stats.for_kind(TaskKind.DUB)
     assert est.completions == 0
     assert stats.fit(TaskKind.DUB, 100.0) is None
-    assert stats.to_dict()["kinds"]["dub"]["bins"] == [[math.floor(math.log(30.0) / 0.05),
-                                                         None, 1.0]]
+    assert stats.to_dict()["kinds"]["dub"]["bins"] == [
+        [math.floor(math.log(30.0) / 0.05), None, 1.0]
+    ]
 
 
 def test_old_observations_fade_so_a_drift_is_followed() -> None:
@@ -204,31 +205,41 @@ def test_tail_stretches_gaps_only_where_completion_is_unlikely() -> None:
     assert soft.gap_at(fit, 480.0) == hard.gap_at(fit, 480.0) <= 30.0
 
 
-async def test_falls_back_to_the_kind_default_until_enough_samples(
-        client: AsyncCambClient) -> None:
+async def test_falls_back_to_the_kind_default_until_enough_samples(client: AsyncCambClient) -> None:
     policy = _policy(max_delay=4.0, min_samples=5)._bind(client, TaskKind.TRANSLATION)
     default = attrs_evolve_no_jitter(DEFAULT_POLICIES[TaskKind.TRANSLATION])
     assert [policy.next_interval(n, 0.0) for n in range(1, 6)] == [
-        min(default.next_interval(n), 4.0) for n in range(1, 6)]
+        min(default.next_interval(n), 4.0) for n in range(1, 6)
+    ]
     stats = client.completion_stats
     for i in range(5):
-        stats.completed(TaskKind.TRANSLATION, 0.0, 19.0 + i, 20.0 + i, known_start=True,
-                        tracked=False)
+        stats.completed(
+            TaskKind.TRANSLATION, 0.0, 19.0 + i, 20.0 + i, known_start=True, tracked=False
+        )
     assert isinstance(policy, AdaptivePollPolicy)
     assert policy.current_fit() is not None
     assert policy.next_interval(1, 0.0) == 4.0  # at age 0 a ~20 s job is far from done
 
 
 def attrs_evolve_no_jitter(policy: PollPolicy) -> PollPolicy:
-    return PollPolicy(initial=policy.initial, factor=policy.factor,
-                      max_interval=policy.max_interval, jitter=0.0)
+    return PollPolicy(
+        initial=policy.initial, factor=policy.factor, max_interval=policy.max_interval, jitter=0.0
+    )
 
 
 # ----------------------------------------------------------------------------- wiring
 
 
-def _script(api: FakeCambAPI, client: AsyncCambClient, n: int, seed: int, *, median: float,
-            sigma: float, kind: TaskKind = TaskKind.TTS) -> list[tuple[TaskHandle[Any], float]]:
+def _script(
+    api: FakeCambAPI,
+    client: AsyncCambClient,
+    n: int,
+    seed: int,
+    *,
+    median: float,
+    sigma: float,
+    kind: TaskKind = TaskKind.TTS,
+) -> list[tuple[TaskHandle[Any], float]]:
     """``n`` tasks created now with log-normal durations: (handle, completion time)."""
     rng = random.Random(seed)
     now = anyio.current_time()
@@ -240,8 +251,9 @@ def _script(api: FakeCambAPI, client: AsyncCambClient, n: int, seed: int, *, med
     return out
 
 
-async def _run(api: FakeCambAPI, client: AsyncCambClient, policy: PollPolicy, *, seed: int,
-               n: int = 150) -> tuple[float, float, float]:
+async def _run(
+    api: FakeCambAPI, client: AsyncCambClient, policy: PollPolicy, *, seed: int, n: int = 150
+) -> tuple[float, float, float]:
     """Poll one batch; return (requests per task, mean detection delay, worst delay)."""
     tasks = _script(api, client, n, seed, median=30.0, sigma=0.6)
     done_at = {h.task_id: t for h, t in tasks}
@@ -252,8 +264,7 @@ async def _run(api: FakeCambAPI, client: AsyncCambClient, policy: PollPolicy, *,
         if getattr(result, "is_terminal", False):
             seen[result.task_id] = anyio.current_time()  # type: ignore[attr-defined]
 
-    out = await gather_statuses(client, [h for h, _ in tasks], policy=policy,
-                                on_update=on_update)
+    out = await gather_statuses(client, [h for h, _ in tasks], policy=policy, on_update=on_update)
     assert all(r.is_success for r in out)
     delays = [seen[k] - done_at[k] for k in done_at]
     assert min(delays) >= 0.0
@@ -261,7 +272,8 @@ async def _run(api: FakeCambAPI, client: AsyncCambClient, policy: PollPolicy, *,
 
 
 async def test_adaptive_learns_and_then_spends_fewer_requests(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     fixed = PollPolicy(initial=5.0, factor=1.0, max_interval=5.0, jitter=0.0)
     fixed_req, fixed_mean, _ = await _run(api, make_client(), fixed, seed=1)
 
@@ -276,8 +288,10 @@ async def test_adaptive_learns_and_then_spends_fewer_requests(
 
     warm_req, warm_mean, warm_worst = await _run(api, client, adaptive, seed=2)
     assert warm_worst <= 10.0 + 1e-6  # max_delay bounds every detection delay
-    print(f"fixed 5 s: {fixed_req:.2f} req/task, mean delay {fixed_mean:.2f} s; adaptive "
-          f"cold {cold[0]:.2f}/{cold[1]:.2f} s, warm {warm_req:.2f}/{warm_mean:.2f} s")
+    print(
+        f"fixed 5 s: {fixed_req:.2f} req/task, mean delay {fixed_mean:.2f} s; adaptive "
+        f"cold {cold[0]:.2f}/{cold[1]:.2f} s, warm {warm_req:.2f}/{warm_mean:.2f} s"
+    )
     # Fewer requests AND sooner on average than polling every 5 s ...
     assert warm_req < fixed_req
     assert warm_mean < fixed_mean
@@ -286,7 +300,8 @@ async def test_adaptive_learns_and_then_spends_fewer_requests(
 
 
 async def test_first_poll_of_a_created_task_waits_when_the_kind_is_known(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     rng = random.Random(9)
     stats = CompletionStats()
     for _ in range(100):
@@ -305,7 +320,8 @@ async def test_first_poll_of_a_created_task_waits_when_the_kind_is_known(
 
 
 async def test_handle_watch_reports_completions_and_censoring(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     stats = client.completion_stats
     now = anyio.current_time()
     created = api.add_task(TaskKind.TRANSLATION, after=7.0, created_at=now)
@@ -336,11 +352,13 @@ async def test_handle_watch_reports_completions_and_censoring(
 
 
 async def test_poller_censors_tasks_still_pending_at_its_deadline(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     now = anyio.current_time()
     ids = [api.add_task(TaskKind.DUB, after=1000.0, created_at=now) for _ in range(20)]
-    handles: list[TaskHandle[Any]] = [TaskHandle(client, TaskKind.DUB, i, created_at=now)
-                                      for i in ids]
+    handles: list[TaskHandle[Any]] = [
+        TaskHandle(client, TaskKind.DUB, i, created_at=now) for i in ids
+    ]
     out = await gather_statuses(client, handles, timeout=120.0)
     assert not any(r.is_terminal for r in out)
     est = client.completion_stats.for_kind(TaskKind.DUB)
@@ -351,13 +369,17 @@ async def test_poller_censors_tasks_still_pending_at_its_deadline(
 
 
 async def test_every_policy_feeds_per_kind_stats_and_snapshots_leave_no_pending(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     now = anyio.current_time()
     handles: list[TaskHandle[Any]] = []
     for i in range(40):
         kind, after = (TaskKind.TTS, 8.0 + i % 5) if i % 2 else (TaskKind.DUB, 400.0 + i)
-        handles.append(TaskHandle(client, kind, api.add_task(kind, after=after, created_at=now),
-                                  created_at=now))
+        handles.append(
+            TaskHandle(
+                client, kind, api.add_task(kind, after=after, created_at=now), created_at=now
+            )
+        )
     snapshot = await gather_statuses(client, handles, wait=False)
     assert not any(r.is_terminal for r in snapshot)
     stats = client.completion_stats
@@ -373,7 +395,8 @@ async def test_every_policy_feeds_per_kind_stats_and_snapshots_leave_no_pending(
 
 
 async def test_a_task_that_errors_is_forgotten_not_counted(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     now = anyio.current_time()
     ok = api.add_task(TaskKind.TTS, after=30.0, created_at=now)
     gone = api.add_task(TaskKind.TTS, after=1000.0, created_at=now)
@@ -384,8 +407,11 @@ async def test_a_task_that_errors_is_forgotten_not_counted(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(vanish)
-        out = await gather_statuses(client, [TaskHandle(client, TaskKind.TTS, i, created_at=now)
-                                             for i in (ok, gone)], return_exceptions=True)
+        out = await gather_statuses(
+            client,
+            [TaskHandle(client, TaskKind.TTS, i, created_at=now) for i in (ok, gone)],
+            return_exceptions=True,
+        )
     assert isinstance(out[0], StatusResult) and out[0].is_success
     assert isinstance(out[1], Exception)
     est = client.completion_stats.for_kind(TaskKind.TTS)

@@ -72,8 +72,9 @@ def _partial_mean(mu: float, sigma: float, t: float) -> float:
     return math.exp(mu + sigma * sigma / 2) * 0.5 * math.erfc(-z / _SQRT2)
 
 
-def _evaluate(mu: float, sigma: float, ages: list[float], d: float = math.inf
-              ) -> tuple[float, float, float]:
+def _evaluate(
+    mu: float, sigma: float, ages: list[float], d: float = math.inf
+) -> tuple[float, float, float]:
     """Exact (E[requests], E[delay], P(delay > d)) of a poll schedule for a log-normal."""
     req = mean = late = 0.0
     pf = pg = 0.0
@@ -97,10 +98,12 @@ def _ages(first: float, gap: Any, horizon: float) -> list[float]:
 # ------------------------------------------------------------------ mean mode
 
 
-@pytest.mark.parametrize(("median", "sigma", "cost"),
-                         [(10.0, 0.6, 0.2), (120.0, 0.7, 1.0), (480.0, 0.7, 4.0)])
+@pytest.mark.parametrize(
+    ("median", "sigma", "cost"), [(10.0, 0.6, 0.2), (120.0, 0.7, 1.0), (480.0, 0.7, 4.0)]
+)
 def test_mean_schedule_beats_the_keller_rule_on_its_own_objective(
-        median: float, sigma: float, cost: float) -> None:
+    median: float, sigma: float, cost: float
+) -> None:
     """The DP schedule minimises E[requests] + E[delay] / cost; Keller's local rule (the
     previous schedule, still ``gap_at``) is a feasible schedule, so it can only do worse."""
     mu = math.log(median)
@@ -168,15 +171,19 @@ def test_tail_is_a_budget_for_the_whole_task_not_one_per_gap(max_delay: float) -
     policy = _bound(_policy(max_delay=max_delay, tail=0.01), est)
     fit = policy.current_fit()
     assert fit is not None
-    ages = _ages(policy.first_interval(0.0), lambda a: policy.next_interval(2, a),
-                 math.exp(fit.mu + 6 * fit.sigma))
+    ages = _ages(
+        policy.first_interval(0.0),
+        lambda a: policy.next_interval(2, a),
+        math.exp(fit.mu + 6 * fit.sigma),
+    )
     _, _, late = _evaluate(fit.mu, fit.sigma, ages, max_delay)
     assert late <= 0.01 + 1e-3
     assert ages[0] > 2 * max_delay  # while the dead start is still skipped
 
 
 async def test_an_id_from_elsewhere_skips_the_dead_start_after_its_first_poll(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     stats = CompletionStats()
     rng = random.Random(4)
     for _ in range(200):
@@ -185,8 +192,9 @@ async def test_an_id_from_elsewhere_skips_the_dead_start_after_its_first_poll(
     client = make_client(completion_stats=stats)
     start = anyio.current_time()
     task_id = api.add_task(TaskKind.DUB, after=500.0, created_at=start)
-    final = await client.dub.task(task_id).wait(policy=PollPolicy.adaptive(max_delay=30.0,
-                                                                           jitter=0.0))
+    final = await client.dub.task(task_id).wait(
+        policy=PollPolicy.adaptive(max_delay=30.0, jitter=0.0)
+    )
     assert final.is_success
     times = [r.time for r in api.requests("GET")]
     assert times[0] == pytest.approx(start)  # unknown age: polled at once
@@ -196,10 +204,12 @@ async def test_an_id_from_elsewhere_skips_the_dead_start_after_its_first_poll(
 # ------------------------------------------------------------------ quantile mode
 
 
-@pytest.mark.parametrize(("median", "sigma", "d"),
-                         [(10.0, 0.6, 4.75), (480.0, 0.7, 4.75), (120.0, 0.7, 28.0)])
-def test_quantile_plan_spends_the_late_share_and_no_more(median: float, sigma: float,
-                                                         d: float) -> None:
+@pytest.mark.parametrize(
+    ("median", "sigma", "d"), [(10.0, 0.6, 4.75), (480.0, 0.7, 4.75), (120.0, 0.7, 28.0)]
+)
+def test_quantile_plan_spends_the_late_share_and_no_more(
+    median: float, sigma: float, d: float
+) -> None:
     mu = math.log(median)
     g = max(30.0, d)
     first, cut = quantile_plan(mu, sigma, d, g, 0.05)
@@ -245,17 +255,28 @@ def test_quantile_mode_validates_its_options() -> None:
         PollPolicy.adaptive(p95_delay="5")  # type: ignore[arg-type]
 
 
-async def _run_batch(api: FakeCambAPI, client: AsyncCambClient, policy: PollPolicy | None,
-                     durations: list[float], hints: list[DurationHint] | None = None
-                     ) -> tuple[float, list[float]]:
+async def _run_batch(
+    api: FakeCambAPI,
+    client: AsyncCambClient,
+    policy: PollPolicy | None,
+    durations: list[float],
+    hints: list[DurationHint] | None = None,
+) -> tuple[float, list[float]]:
     """Create tasks now, poll them to the end: (requests per task, detection delays)."""
     now = anyio.current_time()
     handles: list[TaskHandle[Any]] = []
     done_at: dict[str, float] = {}
     for i, after in enumerate(durations):
         task_id = api.add_task(TaskKind.TRANSCRIPTION, after=after, created_at=now)
-        handles.append(TaskHandle(client, TaskKind.TRANSCRIPTION, task_id, created_at=now,
-                                  hint=None if hints is None else hints[i]))
+        handles.append(
+            TaskHandle(
+                client,
+                TaskKind.TRANSCRIPTION,
+                task_id,
+                created_at=now,
+                hint=None if hints is None else hints[i],
+            )
+        )
         done_at[task_id] = now + after
     seen: dict[str, float] = {}
 
@@ -272,13 +293,13 @@ async def _run_batch(api: FakeCambAPI, client: AsyncCambClient, policy: PollPoli
 
 
 async def test_quantile_mode_meets_its_p95_with_fewer_requests_than_fixed_polling(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     rng = random.Random(12)
     stats = CompletionStats()
     for _ in range(300):
         t = rng.lognormvariate(math.log(120.0), 0.7)
-        stats.completed(TaskKind.TRANSCRIPTION, 0.0, t - 1.0, t, known_start=True,
-                        tracked=False)
+        stats.completed(TaskKind.TRANSCRIPTION, 0.0, t - 1.0, t, known_start=True, tracked=False)
     durations = [rng.lognormvariate(math.log(120.0), 0.7) for _ in range(200)]
     fixed = PollPolicy(initial=5.0, factor=1.0, max_interval=5.0, jitter=0.0)
     fixed_req, fixed_delays = await _run_batch(api, make_client(), fixed, durations)
@@ -357,8 +378,15 @@ def test_hinted_statistics_round_trip_and_bad_rows_are_refused() -> None:
     for _ in range(100):
         z = rng.gauss(0.0, 1.0)
         t = math.exp(math.log(20.0) + 0.5 * z + rng.gauss(0.0, 0.3))
-        stats.completed(TaskKind.TTS, 0.0, t * 0.95, t, known_start=True, tracked=False,
-                        hint=DurationHint(400.0 * math.exp(z), "chars"))
+        stats.completed(
+            TaskKind.TTS,
+            0.0,
+            t * 0.95,
+            t,
+            known_start=True,
+            tracked=False,
+            hint=DurationHint(400.0 * math.exp(z), "chars"),
+        )
     data = stats.to_dict()
     assert "chars" in data["kinds"]["tts"]["hinted"]
     copy = CompletionStats.from_dict(data)
@@ -367,8 +395,13 @@ def test_hinted_statistics_round_trip_and_bad_rows_are_refused() -> None:
     assert a is not None and b is not None
     assert (b.mu, b.sigma) == pytest.approx((a.mu, a.sigma), abs=1e-6)
     bad: Any
-    for bad in ({"furlongs": []}, {"chars": [[1, 2, 3]]}, {"chars": [[1.5, 2, 3, 1.0]]},
-                {"chars": [[1, 3, 2, 1.0]]}, [1]):
+    for bad in (
+        {"furlongs": []},
+        {"chars": [[1, 2, 3]]},
+        {"chars": [[1.5, 2, 3, 1.0]]},
+        {"chars": [[1, 3, 2, 1.0]]},
+        [1],
+    ):
         entry = {"bins": [], "hinted": bad}
         with pytest.raises(ValueError):
             CompletionStats.from_dict({"version": 1, "grid": 0.05, "kinds": {"tts": entry}})
@@ -389,8 +422,9 @@ async def test_handles_carry_hints(client: AsyncCambClient) -> None:
     assert client.task(TaskKind.DUB, "a").hint is None  # the old signature still works
     assert client.task("dub", "a", hint=90).hint == DurationHint(90.0, "seconds")
     assert client.task("tts", "a", hint=500).hint == DurationHint(500.0, "chars")
-    assert client.translation.task("a", hint=DurationHint(7.0, "bytes")).hint == \
-        DurationHint(7.0, "bytes")
+    assert client.translation.task("a", hint=DurationHint(7.0, "bytes")).hint == DurationHint(
+        7.0, "bytes"
+    )
     with pytest.raises(TypeError):
         client.task("tts", "a", hint="long")  # type: ignore[call-overload]
     with pytest.raises(ValueError):
@@ -398,32 +432,40 @@ async def test_handles_carry_hints(client: AsyncCambClient) -> None:
 
 
 async def test_created_tasks_remember_what_their_input_says(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     tts = await client.tts.create(text="Hello there", voice_id=1, language=1)
     assert tts.hint == DurationHint(11.0, "chars")
-    tr = await client.translation.create(texts=["abc", "", "de"], source_language=1,
-                                         target_language=2)
+    tr = await client.translation.create(
+        texts=["abc", "", "de"], source_language=1, target_language=2
+    )
     assert tr.hint == DurationHint(5.0, "chars")
     data = b"x" * 12345
     for file in (data, io.BytesIO(data)):
         up = await client.transcription.create(language=1, file=file, filename="a.wav")
         assert up.hint == DurationHint(12345.0, "bytes")
-    url = await client.transcription.create(language=1, media_url="https://x/a.mp3",
-                                            hint=600.0)
+    url = await client.transcription.create(language=1, media_url="https://x/a.mp3", hint=600.0)
     assert url.hint == DurationHint(600.0, "seconds")
-    dub = await client.dub.create(video_url="https://x/v.mp4", source_language=1,
-                                  target_language=2, hint=DurationHint(42.0, "seconds"))
+    dub = await client.dub.create(
+        video_url="https://x/v.mp4",
+        source_language=1,
+        target_language=2,
+        hint=DurationHint(42.0, "seconds"),
+    )
     assert dub.hint == DurationHint(42.0, "seconds")
-    assert (await client.dub.create(video_url="https://x/v.mp4", source_language=1,
-                                    target_language=2)).hint is None
+    assert (
+        await client.dub.create(video_url="https://x/v.mp4", source_language=1, target_language=2)
+    ).hint is None
     with pytest.raises(ValueError):  # checked before anything is sent
-        await client.dub.create(video_url="https://x/v.mp4", source_language=1,
-                                target_language=2, hint=0.0)
+        await client.dub.create(
+            video_url="https://x/v.mp4", source_language=1, target_language=2, hint=0.0
+        )
     assert len(api.created()) == 7
 
 
 async def test_hints_let_the_poller_expect_each_task_s_duration(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     """Durations proportional to size (residual spread 0.2): with hints, small tasks are
     polled early and big ones late, so fewer requests meet the same p95."""
     rng = random.Random(21)
@@ -435,15 +477,25 @@ async def test_hints_let_the_poller_expect_each_task_s_duration(
 
     for _ in range(300):
         size, t = size_and_time()
-        stats.completed(TaskKind.TRANSCRIPTION, 0.0, t - 1.0, t, known_start=True,
-                        tracked=False, hint=DurationHint(size, "seconds"))
+        stats.completed(
+            TaskKind.TRANSCRIPTION,
+            0.0,
+            t - 1.0,
+            t,
+            known_start=True,
+            tracked=False,
+            hint=DurationHint(size, "seconds"),
+        )
     batch = [size_and_time() for _ in range(150)]
     durations = [t for _, t in batch]
     hints = [DurationHint(s, "seconds") for s, _ in batch]
     policy = PollPolicy.adaptive(p95_delay=5.0, jitter=0.0)
     plain_req, plain_delays = await _run_batch(
-        api, make_client(completion_stats=CompletionStats.from_dict(stats.to_dict())),
-        policy, durations)
+        api,
+        make_client(completion_stats=CompletionStats.from_dict(stats.to_dict())),
+        policy,
+        durations,
+    )
     client = make_client(completion_stats=CompletionStats.from_dict(stats.to_dict()))
     hinted_req, hinted_delays = await _run_batch(api, client, policy, durations, hints)
     for delays in (plain_delays, hinted_delays):

@@ -54,7 +54,7 @@ class ChunkedBody(httpx.AsyncByteStream):
                 raise httpx.ReadError("connection reset by peer")
             if self.stall_at is not None and start >= self.stall_at:
                 await anyio.sleep_forever()
-            yield self.body[start:start + CHUNK]
+            yield self.body[start : start + CHUNK]
             await anyio.sleep(0.01)  # bytes take time to arrive
 
     async def aclose(self) -> None:
@@ -65,8 +65,14 @@ class NetworkTransport(httpx.AsyncBaseTransport):
     """The fake in-process, with answers delivered in chunks; ``fail_at``/``stall_at``: the
     next ``failures`` answers break (or hang) at that byte offset."""
 
-    def __init__(self, api: FakeCambAPI, *, fail_at: int | None = None,
-                 stall_at: int | None = None, failures: int = 1) -> None:
+    def __init__(
+        self,
+        api: FakeCambAPI,
+        *,
+        fail_at: int | None = None,
+        stall_at: int | None = None,
+        failures: int = 1,
+    ) -> None:
         self.inner = httpx.ASGITransport(app=api)
         self.fail_at = fail_at
         self.stall_at = stall_at
@@ -78,8 +84,9 @@ class NetworkTransport(httpx.AsyncBaseTransport):
         body = await response.aread()
         broken = self.failures > 0 and response.status_code < 300
         self.failures -= broken
-        stream = ChunkedBody(body, self.fail_at if broken else None,
-                             self.stall_at if broken else None)
+        stream = ChunkedBody(
+            body, self.fail_at if broken else None, self.stall_at if broken else None
+        )
         self.bodies.append(stream)
         return httpx.Response(response.status_code, headers=response.headers, stream=stream)
 
@@ -113,7 +120,8 @@ def leftovers(directory: Path) -> list[str]:
 
 
 async def test_audio_streams_the_flac_body_in_raw_bytes_mode(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     run_id = tts_run(api, size=200_000)
     client = make_client(transport=NetworkTransport(api, failures=0))
     chunks = [chunk async for chunk in client.tts.audio(run_id)]
@@ -125,8 +133,9 @@ async def test_audio_streams_the_flac_body_in_raw_bytes_mode(
 
 
 @pytest.mark.real_threads
-async def test_save_audio_writes_the_whole_file(api: FakeCambAPI, client: AsyncCambClient,
-                                                tmp_path: Path) -> None:
+async def test_save_audio_writes_the_whole_file(
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     run_id = tts_run(api, size=300_000)
     target = tmp_path / "speech.flac"
     written = await client.tts.save_audio(run_id, target)
@@ -134,8 +143,9 @@ async def test_save_audio_writes_the_whole_file(api: FakeCambAPI, client: AsyncC
     assert leftovers(tmp_path) == ["speech.flac"]
 
 
-async def test_save_audio_replaces_an_existing_file(api: FakeCambAPI, client: AsyncCambClient,
-                                                    tmp_path: Path) -> None:
+async def test_save_audio_replaces_an_existing_file(
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     run_id = tts_run(api)
     target = tmp_path / "speech.flac"
     target.write_bytes(b"old")
@@ -143,8 +153,9 @@ async def test_save_audio_replaces_an_existing_file(api: FakeCambAPI, client: As
     assert target.read_bytes() == api.audio_bytes(run_id)
 
 
-async def test_retried_before_the_first_byte(api: FakeCambAPI, make_client: ClientFactory,
-                                             tmp_path: Path) -> None:
+async def test_retried_before_the_first_byte(
+    api: FakeCambAPI, make_client: ClientFactory, tmp_path: Path
+) -> None:
     run_id = tts_run(api, size=100_000)
     api.inject(Fault(status=503), path="/tts-result/")
     transport = NetworkTransport(api, fail_at=0, failures=1)  # then one reset before any byte
@@ -157,7 +168,8 @@ async def test_retried_before_the_first_byte(api: FakeCambAPI, make_client: Clie
 
 
 async def test_a_drop_mid_body_is_not_retried_and_leaves_no_file(
-        api: FakeCambAPI, make_client: ClientFactory, tmp_path: Path) -> None:
+    api: FakeCambAPI, make_client: ClientFactory, tmp_path: Path
+) -> None:
     run_id = tts_run(api, size=500_000)
     transport = NetworkTransport(api, fail_at=5 * CHUNK, failures=1)
     client = make_client(transport=transport)
@@ -171,9 +183,9 @@ async def test_a_drop_mid_body_is_not_retried_and_leaves_no_file(
     assert transport.bodies[0].closed
 
 
-async def test_a_failed_download_keeps_the_old_file(api: FakeCambAPI,
-                                                    make_client: ClientFactory,
-                                                    tmp_path: Path) -> None:
+async def test_a_failed_download_keeps_the_old_file(
+    api: FakeCambAPI, make_client: ClientFactory, tmp_path: Path
+) -> None:
     run_id = tts_run(api, size=500_000)
     client = make_client(transport=NetworkTransport(api, fail_at=2 * CHUNK))
     target = tmp_path / "speech.flac"
@@ -184,8 +196,9 @@ async def test_a_failed_download_keeps_the_old_file(api: FakeCambAPI,
     assert leftovers(tmp_path) == ["speech.flac"]
 
 
-async def test_audio_iterator_raises_on_a_drop(api: FakeCambAPI,
-                                               make_client: ClientFactory) -> None:
+async def test_audio_iterator_raises_on_a_drop(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     run_id = tts_run(api, size=500_000)
     client = make_client(transport=NetworkTransport(api, fail_at=3 * CHUNK))
     got = 0
@@ -196,9 +209,9 @@ async def test_audio_iterator_raises_on_a_drop(api: FakeCambAPI,
     assert got == 3 * CHUNK
 
 
-async def test_cancelled_download_leaves_no_file(api: FakeCambAPI,
-                                                 make_client: ClientFactory,
-                                                 tmp_path: Path) -> None:
+async def test_cancelled_download_leaves_no_file(
+    api: FakeCambAPI, make_client: ClientFactory, tmp_path: Path
+) -> None:
     run_id = tts_run(api, size=500_000)
     transport = NetworkTransport(api, stall_at=4 * CHUNK)
     client = make_client(transport=transport)
@@ -210,8 +223,9 @@ async def test_cancelled_download_leaves_no_file(api: FakeCambAPI,
     assert transport.bodies[0].closed
 
 
-async def test_a_stalled_body_times_out(api: FakeCambAPI, make_client: ClientFactory,
-                                        tmp_path: Path) -> None:
+async def test_a_stalled_body_times_out(
+    api: FakeCambAPI, make_client: ClientFactory, tmp_path: Path
+) -> None:
     run_id = tts_run(api, size=500_000)
     client = make_client(transport=NetworkTransport(api, stall_at=4 * CHUNK), timeout=10)
     start = anyio.current_time()
@@ -221,9 +235,9 @@ async def test_a_stalled_body_times_out(api: FakeCambAPI, make_client: ClientFac
     assert leftovers(tmp_path) == []
 
 
-async def test_closing_the_client_ends_a_download(api: FakeCambAPI,
-                                                  make_client: ClientFactory,
-                                                  tmp_path: Path) -> None:
+async def test_closing_the_client_ends_a_download(
+    api: FakeCambAPI, make_client: ClientFactory, tmp_path: Path
+) -> None:
     from camb_async import ClientClosedError
 
     run_id = tts_run(api, size=500_000)
@@ -243,16 +257,17 @@ async def test_closing_the_client_ends_a_download(api: FakeCambAPI,
     assert len(failures) == 1 and leftovers(tmp_path) == []
 
 
-async def test_unknown_run_is_not_found_and_leaves_no_file(client: AsyncCambClient,
-                                                           tmp_path: Path) -> None:
+async def test_unknown_run_is_not_found_and_leaves_no_file(
+    client: AsyncCambClient, tmp_path: Path
+) -> None:
     with pytest.raises(NotFoundError):
         await client.tts.save_audio(777, tmp_path / "x.flac")
     assert leftovers(tmp_path) == []
 
 
-async def test_unwritable_target_fails_before_any_request(api: FakeCambAPI,
-                                                          client: AsyncCambClient,
-                                                          tmp_path: Path) -> None:
+async def test_unwritable_target_fails_before_any_request(
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     run_id = tts_run(api)
     with pytest.raises(FileNotFoundError):
         await client.tts.save_audio(run_id, tmp_path / "missing-dir" / "x.flac")
@@ -261,8 +276,9 @@ async def test_unwritable_target_fails_before_any_request(api: FakeCambAPI,
     assert api.log == []
 
 
-async def test_save_audio_takes_any_legal_file_name(api: FakeCambAPI, client: AsyncCambClient,
-                                                   tmp_path: Path) -> None:
+async def test_save_audio_takes_any_legal_file_name(
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     """A 250-character name (the limit is 255): before, the temporary name built from it
     (``.<name>.<12 hex>.part``) was too long and the call failed."""
     run_id = tts_run(api)
@@ -273,7 +289,8 @@ async def test_save_audio_takes_any_legal_file_name(api: FakeCambAPI, client: As
 
 
 async def test_save_audio_keeps_the_mode_of_the_file_it_replaces(
-        api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     run_id = tts_run(api)
     target = tmp_path / "private.flac"
     target.write_bytes(b"old")
@@ -288,8 +305,9 @@ async def test_save_audio_keeps_the_mode_of_the_file_it_replaces(
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
 
 
-async def test_save_audio_writes_through_a_symlink(api: FakeCambAPI, client: AsyncCambClient,
-                                                  tmp_path: Path) -> None:
+async def test_save_audio_writes_through_a_symlink(
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     """The file the link points to is replaced; the link stays a link (before, the link
     itself was replaced by a regular file)."""
     run_id = tts_run(api)
@@ -304,8 +322,9 @@ async def test_save_audio_writes_through_a_symlink(api: FakeCambAPI, client: Asy
     assert leftovers(tmp_path) == ["link.flac", "store"]
 
 
-async def test_a_trickled_download_ends_at_its_deadline(make_client: ClientFactory,
-                                                       tmp_path: Path) -> None:
+async def test_a_trickled_download_ends_at_its_deadline(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
     """A byte every 0.9 x timeout never trips the per-chunk deadline (before: save_audio ran
     forever); ``deadline=`` bounds the whole download: APITimeoutError, no file left."""
 
@@ -327,8 +346,9 @@ async def test_a_trickled_download_ends_at_its_deadline(make_client: ClientFacto
         await client.tts.save_audio(5, target, deadline=float("nan"))
 
 
-async def test_raw_bytes_is_sent_and_file_url_for_result(api: FakeCambAPI,
-                                                         make_client: ClientFactory) -> None:
+async def test_raw_bytes_is_sent_and_file_url_for_result(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     run_id = tts_run(api)
     seen: list[httpx.URL] = []
     inner = httpx.ASGITransport(app=api)
@@ -342,12 +362,15 @@ async def test_raw_bytes_is_sent_and_file_url_for_result(api: FakeCambAPI,
     async with aclosing(cast(AsyncGenerator[bytes, None], client.tts.audio(run_id))) as chunks:
         async for _ in chunks:
             pass
-    assert [dict(url.params) for url in seen] == [{"output_type": "file_url"},
-                                                  {"output_type": "raw_bytes"}]
+    assert [dict(url.params) for url in seen] == [
+        {"output_type": "file_url"},
+        {"output_type": "raw_bytes"},
+    ]
 
 
-async def test_handle_save_audio_waits_then_saves(api: FakeCambAPI, client: AsyncCambClient,
-                                                  tmp_path: Path) -> None:
+async def test_handle_save_audio_waits_then_saves(
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     task_id = api.add_task("tts", after=30)
     run_id = api.tasks[(TaskKind.TTS, task_id)].run_id
     assert run_id is not None
@@ -358,25 +381,27 @@ async def test_handle_save_audio_waits_then_saves(api: FakeCambAPI, client: Asyn
     assert anyio.current_time() >= 30
 
 
-async def test_handle_save_audio_of_a_failed_task(api: FakeCambAPI, client: AsyncCambClient,
-                                                  tmp_path: Path) -> None:
+async def test_handle_save_audio_of_a_failed_task(
+    api: FakeCambAPI, client: AsyncCambClient, tmp_path: Path
+) -> None:
     task_id = api.add_task("tts", status="ERROR")
     with pytest.raises(TaskFailedError):
         await client.tts.task(task_id).save_audio(tmp_path / "x.flac", policy=FAST)
     assert leftovers(tmp_path) == []
 
 
-async def test_handle_save_audio_is_for_tts_only(client: AsyncCambClient,
-                                                 tmp_path: Path) -> None:
+async def test_handle_save_audio_is_for_tts_only(client: AsyncCambClient, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="text-to-speech"):
         await client.dub.task("d-1").save_audio(tmp_path / "x.flac")
 
 
-async def test_file_url_spelled_in_upper_case_is_refused(api: FakeCambAPI,
-                                                         client: AsyncCambClient) -> None:
+async def test_file_url_spelled_in_upper_case_is_refused(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     run_id = tts_run(api)
     with pytest.raises(UnprocessableEntityError) as info:
-        await client._request("GET", f"/tts-result/{run_id}", lambda d: d,
-                              params={"output_type": "FILE_URL"})
+        await client._request(
+            "GET", f"/tts-result/{run_id}", lambda d: d, params={"output_type": "FILE_URL"}
+        )
     (entry,) = info.value.detail
     assert (entry.loc, entry.type) == (["query", "output_type"], "enum")

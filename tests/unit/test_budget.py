@@ -236,8 +236,9 @@ async def test_a_cancelled_acquire_gives_its_slot_back() -> None:
     assert await starts(budget, 1) == approx([0.5])
 
 
-@pytest.mark.parametrize(("concurrency", "error"), [(0, ValueError), (1.5, TypeError),
-                                                     (True, TypeError)])
+@pytest.mark.parametrize(
+    ("concurrency", "error"), [(0, ValueError), (1.5, TypeError), (True, TypeError)]
+)
 def test_bad_max_concurrency_is_refused(concurrency: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         RateBudget(10, concurrency)  # type: ignore[arg-type]
@@ -270,8 +271,9 @@ async def test_a_shorter_pause_does_not_shorten_a_longer_one() -> None:
 
 
 @pytest.mark.parametrize(("retry_after", "pause"), [(-5.0, 0.0), (1e9, 60.0), (math.inf, 60.0)])
-async def test_retry_after_is_clamped_to_zero_and_max_pause(retry_after: float,
-                                                            pause: float) -> None:
+async def test_retry_after_is_clamped_to_zero_and_max_pause(
+    retry_after: float, pause: float
+) -> None:
     budget = RateBudget(None, 10)
     t0 = anyio.current_time()
     budget.penalize(retry_after)

@@ -36,8 +36,9 @@ def _run(backend: str, main: Callable[[], Any], *, virtual: bool = True) -> Any:
     return anyio.run(main, backend=backend, backend_options=_virtual(backend) if virtual else {})
 
 
-@pytest.mark.parametrize("order", [("asyncio", "trio", "asyncio", "trio"),
-                                   ("trio", "trio", "asyncio", "asyncio")])
+@pytest.mark.parametrize(
+    "order", [("asyncio", "trio", "asyncio", "trio"), ("trio", "trio", "asyncio", "asyncio")]
+)
 def test_budget_reused_across_runs_neither_stalls_nor_fails(order: tuple[str, ...]) -> None:
     budget = RateBudget(RATE, max_concurrency=2)
     api = FakeCambAPI(api_key=API_KEY)
@@ -50,8 +51,12 @@ def test_budget_reused_across_runs_neither_stalls_nor_fails(order: tuple[str, ..
         if not elapsed:
             await anyio.sleep(80_000)
             api.inject(status=429, retry_after="30")
-        async with AsyncCambClient(API_KEY, base_url="http://localhost", budget=budget,
-                                   transport=httpx.ASGITransport(app=api)) as client:
+        async with AsyncCambClient(
+            API_KEY,
+            base_url="http://localhost",
+            budget=budget,
+            transport=httpx.ASGITransport(app=api),
+        ) as client:
             start = anyio.current_time()
             for _ in range(REQUESTS):
                 await client.tts.status(task_id)

@@ -41,8 +41,13 @@ pytestmark = pytest.mark.anyio
 
 TRIALS = 100
 POLICY = PollPolicy(initial=0.5, factor=2.0, max_interval=4.0)
-FAULTS = (Fault(status=503), Fault(status=429, retry_after="0.5"), Fault(status=None, delay=3.0),
-          Fault(status=None, delay=40.0), Fault(status=502))
+FAULTS = (
+    Fault(status=503),
+    Fault(status=429, retry_after="0.5"),
+    Fault(status=None, delay=3.0),
+    Fault(status=None, delay=40.0),
+    Fault(status=502),
+)
 
 
 def running_tasks() -> int:
@@ -52,8 +57,9 @@ def running_tasks() -> int:
     import trio
 
     def count(task: Any) -> int:
-        return 1 + sum(count(child) for nursery in task.child_nurseries
-                       for child in nursery.child_tasks)
+        return 1 + sum(
+            count(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+        )
 
     return count(trio.lowlevel.current_root_task())
 
@@ -65,11 +71,13 @@ def checked_out(client: AsyncCambClient) -> int:
         return 0
     transport: Any = http._transport
     shards = getattr(transport, "_pools", None)  # trio default: several small httpcore pools
-    pools = [shard._pool for shard in shards] if shards is not None else (
-        [transport._pool] if hasattr(transport, "_pool") else [])
+    pools = (
+        [shard._pool for shard in shards]
+        if shards is not None
+        else ([transport._pool] if hasattr(transport, "_pool") else [])
+    )
     if pools:  # httpx's own (httpcore) pools
-        busy = [c for pool in pools for c in pool.connections
-                if not (c.is_idle() or c.is_closed())]
+        busy = [c for pool in pools for c in pool.connections if not (c.is_idle() or c.is_closed())]
         return len(busy) + sum(len(pool._requests) for pool in pools)
     if hasattr(transport, "get_client"):  # httpx-aiohttp: an aiohttp session
         session = transport.client
@@ -96,8 +104,7 @@ async def op_iter(client: AsyncCambClient, ids: list[str]) -> Any:
 async def op_wait(client: AsyncCambClient, ids: list[str]) -> Any:
     async with anyio.create_task_group() as tg:
         for task_id in ids[:6]:
-            tg.start_soon(functools.partial(client.translation.task(task_id).wait,
-                                            policy=POLICY))
+            tg.start_soon(functools.partial(client.translation.task(task_id).wait, policy=POLICY))
 
 
 async def op_watch(client: AsyncCambClient, ids: list[str]) -> Any:
@@ -116,16 +123,19 @@ async def op_watch(client: AsyncCambClient, ids: list[str]) -> Any:
 OPERATIONS = {"gather": op_gather, "iter": op_iter, "wait": op_wait, "watch": op_watch}
 
 
-def make_api(rng: random.Random, clock: Callable[[], float] | None = None
-             ) -> tuple[FakeCambAPI, list[str]]:
-    api = FakeCambAPI(api_key=API_KEY, fault_rate=0.3, faults=FAULTS, seed=rng.randrange(10**9),
-                      clock=clock)
+def make_api(
+    rng: random.Random, clock: Callable[[], float] | None = None
+) -> tuple[FakeCambAPI, list[str]]:
+    api = FakeCambAPI(
+        api_key=API_KEY, fault_rate=0.3, faults=FAULTS, seed=rng.randrange(10**9), clock=clock
+    )
     ids = [api.add_task("translate", f"t{i}", after=rng.uniform(0, 20)) for i in range(8)]
     return api, ids
 
 
-async def cancel_after(delay: float, op: Operation, client: AsyncCambClient, ids: list[str]
-                       ) -> bool:
+async def cancel_after(
+    delay: float, op: Operation, client: AsyncCambClient, ids: list[str]
+) -> bool:
     """Run ``op`` and cancel it after ``delay`` s; True if requests were in flight just then."""
     budget = client.budget
     assert isinstance(budget, RateBudget)
@@ -161,9 +171,14 @@ async def test_cancel_at_random_points_leaves_nothing_behind() -> None:
     for trial in range(TRIALS):
         op = list(OPERATIONS.values())[trial % len(OPERATIONS)]
         api, ids = make_api(rng)
-        async with AsyncCambClient(API_KEY, base_url="http://localhost", max_concurrency=3,
-                                   rate_limit=10, timeout=20,
-                                   transport=httpx.ASGITransport(app=api)) as client:
+        async with AsyncCambClient(
+            API_KEY,
+            base_url="http://localhost",
+            max_concurrency=3,
+            rate_limit=10,
+            timeout=20,
+            transport=httpx.ASGITransport(app=api),
+        ) as client:
             budget = client.budget
             assert isinstance(budget, RateBudget)
             cancelled_mid_request += await cancel_after(rng.uniform(0, 25), op, client, ids)
@@ -200,9 +215,14 @@ async def test_aclose_ends_polls_in_flight_with_client_closed_error(operation: s
     api = FakeCambAPI(api_key=API_KEY)
     ids = [api.add_task("translate", f"t{i}", after=1e6) for i in range(12)]
     api.inject(status=None, delay=1e6, count=100)  # every request hangs until closed
-    client = AsyncCambClient(API_KEY, base_url="http://localhost", max_concurrency=4,
-                             rate_limit=None, timeout=1e5,
-                             transport=httpx.ASGITransport(app=api))
+    client = AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        max_concurrency=4,
+        rate_limit=None,
+        timeout=1e5,
+        transport=httpx.ASGITransport(app=api),
+    )
     budget = client.budget
     assert isinstance(budget, RateBudget)
     baseline = running_tasks()
@@ -236,8 +256,12 @@ async def test_aclose_between_polls_ends_the_wait_promptly(operation: str) -> No
     """A poll that is only waiting for its next turn ends too, not at its next due time."""
     api = FakeCambAPI(api_key=API_KEY)
     ids = [api.add_task("translate", f"t{i}", after=1e6) for i in range(12)]
-    client = AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
-                             transport=httpx.ASGITransport(app=api))
+    client = AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        rate_limit=None,
+        transport=httpx.ASGITransport(app=api),
+    )
     slow = PollPolicy(initial=500, max_interval=500)
     outcome: list[BaseException] = []
 
@@ -247,8 +271,9 @@ async def test_aclose_between_polls_ends_the_wait_promptly(operation: str) -> No
                 if operation == "gather":
                     await gather_statuses(client, ids, kind="translate", policy=slow)
                 else:
-                    async with aclosing(iter_statuses(client, ids, kind="translate",
-                                                      policy=slow)) as it:
+                    async with aclosing(
+                        iter_statuses(client, ids, kind="translate", policy=slow)
+                    ) as it:
                         async for _ in it:
                             pass
             elif operation == "wait":
@@ -272,8 +297,9 @@ async def test_aclose_between_polls_ends_the_wait_promptly(operation: str) -> No
 
 async def test_closing_twice_and_context_manager_reentry() -> None:
     api = FakeCambAPI(api_key=API_KEY)
-    client = AsyncCambClient(API_KEY, base_url="http://localhost",
-                             transport=httpx.ASGITransport(app=api))
+    client = AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=httpx.ASGITransport(app=api)
+    )
     async with client:
         pass
     assert client.closed
@@ -292,8 +318,9 @@ async def test_closing_twice_and_context_manager_reentry() -> None:
 async def test_closed_callers_own_http_client_is_left_open() -> None:
     api = FakeCambAPI(api_key=API_KEY)
     api.add_task("dub", "t")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api),
-                                 headers={"x-api-key": API_KEY}) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api), headers={"x-api-key": API_KEY}
+    ) as http:
         client = AsyncCambClient(API_KEY, base_url="http://localhost", http_client=http)
         assert (await client.dub.status("t")).is_success
         await client.aclose()
@@ -307,8 +334,9 @@ async def test_aclose_while_the_caller_holds_a_watched_status() -> None:
     sleep out the policy's interval first."""
     api = FakeCambAPI(api_key=API_KEY)
     task_id = api.add_task("dub", after=1e6)
-    client = AsyncCambClient(API_KEY, base_url="http://localhost",
-                             transport=httpx.ASGITransport(app=api))
+    client = AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=httpx.ASGITransport(app=api)
+    )
     slow = PollPolicy(initial=500, max_interval=500)
     async with aclosing(client.dub.task(task_id).watch(policy=slow)) as statuses:
         first = await statuses.__anext__()
@@ -366,8 +394,13 @@ async def test_aclose_ends_calls_waiting_on_the_budget(wait: str) -> None:
         options["max_concurrency"] = 1
     else:
         options = {"budget": _BlockingBudget()}
-    client = AsyncCambClient(API_KEY, base_url="http://localhost", timeout=1e5,
-                             transport=httpx.ASGITransport(app=api), **options)
+    client = AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        timeout=1e5,
+        transport=httpx.ASGITransport(app=api),
+        **options,
+    )
     baseline = running_tasks()
     outcomes: list[BaseException | None] = []
     ended: list[float] = []
@@ -409,14 +442,19 @@ async def test_aclose_ends_calls_waiting_on_the_budget(wait: str) -> None:
 
 @pytest.mark.parametrize("closer", ["stream", "client"])
 async def test_aclose_inside_iter_statuses_block_leaves_the_callers_code_running(
-        closer: str) -> None:
+    closer: str,
+) -> None:
     """``stream.aclose()`` (or the client's) inside ``async with iter_statuses(...)`` stops
     the polling, not the caller: the block's own awaits after it still run, and nothing
     (no ``Cancelled``) escapes the block."""
     api = FakeCambAPI(api_key=API_KEY)
     ids = [api.add_task("dub", after=0)] + [api.add_task("dub", after=1e6) for _ in range(5)]
-    client = AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
-                             transport=httpx.ASGITransport(app=api))
+    client = AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        rate_limit=None,
+        transport=httpx.ASGITransport(app=api),
+    )
     reached: list[str] = []
     async with iter_statuses(client, ids, kind="dub", policy=POLICY) as stream:
         async for first in stream:
@@ -447,8 +485,12 @@ async def test_iter_statuses_block_passes_exceptions_and_cancellation_through() 
     group), and a cancellation of an enclosing scope is caught by that scope."""
     api = FakeCambAPI(api_key=API_KEY)
     ids = [api.add_task("dub", after=1e6) for _ in range(5)]
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
-                               transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        rate_limit=None,
+        transport=httpx.ASGITransport(app=api),
+    ) as client:
 
         class Boom(Exception):
             pass

@@ -62,21 +62,36 @@ AUDIO = b"RIFF" + bytes(range(256)) * 40
 #: real API treats both the same. Keyed by (route, where, name); the tests fail on any
 #: difference not listed here, and on any entry that no longer occurs.
 ALLOWED: dict[tuple[str, str, str], str] = {
-    ("POST /dub", "json", "transcription_mode"):
-        "camb-sdk always sends its default 'fast'; camb-async leaves options the caller did "
-        "not set out of the request, and the server's default is the same 'fast'.",
-    ("POST /transcribe", "form", "transcription_mode"):
-        "camb-sdk always sends 'fast'; omitted by camb-async unless asked for; the "
-        "server's default is 'fast'.",
-    ("POST /transcribe", "form", "run_audio_cleaning"):
-        "camb-sdk always sends true; omitted by camb-async unless asked for; the "
-        "server's default is true.",
-    ("POST /transcribe", "form", "include_music_in_fg"):
-        "camb-sdk always sends true; omitted by camb-async unless asked for; the "
-        "server's default is true.",
-    ("GET /tts-result/{run_id}", "query", "output_type"):
-        "audio(): camb-async names the raw_bytes mode explicitly; camb-sdk's default call "
-        "sends no output_type, and the server's default is raw_bytes.",
+    (
+        "POST /dub",
+        "json",
+        "transcription_mode",
+    ): "camb-sdk always sends its default 'fast'; camb-async leaves options the caller did "
+    "not set out of the request, and the server's default is the same 'fast'.",
+    (
+        "POST /transcribe",
+        "form",
+        "transcription_mode",
+    ): "camb-sdk always sends 'fast'; omitted by camb-async unless asked for; the "
+    "server's default is 'fast'.",
+    (
+        "POST /transcribe",
+        "form",
+        "run_audio_cleaning",
+    ): "camb-sdk always sends true; omitted by camb-async unless asked for; the "
+    "server's default is true.",
+    (
+        "POST /transcribe",
+        "form",
+        "include_music_in_fg",
+    ): "camb-sdk always sends true; omitted by camb-async unless asked for; the "
+    "server's default is true.",
+    (
+        "GET /tts-result/{run_id}",
+        "query",
+        "output_type",
+    ): "audio(): camb-async names the raw_bytes mode explicitly; camb-sdk's default call "
+    "sends no output_type, and the server's default is raw_bytes.",
 }
 #: Differences in how answers are read (not requests), for the record.
 ALLOWED_IN_ANSWERS: dict[str, str] = {
@@ -95,8 +110,11 @@ ALLOWED_IN_ANSWERS: dict[str, str] = {
 
 #: The differences each kind of call is expected to show (all in ALLOWED).
 DUB_DEFAULTS = {("json", "transcription_mode")}
-TRANSCRIBE_DEFAULTS = {("form", "transcription_mode"), ("form", "run_audio_cleaning"),
-                       ("form", "include_music_in_fg")}
+TRANSCRIBE_DEFAULTS = {
+    ("form", "transcription_mode"),
+    ("form", "run_audio_cleaning"),
+    ("form", "include_music_in_fg"),
+}
 RAW_DEFAULT = {("query", "output_type")}
 
 
@@ -109,9 +127,17 @@ def shape(value: Any) -> Any:
         return {k: shape(v) for k, v in value.items()}
     if isinstance(value, list):
         return [shape(v) for v in value]
-    kind = ("null" if value is None else "bool" if isinstance(value, bool)
-            else "int" if isinstance(value, int) else "float" if isinstance(value, float)
-            else "str")
+    kind = (
+        "null"
+        if value is None
+        else "bool"
+        if isinstance(value, bool)
+        else "int"
+        if isinstance(value, int)
+        else "float"
+        if isinstance(value, float)
+        else "str"
+    )
     return (kind, value)
 
 
@@ -129,7 +155,8 @@ def describe(request: httpx.Request, content: bytes) -> dict[str, Any]:
         out["json"] = shape(json.loads(content))
     elif content_type.startswith("multipart/form-data"):
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + content)
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + content
+        )
         form: dict[str, str] = {}
         files: dict[str, tuple[str | None, str, str]] = {}
         for part in cast(Any, message).iter_parts():
@@ -139,8 +166,11 @@ def describe(request: httpx.Request, content: bytes) -> dict[str, Any]:
                 assert name not in form, f"field {name} sent twice"
                 form[name] = payload.decode()
             else:
-                files[name] = (part.get_filename(), part.get_content_type(),
-                               hashlib.sha256(payload).hexdigest())
+                files[name] = (
+                    part.get_filename(),
+                    part.get_content_type(),
+                    hashlib.sha256(payload).hexdigest(),
+                )
         out["form"], out["files"] = form, files
     else:
         assert content == b"", "a body that is neither JSON nor multipart"
@@ -155,8 +185,9 @@ class Capture:
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         content = await request.aread()
         self.seen.append(describe(request, content))
-        return httpx.Response(self.answer.status_code, headers=self.answer.headers,
-                              content=self.answer.content)
+        return httpx.Response(
+            self.answer.status_code, headers=self.answer.headers, content=self.answer.content
+        )
 
 
 SdkCall = Callable[[AsyncCambAI], Awaitable[Any]]
@@ -170,15 +201,16 @@ async def via_sdk(call: SdkCall, answer: httpx.Response) -> tuple[dict[str, Any]
         try:
             result: Any = await call(sdk)
         except (ApiError, ValueError) as exc:  # raw audio: camb-sdk JSON-decodes every
-            result = exc                         # answer (binary FLAC: UnicodeDecodeError)
+            result = exc  # answer (binary FLAC: UnicodeDecodeError)
     (request,) = capture.seen
     return request, result
 
 
 async def via_ours(call: OurCall, answer: httpx.Response) -> tuple[dict[str, Any], Any]:
     capture = Capture(answer)
-    async with AsyncCambClient(API_KEY, base_url=BASE, rate_limit=None,
-                               transport=httpx.MockTransport(capture)) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url=BASE, rate_limit=None, transport=httpx.MockTransport(capture)
+    ) as client:
         result = await call(client)
     (request,) = capture.seen
     return request, result
@@ -201,9 +233,14 @@ def allowed_for(route: str) -> set[tuple[str, str]]:
     return {(where, name) for (r, where, name) in ALLOWED if r == route}
 
 
-async def check_request(route: str, sdk_call: SdkCall, our_call: OurCall,
-                        answer: httpx.Response, *, expect: Set[tuple[str, str]] = frozenset()
-                        ) -> tuple[Any, Any]:
+async def check_request(
+    route: str,
+    sdk_call: SdkCall,
+    our_call: OurCall,
+    answer: httpx.Response,
+    *,
+    expect: Set[tuple[str, str]] = frozenset(),
+) -> tuple[Any, Any]:
     sdk_request, sdk_result = await via_sdk(sdk_call, answer)
     our_request, our_result = await via_ours(our_call, answer)
     found = differences(route, sdk_request, our_request)
@@ -234,10 +271,13 @@ def full(model: type[pydantic.BaseModel], **values: Any) -> dict[str, Any]:
     return {**data, **EXTRA}
 
 
-SEGMENTS = [full(Transcript, start=0, end=1.25, text="hola", speaker="SPEAKER_0"),
-            full(Transcript, start=1.5, end=3.0, text="mundo", speaker="SPEAKER_1")]
-DUB_FULL = full(DubbingResult, audio_url="https://cdn/a.mp3", transcript=SEGMENTS,
-                video_url="https://cdn/v.mp4")
+SEGMENTS = [
+    full(Transcript, start=0, end=1.25, text="hola", speaker="SPEAKER_0"),
+    full(Transcript, start=1.5, end=3.0, text="mundo", speaker="SPEAKER_1"),
+]
+DUB_FULL = full(
+    DubbingResult, audio_url="https://cdn/a.mp3", transcript=SEGMENTS, video_url="https://cdn/v.mp4"
+)
 DUB_NULLS = full(DubbingResult, audio_url="https://cdn/a.mp3", transcript=[])
 TTS_URL = full(GetTtsResultOutFileUrl, output_url="https://cdn/speech.flac")
 TRANSLATION = full(TranslationResult, texts=["hola", "", "mundo"])
@@ -246,7 +286,8 @@ TRANSCRIPTION = full(TranscriptionResult, transcript=SEGMENTS)
 
 def same_segments(ours: Any, sdk: Any) -> None:
     assert [(s.start, s.end, s.text, s.speaker) for s in ours] == [
-        (s.start, s.end, s.text, s.speaker) for s in sdk]
+        (s.start, s.end, s.text, s.speaker) for s in sdk
+    ]
 
 
 def same_dub(ours: Any, sdk: Any) -> None:
@@ -270,13 +311,22 @@ STATUS_CALLS: dict[TaskKind, SdkCall] = {
 STATUS_ANSWERS = [
     full(OrchestratorPipelineResult, status="SUCCESS", run_id=RUN_ID),
     full(OrchestratorPipelineResult, status="PENDING"),
-    full(OrchestratorPipelineResult, status="ERROR", exception_reason="SOURCE_TOO_LONG",
-         message="the source is longer than your plan allows"),
-    full(OrchestratorPipelineResult, status="ERROR", exception_reason="SOMETHING_NEW",
-         message={"code": 7, "detail": ["a", "b"]}),
+    full(
+        OrchestratorPipelineResult,
+        status="ERROR",
+        exception_reason="SOURCE_TOO_LONG",
+        message="the source is longer than your plan allows",
+    ),
+    full(
+        OrchestratorPipelineResult,
+        status="ERROR",
+        exception_reason="SOMETHING_NEW",
+        message={"code": 7, "detail": ["a", "b"]},
+    ),
     full(OrchestratorPipelineResult, status="TIMEOUT"),
-    full(OrchestratorPipelineResult, status="PAYMENT_REQUIRED",
-         exception_reason="PAYMENT_REQUIRED"),
+    full(
+        OrchestratorPipelineResult, status="PAYMENT_REQUIRED", exception_reason="PAYMENT_REQUIRED"
+    ),
     full(OrchestratorPipelineResult, status="QUEUED_FOR_GPU"),
 ]
 
@@ -285,8 +335,11 @@ STATUS_ANSWERS = [
 @pytest.mark.parametrize("answer", STATUS_ANSWERS, ids=lambda a: a["status"])
 async def test_status(kind: TaskKind, answer: dict[str, Any]) -> None:
     sdk, ours = await check_request(
-        f"GET /{kind.value}/{{task_id}}", STATUS_CALLS[kind],
-        lambda c: c.resource(kind).status(TASK_ID), ok(answer))
+        f"GET /{kind.value}/{{task_id}}",
+        STATUS_CALLS[kind],
+        lambda c: c.resource(kind).status(TASK_ID),
+        ok(answer),
+    )
     assert ours.raw_status == sdk.status and ours.run_id == sdk.run_id
     assert ours.message == sdk.message and ours.exception_reason == sdk.exception_reason
     known = {s.value for s in TaskStatus} - {"UNKNOWN"}
@@ -310,8 +363,11 @@ def test_every_exception_reason_is_passed_through() -> None:
 async def test_dub_result() -> None:
     for answer in (DUB_FULL, DUB_NULLS, {"54": DUB_FULL, "76": DUB_NULLS}, {}):
         sdk, ours = await check_request(
-            "GET /dub-result/{run_id}", lambda s: s.dub.get_dubbed_run_info(RUN_ID),
-            lambda c: c.dub.result(RUN_ID), ok(answer))
+            "GET /dub-result/{run_id}",
+            lambda s: s.dub.get_dubbed_run_info(RUN_ID),
+            lambda c: c.dub.result(RUN_ID),
+            ok(answer),
+        )
         same_dub(ours, sdk)
     assert ours == {}  # the last: an empty per-language map, not an error
 
@@ -320,12 +376,16 @@ async def test_tts_result_file_url() -> None:
     sdk, ours = await check_request(
         "GET /tts-result/{run_id}",
         lambda s: s.text_to_speech.get_tts_run_info(RUN_ID, output_type="file_url"),
-        lambda c: c.tts.result(RUN_ID), ok(TTS_URL))
+        lambda c: c.tts.result(RUN_ID),
+        ok(TTS_URL),
+    )
     assert ours.output_url == sdk.output_url
     sdk, ours = await check_request(
         "GET /tts-result/{run_id}",
         lambda s: s.text_to_speech.get_tts_run_info(RUN_ID, output_type="file_url"),
-        lambda c: c.tts.result(RUN_ID), ok("https://cdn/speech.flac"))
+        lambda c: c.tts.result(RUN_ID),
+        ok("https://cdn/speech.flac"),
+    )
     assert ours.output_url == sdk == "https://cdn/speech.flac"
 
 
@@ -336,13 +396,18 @@ async def test_tts_audio_raw_bytes() -> None:
         return b"".join([chunk async for chunk in client.tts.audio(RUN_ID)])
 
     sdk, ours = await check_request(
-        "GET /tts-result/{run_id}", lambda s: s.text_to_speech.get_tts_run_info(RUN_ID),
-        read_all, flac, expect=RAW_DEFAULT)
+        "GET /tts-result/{run_id}",
+        lambda s: s.text_to_speech.get_tts_run_info(RUN_ID),
+        read_all,
+        flac,
+        expect=RAW_DEFAULT,
+    )
     assert ours == b"fLaC" + AUDIO
     assert isinstance(sdk, UnicodeDecodeError)  # camb-sdk cannot read audio
     # Named explicitly, camb-sdk's request is exactly ours.
     sdk_request, _ = await via_sdk(
-        lambda s: s.text_to_speech.get_tts_run_info(RUN_ID, output_type="raw_bytes"), flac)
+        lambda s: s.text_to_speech.get_tts_run_info(RUN_ID, output_type="raw_bytes"), flac
+    )
     our_request, _ = await via_ours(read_all, flac)
     assert differences("raw", sdk_request, our_request) == set()
 
@@ -351,7 +416,9 @@ async def test_translation_result() -> None:
     sdk, ours = await check_request(
         "GET /translation-result/{run_id}",
         lambda s: s.translation.get_translation_result(RUN_ID),
-        lambda c: c.translation.result(RUN_ID), ok(TRANSLATION))
+        lambda c: c.translation.result(RUN_ID),
+        ok(TRANSLATION),
+    )
     assert list(ours.texts) == sdk.texts
 
 
@@ -359,7 +426,9 @@ async def test_transcription_result() -> None:
     sdk, ours = await check_request(
         "GET /transcription-result/{run_id}",
         lambda s: s.transcription.get_transcription_result(RUN_ID),
-        lambda c: c.transcription.result(RUN_ID), ok(TRANSCRIPTION))
+        lambda c: c.transcription.result(RUN_ID),
+        ok(TRANSCRIPTION),
+    )
     same_segments(ours.transcript, sdk.transcript)
 
 
@@ -369,8 +438,11 @@ async def test_transcription_result() -> None:
 async def test_dub_batch() -> None:
     answer = {"11": DUB_FULL, "12": {"54": DUB_NULLS}, "4242": {}}
     sdk, ours = await check_request(
-        "POST /dubbing-results", lambda s: s.dub.get_dubbed_runs_results(run_ids=RUN_IDS),
-        lambda c: c.dub.results(RUN_IDS), ok(answer))
+        "POST /dubbing-results",
+        lambda s: s.dub.get_dubbed_runs_results(run_ids=RUN_IDS),
+        lambda c: c.dub.results(RUN_IDS),
+        ok(answer),
+    )
     assert set(ours) == {int(k) for k in sdk}
     for key, value in sdk.items():
         same_dub(ours[int(key)], value)
@@ -379,8 +451,11 @@ async def test_dub_batch() -> None:
 async def test_tts_batch() -> None:
     answer = {"11": TTS_URL, "12": "https://cdn/12.flac"}
     sdk, ours = await check_request(
-        "POST /tts-results", lambda s: s.text_to_speech.get_tts_results(run_ids=RUN_IDS),
-        lambda c: c.tts.results(RUN_IDS), ok(answer))
+        "POST /tts-results",
+        lambda s: s.text_to_speech.get_tts_results(run_ids=RUN_IDS),
+        lambda c: c.tts.results(RUN_IDS),
+        ok(answer),
+    )
     assert ours[11].output_url == sdk["11"].output_url and ours[12].output_url == sdk["12"]
     assert set(ours) == {11, 12}
 
@@ -389,7 +464,9 @@ async def test_translation_batch() -> None:
     sdk, ours = await check_request(
         "POST /translation-results",
         lambda s: s.translation.get_translation_results(run_ids=RUN_IDS),
-        lambda c: c.translation.results(RUN_IDS), ok({"4242": TRANSLATION}))
+        lambda c: c.translation.results(RUN_IDS),
+        ok({"4242": TRANSLATION}),
+    )
     assert {k: list(v.texts) for k, v in ours.items()} == {4242: sdk["4242"].texts}
 
 
@@ -397,7 +474,9 @@ async def test_transcription_batch() -> None:
     sdk, ours = await check_request(
         "POST /transcription-results",
         lambda s: s.transcription.get_transcription_results(run_ids=RUN_IDS),
-        lambda c: c.transcription.results(RUN_IDS), ok({"11": TRANSCRIPTION}))
+        lambda c: c.transcription.results(RUN_IDS),
+        ok({"11": TRANSCRIPTION}),
+    )
     same_segments(ours[11].transcript, sdk["11"].transcript)
 
 
@@ -409,11 +488,13 @@ CREATED = full(OrchestratorPipelineCallResult, task_id=TASK_ID)
 async def test_create_dub_minimal() -> None:
     sdk, ours = await check_request(
         "POST /dub",
-        lambda s: s.dub.create_dub(video_url="https://x/v.mp4", source_language=1,
-                                   target_language=54),
-        lambda c: c.dub.create(video_url="https://x/v.mp4", source_language=1,
-                               target_language=54),
-        ok(CREATED), expect=DUB_DEFAULTS)
+        lambda s: s.dub.create_dub(
+            video_url="https://x/v.mp4", source_language=1, target_language=54
+        ),
+        lambda c: c.dub.create(video_url="https://x/v.mp4", source_language=1, target_language=54),
+        ok(CREATED),
+        expect=DUB_DEFAULTS,
+    )
     assert ours.task_id == sdk.task_id == TASK_ID
 
 
@@ -422,19 +503,37 @@ async def test_create_dub_every_option() -> None:
     sdk, ours = await check_request(
         "POST /dub",
         lambda s: s.dub.create_dub(
-            video_url="https://x/v.mp4", source_language="en-us", target_languages=[76, 31],
-            project_name="p", project_description="d", folder_id=7,
-            selected_audio_tracks=[0, 2], add_output_as_an_audio_track=True,
-            chosen_dictionaries=[3], ai_optimization=False, transcription_mode="slow",
+            video_url="https://x/v.mp4",
+            source_language="en-us",
+            target_languages=[76, 31],
+            project_name="p",
+            project_description="d",
+            folder_id=7,
+            selected_audio_tracks=[0, 2],
+            add_output_as_an_audio_track=True,
+            chosen_dictionaries=[3],
+            ai_optimization=False,
+            transcription_mode="slow",
             source_transcript={"content": srt, "format": "srt"},
-            target_transcripts=[{"content": srt, "format": "srt", "language": 76}]),
+            target_transcripts=[{"content": srt, "format": "srt", "language": 76}],
+        ),
         lambda c: c.dub.create(
-            video_url="https://x/v.mp4", source_language="en-us", target_languages=[76, 31],
-            project_name="p", project_description="d", folder_id=7,
-            selected_audio_tracks=[0, 2], add_output_as_an_audio_track=True,
-            chosen_dictionaries=[3], ai_optimization=False, transcription_mode="slow",
-            source_transcript=srt, target_transcripts={76: srt}),
-        ok(CREATED))
+            video_url="https://x/v.mp4",
+            source_language="en-us",
+            target_languages=[76, 31],
+            project_name="p",
+            project_description="d",
+            folder_id=7,
+            selected_audio_tracks=[0, 2],
+            add_output_as_an_audio_track=True,
+            chosen_dictionaries=[3],
+            ai_optimization=False,
+            transcription_mode="slow",
+            source_transcript=srt,
+            target_transcripts={76: srt},
+        ),
+        ok(CREATED),
+    )
     assert ours.task_id == sdk.task_id
 
 
@@ -442,12 +541,28 @@ async def test_create_tts() -> None:
     answer = full(CreateTtsOut, task_id=TASK_ID)
     sdk, ours = await check_request(
         "POST /tts",
-        lambda s: s.text_to_speech.create_tts(text="Hello", voice_id=20298, language=35,
-                                              gender=1, age=30, project_name="p",
-                                              project_description="d", folder_id=2),
-        lambda c: c.tts.create(text="Hello", voice_id=20298, language=35, gender=1, age=30,
-                               project_name="p", project_description="d", folder_id=2),
-        ok(answer))
+        lambda s: s.text_to_speech.create_tts(
+            text="Hello",
+            voice_id=20298,
+            language=35,
+            gender=1,
+            age=30,
+            project_name="p",
+            project_description="d",
+            folder_id=2,
+        ),
+        lambda c: c.tts.create(
+            text="Hello",
+            voice_id=20298,
+            language=35,
+            gender=1,
+            age=30,
+            project_name="p",
+            project_description="d",
+            folder_id=2,
+        ),
+        ok(answer),
+    )
     assert ours.task_id == sdk.task_id
 
 
@@ -456,26 +571,44 @@ async def test_create_translation() -> None:
     sdk, ours = await check_request(
         "POST /translate",
         lambda s: s.translation.create_translation(
-            texts=["a", ""], source_language=1, target_language="ja-jp", age=30, formality=1,
-            gender=2, chosen_dictionaries=[5], project_name="p", project_description="d",
-            folder_id=3),
+            texts=["a", ""],
+            source_language=1,
+            target_language="ja-jp",
+            age=30,
+            formality=1,
+            gender=2,
+            chosen_dictionaries=[5],
+            project_name="p",
+            project_description="d",
+            folder_id=3,
+        ),
         lambda c: c.translation.create(
-            texts=["a", ""], source_language=1, target_language="ja-jp", age=30, formality=1,
-            gender=2, chosen_dictionaries=[5], project_name="p", project_description="d",
-            folder_id=3),
-        ok({"task_id": TASK_ID, **EXTRA}))
+            texts=["a", ""],
+            source_language=1,
+            target_language="ja-jp",
+            age=30,
+            formality=1,
+            gender=2,
+            chosen_dictionaries=[5],
+            project_name="p",
+            project_description="d",
+            folder_id=3,
+        ),
+        ok({"task_id": TASK_ID, **EXTRA}),
+    )
     assert ours.task_id == sdk["task_id"]
-
-
 
 
 async def test_create_transcription_from_url() -> None:
     sdk, ours = await check_request(
         "POST /transcribe",
-        lambda s: s.transcription.create_transcription(language="auto",
-                                                       media_url="https://x/a.mp3"),
+        lambda s: s.transcription.create_transcription(
+            language="auto", media_url="https://x/a.mp3"
+        ),
         lambda c: c.transcription.create(language="auto", media_url="https://x/a.mp3"),
-        ok(CREATED), expect=TRANSCRIBE_DEFAULTS)
+        ok(CREATED),
+        expect=TRANSCRIBE_DEFAULTS,
+    )
     assert ours.task_id == sdk.task_id
 
 
@@ -484,14 +617,29 @@ async def test_create_transcription_every_option() -> None:
     sdk, ours = await check_request(
         "POST /transcribe",
         lambda s: s.transcription.create_transcription(
-            language=54, media_url="https://x/a.mp3", project_name="p",
-            project_description="d", folder_id=9, transcription_mode="slow",
-            run_audio_cleaning=False, include_music_in_fg=False, formatting_options=options),
+            language=54,
+            media_url="https://x/a.mp3",
+            project_name="p",
+            project_description="d",
+            folder_id=9,
+            transcription_mode="slow",
+            run_audio_cleaning=False,
+            include_music_in_fg=False,
+            formatting_options=options,
+        ),
         lambda c: c.transcription.create(
-            language=54, media_url="https://x/a.mp3", project_name="p",
-            project_description="d", folder_id=9, transcription_mode="slow",
-            run_audio_cleaning=False, include_music_in_fg=False, formatting_options=options),
-        ok(CREATED))
+            language=54,
+            media_url="https://x/a.mp3",
+            project_name="p",
+            project_description="d",
+            folder_id=9,
+            transcription_mode="slow",
+            run_audio_cleaning=False,
+            include_music_in_fg=False,
+            formatting_options=options,
+        ),
+        ok(CREATED),
+    )
     assert ours.task_id == sdk.task_id
 
 
@@ -522,7 +670,9 @@ async def test_create_transcription_upload(source: str, tmp_path: Path) -> None:
             "POST /transcribe",
             lambda s: s.transcription.create_transcription(language=1, media_file=sdk_upload),
             lambda c: c.transcription.create(language=1, **our_file()),
-            ok(CREATED), expect=TRANSCRIBE_DEFAULTS)
+            ok(CREATED),
+            expect=TRANSCRIBE_DEFAULTS,
+        )
     finally:
         if hasattr(sdk_upload, "close"):
             sdk_upload.close()
@@ -559,14 +709,19 @@ def test_tts_batch_value_union_matches_sdk() -> None:
 async def test_validation_error_answer() -> None:
     # A 422 built from camb-sdk's HttpValidationError: every field, plus unknown ones
     # (FastAPI with pydantic 2 adds "input", "ctx" and sometimes "url" to each entry).
-    entries = [{**full(ValidationError, loc=["body", "texts", 0], msg="Field required",
-                       type="missing"), "input": None, "ctx": {"x": 1}},
-               full(ValidationError, loc=["query", "output_type"], msg="bad", type="enum")]
+    entries = [
+        {
+            **full(ValidationError, loc=["body", "texts", 0], msg="Field required", type="missing"),
+            "input": None,
+            "ctx": {"x": 1},
+        },
+        full(ValidationError, loc=["query", "output_type"], msg="bad", type="enum"),
+    ]
     answer = httpx.Response(422, json={**full(HttpValidationError, detail=entries)})
-    _, sdk_error = await via_sdk(
-        lambda s: s.translation.get_translation_result(RUN_ID), answer)
+    _, sdk_error = await via_sdk(lambda s: s.translation.get_translation_result(RUN_ID), answer)
     with pytest.raises(camb_async.UnprocessableEntityError) as info:
         await via_ours(lambda c: c.translation.result(RUN_ID), answer)
     assert isinstance(sdk_error, ApiError) and sdk_error.status_code == 422
     assert [(d.loc, d.msg, d.type) for d in info.value.detail] == [
-        (e.loc, e.msg, e.type) for e in sdk_error.body.detail]
+        (e.loc, e.msg, e.type) for e in sdk_error.body.detail
+    ]

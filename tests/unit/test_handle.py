@@ -24,8 +24,7 @@ pytestmark = pytest.mark.anyio
 NO_JITTER = PollPolicy(initial=1.0, factor=2.0, max_interval=8.0, jitter=0.0)
 
 
-async def test_await_handle_returns_final_status(api: FakeCambAPI, client: AsyncCambClient
-                                                 ) -> None:
+async def test_await_handle_returns_final_status(api: FakeCambAPI, client: AsyncCambClient) -> None:
     task_id = api.add_task("tts", after=12.0, run_id=9)
     handle = client.tts.task(task_id)
     assert api.log == []  # a handle makes no request until awaited
@@ -35,7 +34,8 @@ async def test_await_handle_returns_final_status(api: FakeCambAPI, client: Async
 
 
 async def test_watch_yields_every_observed_status_on_policy_schedule(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     task_id = api.add_task("dub", polls=5, status="TIMEOUT")
     seen = [r.status async for r in client.dub.task(task_id).watch(policy=NO_JITTER)]
     assert seen == [TaskStatus.PENDING] * 5 + [TaskStatus.TIMEOUT]
@@ -43,8 +43,9 @@ async def test_watch_yields_every_observed_status_on_policy_schedule(
     assert gaps == pytest.approx([1, 2, 4, 8, 8], abs=1e-6)
 
 
-async def test_wait_timeout_expires_with_last_status(api: FakeCambAPI, client: AsyncCambClient
-                                                     ) -> None:
+async def test_wait_timeout_expires_with_last_status(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     task_id = api.add_task("translate", after=1000)
     start = anyio.current_time()
     with pytest.raises(WaitTimeoutError) as info:
@@ -54,8 +55,7 @@ async def test_wait_timeout_expires_with_last_status(api: FakeCambAPI, client: A
     assert info.value.last is not None and info.value.last.status is TaskStatus.PENDING
 
 
-async def test_wait_with_default_policy_per_kind(api: FakeCambAPI, client: AsyncCambClient
-                                                 ) -> None:
+async def test_wait_with_default_policy_per_kind(api: FakeCambAPI, client: AsyncCambClient) -> None:
     for kind in (TaskKind.TTS, TaskKind.TRANSLATION, TaskKind.TRANSCRIPTION, TaskKind.DUB):
         api.log.clear()
         task_id = api.add_task(kind, polls=4)
@@ -69,8 +69,9 @@ async def test_wait_with_default_policy_per_kind(api: FakeCambAPI, client: Async
             assert base * (1 - policy.jitter) - 1e-6 <= gap <= base * (1 + policy.jitter) + 1e-6
 
 
-async def test_watch_rides_out_transient_errors(api: FakeCambAPI, make_client: ClientFactory
-                                               ) -> None:
+async def test_watch_rides_out_transient_errors(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(max_retries=0)
     task_id = api.add_task("tts", polls=1)
     api.inject(status=503, count=2)
@@ -79,8 +80,9 @@ async def test_watch_rides_out_transient_errors(api: FakeCambAPI, make_client: C
     assert [r.status for r in api.log] == [503, 503, 200, 200]
 
 
-async def test_watch_gives_up_after_max_errors(api: FakeCambAPI, make_client: ClientFactory
-                                              ) -> None:
+async def test_watch_gives_up_after_max_errors(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(max_retries=0)
     task_id = api.add_task("tts")
     api.inject(status=500, count=100)
@@ -122,7 +124,8 @@ def test_poll_policy_validation() -> None:
 
 @pytest.mark.parametrize("timeout", [8.0, 10.0, 25.0])
 async def test_wait_polls_once_more_before_a_deadline_the_schedule_would_skip(
-        api: FakeCambAPI, client: AsyncCambClient, timeout: float) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, timeout: float
+) -> None:
     """A dub task done at 0.3 s: dub's first gap is ~10 s (and the next ~15 s), past the
     deadline, so ``wait`` polls once more just before the deadline instead of timing out
     with the PENDING it saw at 0 s. The deadline stays hard."""
@@ -134,8 +137,7 @@ async def test_wait_polls_once_more_before_a_deadline_the_schedule_would_skip(
     assert len(api.log) <= 3
 
 
-async def test_wait_deadline_poll_then_timeout(api: FakeCambAPI, client: AsyncCambClient
-                                               ) -> None:
+async def test_wait_deadline_poll_then_timeout(api: FakeCambAPI, client: AsyncCambClient) -> None:
     """Still pending at that last poll: ``WaitTimeoutError`` exactly at the deadline, with
     that poll's status; the poll went out before the deadline (within its last second)."""
     task_id = api.add_task("dub", after=1e6)

@@ -31,8 +31,7 @@ class Recorder:
         return RequestHooks(
             on_request_start=lambda m, p: self.events.append(("start", m, p)),
             on_request_end=lambda m, p, d, s: self.events.append(("end", m, p, d, s)),
-            on_retry=lambda m, p, a, d, e: self.events.append(("retry", p, a, d,
-                                                                 type(e).__name__)),
+            on_retry=lambda m, p, a, d, e: self.events.append(("retry", p, a, d, type(e).__name__)),
             on_throttle=lambda m, p, r: self.events.append(("throttle", p, r)),
         )
 
@@ -67,13 +66,11 @@ async def test_retry_and_throttle_hooks_see_every_attempt(
     assert [e[4] for e in rec.of("end")] == [503, 429, 200]
     assert rec.of("throttle") == [("throttle", "/tts/t1", 3.0)]
     retries = rec.of("retry")
-    assert [(r[2], r[4]) for r in retries] == [(1, "InternalServerError"),
-                                               (2, "RateLimitError")]
+    assert [(r[2], r[4]) for r in retries] == [(1, "InternalServerError"), (2, "RateLimitError")]
     assert retries[1][3] == 3.0  # the Retry-After wait
     # Order: each retry is announced after the attempt that caused it ended.
     kinds = [e[0] for e in rec.events]
-    assert kinds == ["start", "end", "retry", "start", "end", "throttle", "retry", "start",
-                     "end"]
+    assert kinds == ["start", "end", "retry", "start", "end", "throttle", "retry", "start", "end"]
 
 
 async def test_transport_failure_ends_with_no_status() -> None:
@@ -81,17 +78,21 @@ async def test_transport_failure_ends_with_no_status() -> None:
         raise httpx.ConnectError("connection refused", request=request)
 
     rec = Recorder()
-    async with AsyncCambClient(api_key=API_KEY, base_url="http://localhost", rate_limit=None,
-                               max_retries=2, transport=httpx.MockTransport(refuse),
-                               hooks=rec.hooks()) as client:
+    async with AsyncCambClient(
+        api_key=API_KEY,
+        base_url="http://localhost",
+        rate_limit=None,
+        max_retries=2,
+        transport=httpx.MockTransport(refuse),
+        hooks=rec.hooks(),
+    ) as client:
         with pytest.raises(APIConnectionError):
             await client.dub.status("x")
     assert [e[4] for e in rec.of("end")] == [None, None, None]
     assert [r[2] for r in rec.of("retry")] == [1, 2]
 
 
-async def test_cancelled_request_still_ends(api: FakeCambAPI,
-                                            make_client: ClientFactory) -> None:
+async def test_cancelled_request_still_ends(api: FakeCambAPI, make_client: ClientFactory) -> None:
     """An in-flight gauge built on start/end must return to zero after a cancellation."""
     api.add_task("dub", "slow")
     api.inject(Fault(status=None, delay=30.0))
@@ -169,11 +170,14 @@ async def test_prometheus_example_counts_match_the_server_log(
         by_status[entry.status] = by_status.get(entry.status, 0) + 1
     assert by_status == {200: by_status[200], 503: 3, 429: 2}
     for status, n in by_status.items():
-        assert samples[f'camb_requests_total{{method="GET",route="/dub/{{id}}",'
-                       f'status="{status}"}}'] == n
+        assert (
+            samples[f'camb_requests_total{{method="GET",route="/dub/{{id}}",status="{status}"}}']
+            == n
+        )
     assert samples['camb_request_duration_seconds_count{route="/dub/{id}"}'] == len(api.log)
     assert samples['camb_request_duration_seconds_bucket{route="/dub/{id}",le="+Inf"}'] == len(
-        api.log)
+        api.log
+    )
     assert samples['camb_throttles_total{route="/dub/{id}"}'] == 2
     assert samples['camb_retries_total{route="/dub/{id}",reason="InternalServerError"}'] == 3
     assert samples["camb_requests_in_flight"] == 0

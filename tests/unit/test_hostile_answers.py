@@ -58,12 +58,14 @@ HUGE_TEXT = b"<html>" + b"x" * (10 * 1024 * 1024) + b"</html>"
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
-status_texts = st.sampled_from([*KNOWN, "UNKNOWN", "QUEUED", "", "success", "PENDING "]
-                               ) | st.text(max_size=30)
+status_texts = st.sampled_from([*KNOWN, "UNKNOWN", "QUEUED", "", "success", "PENDING "]) | st.text(
+    max_size=30
+)
 status_objects = st.fixed_dictionaries(
     {},
     optional={
@@ -99,17 +101,23 @@ def http_date(offset: float) -> str:
 
 retry_after_values = st.one_of(
     st.none(),
-    st.integers(-10**12, 10**12).map(str),
+    st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.floats(0, 5).map(lambda f: f"{f:.3f}"),
     st.sampled_from(["-1", "0", "1e308", "inf", "nan", "-inf", "9" * 400, " 3 ", "1,5", ""]),
     st.floats(-1e6, 1e6).map(http_date),
-    st.sampled_from(["Wed, 21 Oct 2015 07:28:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT",
-                     "Mon, 99 Foo 2020 99:99:99 GMT"]),
+    st.sampled_from(
+        [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Mon, 99 Foo 2020 99:99:99 GMT",
+        ]
+    ),
     st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
 )
-status_codes = st.sampled_from([200, 201, 204, 301, 302, 400, 401, 403, 404, 408, 409, 422,
-                                429, 500, 502, 503, 504]) | st.integers(100, 599)
+status_codes = st.sampled_from(
+    [200, 201, 204, 301, 302, 400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504]
+) | st.integers(100, 599)
 
 
 @st.composite
@@ -124,8 +132,9 @@ def answers(draw: st.DrawFn) -> tuple[int, bytes, dict[str, str]]:
     return status, draw(bodies()), headers
 
 
-def transport_for(answer: tuple[int, bytes, dict[str, str]], log: list[float]
-                  ) -> httpx.MockTransport:
+def transport_for(
+    answer: tuple[int, bytes, dict[str, str]], log: list[float]
+) -> httpx.MockTransport:
     status, body, headers = answer
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -153,19 +162,31 @@ def check_result(result: StatusResult, task_id: str) -> None:
     assert result.exception_reason is None or isinstance(result.exception_reason, str)
 
 
-HYPOTHESIS = settings(max_examples=120, deadline=None,
-                      suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                             HealthCheck.too_slow, HealthCheck.data_too_large])
+HYPOTHESIS = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 
 
 @HYPOTHESIS
 @given(answer=answers())
 async def test_any_answer_gives_a_result_or_a_camb_error_in_bounded_time(
-        answer: tuple[int, bytes, dict[str, str]]) -> None:
+    answer: tuple[int, bytes, dict[str, str]],
+) -> None:
     log: list[float] = []
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", timeout=TIMEOUT,
-                               max_retries=RETRIES, rate_limit=5,
-                               transport=transport_for(answer, log)) as client:
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        timeout=TIMEOUT,
+        max_retries=RETRIES,
+        rate_limit=5,
+        transport=transport_for(answer, log),
+    ) as client:
         started = anyio.current_time()
         try:
             result = await client.dub.status("task-1")
@@ -184,7 +205,8 @@ async def test_any_answer_gives_a_result_or_a_camb_error_in_bounded_time(
 @settings(HYPOTHESIS, max_examples=40)
 @given(script=st.lists(answers(), min_size=1, max_size=6))
 async def test_bulk_polling_under_hostile_answers_ends_by_its_deadline(
-        script: list[tuple[int, bytes, dict[str, str]]]) -> None:
+    script: list[tuple[int, bytes, dict[str, str]]],
+) -> None:
     """gather_statuses keeps its deadline and reports each task as a result or a CambError."""
     calls = 0
 
@@ -198,15 +220,25 @@ async def test_bulk_polling_under_hostile_answers_ends_by_its_deadline(
 
     ids = [f"t{i}" for i in range(3)]
     deadline = 120.0
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", timeout=TIMEOUT,
-                               max_retries=RETRIES, rate_limit=None, max_concurrency=3,
-                               transport=httpx.MockTransport(handle)) as client:
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        timeout=TIMEOUT,
+        max_retries=RETRIES,
+        rate_limit=None,
+        max_concurrency=3,
+        transport=httpx.MockTransport(handle),
+    ) as client:
         started = anyio.current_time()
         try:
-            out = await gather_statuses(client, ids, kind="tts", timeout=deadline,
-                                        return_exceptions=True,
-                                        policy=PollPolicy(initial=1, max_interval=8,
-                                                          max_errors=2))
+            out = await gather_statuses(
+                client,
+                ids,
+                kind="tts",
+                timeout=deadline,
+                return_exceptions=True,
+                policy=PollPolicy(initial=1, max_interval=8, max_errors=2),
+            )
         except CambError as exc:
             # Only an authentication error ends the whole call, or a poll that got no answer
             # while the server answered nothing at all (unreachable; here: interim answers).
@@ -229,24 +261,45 @@ async def test_bulk_polling_under_hostile_answers_ends_by_its_deadline(
 
 @given(value=retry_after_values.filter(lambda v: v is not None))
 def test_retry_after_parsing_is_capped_and_never_negative(value: str) -> None:
-    for headers in ({"retry-after": value}, {"retry-after-ms": value},
-                    {"retry-after-ms": value, "retry-after": "3"}):
+    for headers in (
+        {"retry-after": value},
+        {"retry-after-ms": value},
+        {"retry-after-ms": value, "retry-after": "3"},
+    ):
         parsed = parse_retry_after(headers)
         assert parsed is None or 0.0 <= parsed <= MAX_RETRY_AFTER
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("-1", None), ("-0.5", None), ("1e308", MAX_RETRY_AFTER), ("99999999999", MAX_RETRY_AFTER),
-    ("1.5", 1.5), ("0", 0.0), ("nan", None), ("inf", MAX_RETRY_AFTER), ("soon", None),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("-1", None),
+        ("-0.5", None),
+        ("1e308", MAX_RETRY_AFTER),
+        ("99999999999", MAX_RETRY_AFTER),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        ("nan", None),
+        ("inf", MAX_RETRY_AFTER),
+        ("soon", None),
+    ],
+)
 def test_retry_after_examples(value: str, expected: float | None) -> None:
     assert parse_retry_after({"retry-after": value}) == expected
 
 
-@pytest.mark.parametrize(("ms", "expected"), [
-    ("-1", 3600.0), ("nan", 3600.0), ("-inf", 3600.0), ("soon", 3600.0),
-    ("inf", math.inf), ("1e400", math.inf), ("2500", 2.5),
-])
+@pytest.mark.parametrize(
+    ("ms", "expected"),
+    [
+        ("-1", 3600.0),
+        ("nan", 3600.0),
+        ("-inf", 3600.0),
+        ("soon", 3600.0),
+        ("inf", math.inf),
+        ("1e400", math.inf),
+        ("2500", 2.5),
+    ],
+)
 def test_an_unusable_retry_after_ms_falls_back_to_retry_after(ms: str, expected: float) -> None:
     """Before, a negative or NaN ``retry-after-ms`` masked a valid ``Retry-After`` (the call
     was retried at once), and an infinite one counted as absent."""
@@ -265,8 +318,9 @@ def test_retry_after_http_dates() -> None:
 async def test_a_huge_retry_after_is_not_slept_on(retry_after: str) -> None:
     log: list[float] = []
     answer = (429, b'{"detail":"slow down"}', {"retry-after": retry_after})
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=3,
-                               transport=transport_for(answer, log)) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", max_retries=3, transport=transport_for(answer, log)
+    ) as client:
         with pytest.raises(RateLimitError) as info:
             await client.dub.status("x")
     check_error(info.value)
@@ -278,8 +332,12 @@ async def test_a_huge_retry_after_is_not_slept_on(retry_after: str) -> None:
 @pytest.mark.parametrize("body", [HUGE, HUGE_TEXT], ids=["json-10MB", "text-10MB"])
 async def test_ten_megabyte_answers_give_short_messages(status: int, body: bytes) -> None:
     log: list[float] = []
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=1,
-                               transport=transport_for((status, body, {}), log)) as client:
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        max_retries=1,
+        transport=transport_for((status, body, {}), log),
+    ) as client:
         try:
             result = await client.dub.status("x")
         except CambError as exc:
@@ -298,8 +356,13 @@ async def never_answers(scope: Any, receive: Any, send: Any) -> None:
 
 async def trickles(scope: Any, receive: Any, send: Any) -> None:
     """Headers at once, then one byte of body every second, forever: no read ever times out."""
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     while True:
         await send({"type": "http.response.body", "body": b" ", "more_body": True})
         await anyio.sleep(TIMEOUT / 10)
@@ -307,9 +370,13 @@ async def trickles(scope: Any, receive: Any, send: Any) -> None:
 
 @pytest.mark.parametrize("app", [never_answers, trickles])
 async def test_no_call_outlives_its_timeout_in_process(app: Any) -> None:
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", timeout=TIMEOUT,
-                               max_retries=RETRIES,
-                               transport=httpx.ASGITransport(app=app)) as client:
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        timeout=TIMEOUT,
+        max_retries=RETRIES,
+        transport=httpx.ASGITransport(app=app),
+    ) as client:
         started = anyio.current_time()
         with anyio.fail_after(10 * CALL_BOUND), pytest.raises(APITimeoutError):
             await client.dub.status("x")
@@ -321,13 +388,16 @@ async def test_no_call_outlives_its_timeout_in_process(app: Any) -> None:
 # ----------------------------------------------------------------- numbers out of range
 
 
-@pytest.mark.parametrize("run_id", [-1, 0, 2**63, 2**64, "-1", "0", "18446744073709551616",
-                                    "\u00b2", "\u0661\u0662", 1.5])
+@pytest.mark.parametrize(
+    "run_id",
+    [-1, 0, 2**63, 2**64, "-1", "0", "18446744073709551616", "\u00b2", "\u0661\u0662", 1.5],
+)
 async def test_a_run_id_out_of_range_is_an_api_error_at_parse_time(run_id: Any) -> None:
     api = FakeCambAPI(api_key=API_KEY)
     task = api.add_task("dub", "t1", status="SUCCESS", run_id=run_id)
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=0,
-                               transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", max_retries=0, transport=httpx.ASGITransport(app=api)
+    ) as client:
         with pytest.raises(APIError) as info:
             await client.dub.status(task)
         assert info.value.status_code == 200 and "run_id" in str(info.value)
@@ -339,28 +409,40 @@ async def test_a_run_id_out_of_range_is_an_api_error_at_parse_time(run_id: Any) 
 async def test_run_ids_in_range_are_accepted(run_id: Any) -> None:
     api = FakeCambAPI(api_key=API_KEY)
     task = api.add_task("dub", "t1", status="SUCCESS", run_id=run_id)
-    async with AsyncCambClient(API_KEY, base_url="http://localhost",
-                               transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=httpx.ASGITransport(app=api)
+    ) as client:
         assert (await client.dub.status(task)).run_id == int(run_id)
 
 
 async def test_bulk_results_with_a_bad_run_id_fill_one_slot_not_an_exception_group() -> None:
     api = FakeCambAPI(api_key=API_KEY)
-    ids = [api.add_task("dub", "ok-1"), api.add_task("dub", "bad", run_id=2**64),
-           api.add_task("dub", "ok-2"), api.add_task("dub", "neg", run_id=-1)]
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=0,
-                               transport=httpx.ASGITransport(app=api)) as client:
-        out = await gather_results(client, ids, kind="dub", return_exceptions=True,
-                                   policy=PollPolicy(max_errors=0))
-        assert [type(x).__name__ for x in out] == ["DubbingResult", "APIError",
-                                                   "DubbingResult", "APIError"]
+    ids = [
+        api.add_task("dub", "ok-1"),
+        api.add_task("dub", "bad", run_id=2**64),
+        api.add_task("dub", "ok-2"),
+        api.add_task("dub", "neg", run_id=-1),
+    ]
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", max_retries=0, transport=httpx.ASGITransport(app=api)
+    ) as client:
+        out = await gather_results(
+            client, ids, kind="dub", return_exceptions=True, policy=PollPolicy(max_errors=0)
+        )
+        assert [type(x).__name__ for x in out] == [
+            "DubbingResult",
+            "APIError",
+            "DubbingResult",
+            "APIError",
+        ]
         with pytest.raises(APIError):  # one error, not a group
             await gather_results(client, ids, kind="dub", policy=PollPolicy(max_errors=0))
 
 
 @pytest.mark.parametrize("return_exceptions", [True, False])
 async def test_bulk_results_never_raise_an_exception_group(
-        monkeypatch: pytest.MonkeyPatch, return_exceptions: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, return_exceptions: bool
+) -> None:
     """Whatever goes wrong inside the result fetchers (here a bug: a raw ValueError), the
     caller gets that one exception, never the task group's ExceptionGroup."""
     api = FakeCambAPI(api_key=API_KEY)
@@ -371,7 +453,8 @@ async def test_bulk_results_never_raise_an_exception_group(
         raise ValueError(f"broken fetch of {run_id}")
 
     monkeypatch.setattr("camb_async.resources._base.TaskResource._result", broken)
-    async with AsyncCambClient(API_KEY, base_url="http://localhost",
-                               transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=httpx.ASGITransport(app=api)
+    ) as client:
         with pytest.raises(ValueError, match="broken fetch"):
             await gather_results(client, ids, kind="dub", return_exceptions=return_exceptions)

@@ -33,16 +33,68 @@ from ..conftest import ClientFactory
 pytestmark = pytest.mark.anyio
 
 REFUSED_IDS: list[Any] = [
-    "..", ".", "../dub/victim", "a/../../b", "/etc/passwd", "a/b", "a\\b", "..\\x",
-    "a\r\nX-Injected: 1", "a\rb", "a\nb", "\r\n", "a\x00b", "\x00", "a\x7fb", "a\x85b",
-    "a\tb", "", " ", "\t\n", "x" * 10_240, "y" * 513,
-    "\udcff", "a\ud800b", "task-\udc80\udcff",  # lone surrogates: undecodable argv/file bytes
+    "..",
+    ".",
+    "../dub/victim",
+    "a/../../b",
+    "/etc/passwd",
+    "a/b",
+    "a\\b",
+    "..\\x",
+    "a\r\nX-Injected: 1",
+    "a\rb",
+    "a\nb",
+    "\r\n",
+    "a\x00b",
+    "\x00",
+    "a\x7fb",
+    "a\x85b",
+    "a\tb",
+    "",
+    " ",
+    "\t\n",
+    "x" * 10_240,
+    "y" * 513,
+    "\udcff",
+    "a\ud800b",
+    "task-\udc80\udcff",  # lone surrogates: undecodable argv/file bytes
 ]
-NON_STRING_IDS: list[Any] = [None, 0, 12, 1.5, b"abc", bytearray(b"abc"), ["a"], ("a",),
-                             {"id": "a"}, object(), TaskKind.DUB.__class__]
-ALLOWED_IDS = ["%2F", "%2f", "%2e%2e", "%2e%2e%2fvictim", "?x", "#x", "a?b=c#d", "a;b",
-               "a%00b", "%0d%0a", "...", "a..b", "ünïcødé", "a b", "%", "+", "x" * 512,
-               "@evil.example", "http:", "~user", "a&b=c"]
+NON_STRING_IDS: list[Any] = [
+    None,
+    0,
+    12,
+    1.5,
+    b"abc",
+    bytearray(b"abc"),
+    ["a"],
+    ("a",),
+    {"id": "a"},
+    object(),
+    TaskKind.DUB.__class__,
+]
+ALLOWED_IDS = [
+    "%2F",
+    "%2f",
+    "%2e%2e",
+    "%2e%2e%2fvictim",
+    "?x",
+    "#x",
+    "a?b=c#d",
+    "a;b",
+    "a%00b",
+    "%0d%0a",
+    "...",
+    "a..b",
+    "ünïcødé",
+    "a b",
+    "%",
+    "+",
+    "x" * 512,
+    "@evil.example",
+    "http:",
+    "~user",
+    "a&b=c",
+]
 
 
 def bad_id_calls(client: AsyncCambClient, task_id: Any) -> list[Callable[[], Any]]:
@@ -84,7 +136,8 @@ async def _call(fn: Callable[[], Any]) -> None:
 
 @pytest.mark.parametrize("task_id", REFUSED_IDS, ids=lambda v: repr(v)[:20])
 async def test_hostile_ids_are_value_errors_before_any_request(
-        api: FakeCambAPI, client: AsyncCambClient, task_id: str) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, task_id: str
+) -> None:
     api.add_task("dub", "fine-1")
     for call in bad_id_calls(client, task_id):
         with pytest.raises(ValueError) as info:
@@ -96,7 +149,8 @@ async def test_hostile_ids_are_value_errors_before_any_request(
 
 @pytest.mark.parametrize("task_id", NON_STRING_IDS, ids=lambda v: type(v).__name__)
 async def test_non_string_ids_are_type_errors_before_any_request(
-        api: FakeCambAPI, client: AsyncCambClient, task_id: object) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, task_id: object
+) -> None:
     for call in bad_id_calls(client, task_id):
         with pytest.raises(TypeError):
             await _call(call)
@@ -105,15 +159,19 @@ async def test_non_string_ids_are_type_errors_before_any_request(
 
 @pytest.mark.parametrize("task_id", ALLOWED_IDS, ids=lambda v: repr(v)[:20])
 async def test_allowed_odd_ids_arrive_as_exactly_that_one_id(
-        api: FakeCambAPI, client: AsyncCambClient, task_id: str) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, task_id: str
+) -> None:
     api.add_task("dub", task_id, status="ERROR")
     api.add_task("dub", "victim", status="SUCCESS")  # what a traversal would reach
     api.add_task("tts", task_id, status="TIMEOUT")
     assert (await client.dub.status(task_id)).status is TaskStatus.ERROR
-    results = await gather_statuses(client, [client.dub.task(task_id), client.tts.task(task_id)],
-                                    wait=False)
+    results = await gather_statuses(
+        client, [client.dub.task(task_id), client.tts.task(task_id)], wait=False
+    )
     assert [(r.task_id, r.status) for r in results] == [
-        (task_id, TaskStatus.ERROR), (task_id, TaskStatus.TIMEOUT)]
+        (task_id, TaskStatus.ERROR),
+        (task_id, TaskStatus.TIMEOUT),
+    ]
     # Each request was one path segment under its kind, and only the task's own was counted.
     assert [r.path.split("/")[1] for r in api.log] == ["dub", "dub", "tts"]
     assert all(r.path.count("/") == 2 and r.status == 200 for r in api.log)
@@ -154,23 +212,32 @@ async def test_allowed_odd_ids_arrive_as_exactly_that_one_id(
     ids=lambda v: repr(v)[:40] if isinstance(v, dict) else v.__name__,
 )
 async def test_bad_client_settings_are_refused_at_construction(
-        api: FakeCambAPI, make_client: ClientFactory, kwargs: dict[str, Any],
-        error: type[Exception]) -> None:
+    api: FakeCambAPI, make_client: ClientFactory, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
     with pytest.raises(error):
         make_client(**kwargs)
     assert api.log == []
 
 
-@pytest.mark.parametrize(("rate", "concurrency", "error"),
-                         [(0, 4, ValueError), (-3, 4, ValueError), (5, 0, ValueError),
-                          (5, -1, ValueError), (5, 2.0, TypeError), ("5", 4, TypeError)])
+@pytest.mark.parametrize(
+    ("rate", "concurrency", "error"),
+    [
+        (0, 4, ValueError),
+        (-3, 4, ValueError),
+        (5, 0, ValueError),
+        (5, -1, ValueError),
+        (5, 2.0, TypeError),
+        ("5", 4, TypeError),
+    ],
+)
 def test_bad_rate_budget_settings(rate: Any, concurrency: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         RateBudget(rate, concurrency)
 
 
-@pytest.mark.parametrize("name", ["window", "margin", "min_rate", "default_pause", "max_pause",
-                                  "recovery", "burst"])
+@pytest.mark.parametrize(
+    "name", ["window", "margin", "min_rate", "default_pause", "max_pause", "recovery", "burst"]
+)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
 def test_rate_budget_float_settings_must_be_finite(name: str, value: float) -> None:
     """Before, NaN passed every ``<= 0`` check (and then waited forever or never)."""
@@ -179,7 +246,8 @@ def test_rate_budget_float_settings_must_be_finite(name: str, value: float) -> N
 
 
 async def test_handle_from_another_client_is_refused_before_any_request(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     mine, other = make_client(), make_client()
     ok = api.add_task("dub", "mine")
     api.add_task("dub", "theirs")
@@ -201,7 +269,8 @@ async def test_handle_from_another_client_is_refused_before_any_request(
 
 
 async def test_closed_client_refuses_every_call_before_any_request(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client()
     task_id = api.add_task("tts")
     handle = client.tts.task(task_id)
@@ -239,21 +308,40 @@ async def test_closed_client_refuses_every_call_before_any_request(
         lambda c: gather_statuses(c, cast(Any, [42]), kind="dub"),
         lambda c: gather_statuses(c, cast(Any, [None]), kind="dub"),
     ],
-    ids=["str", "bytes", "no-kind", "bad-kind", "neg-timeout", "str-timeout", "dict-policy",
-         "int-id", "none-id"],
+    ids=[
+        "str",
+        "bytes",
+        "no-kind",
+        "bad-kind",
+        "neg-timeout",
+        "str-timeout",
+        "dict-policy",
+        "int-id",
+        "none-id",
+    ],
 )
 async def test_bad_bulk_arguments_are_refused_before_any_request(
-        api: FakeCambAPI, client: AsyncCambClient, call: Callable[[AsyncCambClient], Any]
-        ) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, call: Callable[[AsyncCambClient], Any]
+) -> None:
     api.add_task("dub", "id")
     with pytest.raises((ValueError, TypeError)):
         await call(client)
     assert api.log == []
 
 
-@pytest.mark.parametrize("kwargs", [{"initial": 0}, {"initial": -1}, {"max_interval": 0},
-                                    {"factor": 0.5}, {"initial": float("nan")},
-                                    {"initial": "1"}, {"jitter": 1.5}, {"max_errors": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"initial": 0},
+        {"initial": -1},
+        {"max_interval": 0},
+        {"factor": 0.5},
+        {"initial": float("nan")},
+        {"initial": "1"},
+        {"jitter": 1.5},
+        {"max_errors": -1},
+    ],
+)
 def test_bad_poll_policies(kwargs: dict[str, Any]) -> None:
     with pytest.raises((ValueError, TypeError)):
         PollPolicy(**kwargs)
@@ -268,10 +356,10 @@ async def test_bad_wait_timeout_is_refused(api: FakeCambAPI, client: AsyncCambCl
     assert api.log == []
 
 
-@pytest.mark.parametrize("bad_id", ["\udcff", "a\ud800b", "..", "a/b", "a\r\nb"],
-                         ids=repr)
+@pytest.mark.parametrize("bad_id", ["\udcff", "a\ud800b", "..", "a/b", "a\r\nb"], ids=repr)
 async def test_a_bad_id_is_a_per_slot_value_error_with_return_exceptions(
-        api: FakeCambAPI, client: AsyncCambClient, bad_id: str) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, bad_id: str
+) -> None:
     """With ``return_exceptions=True`` a bad id's slot holds its ValueError, it is never sent,
     and the other tasks are polled as usual, in every bulk call."""
     good = [api.add_task("dub", "fine-1"), api.add_task("dub", "fine-2")]

@@ -51,8 +51,11 @@ async def op_wait(client: AsyncCambClient, ids: list[str]) -> Any:
 
 
 OPERATIONS: dict[str, Callable[[AsyncCambClient, list[str]], Awaitable[Any]]] = {
-    "gather": op_gather, "iter": op_iter, "iter-context": op_iter_context,
-    "results": op_results, "wait": op_wait,
+    "gather": op_gather,
+    "iter": op_iter,
+    "iter-context": op_iter_context,
+    "results": op_results,
+    "wait": op_wait,
 }
 
 
@@ -69,15 +72,18 @@ async def _interrupt_later() -> None:
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
-def test_interrupted_call_raises_a_plain_keyboard_interrupt(backend: str, operation: str
-                                                            ) -> None:
+def test_interrupted_call_raises_a_plain_keyboard_interrupt(backend: str, operation: str) -> None:
     api = FakeCambAPI(api_key=API_KEY)
     ids = [api.add_task("dub", after=1e6) for _ in range(5)]
     started: list[bool] = []
 
     async def main() -> None:
-        async with AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=None,
-                                   transport=httpx.ASGITransport(app=api)) as client:
+        async with AsyncCambClient(
+            API_KEY,
+            base_url="http://localhost",
+            rate_limit=None,
+            transport=httpx.ASGITransport(app=api),
+        ) as client:
             if backend == "trio":
                 trio.lowlevel.spawn_system_task(_interrupt_later)
             else:
@@ -88,8 +94,10 @@ def test_interrupted_call_raises_a_plain_keyboard_interrupt(backend: str, operat
             await OPERATIONS[operation](client, ids)
 
     options: dict[str, Any] = (
-        {"clock": trio.testing.MockClock(autojump_threshold=0)} if backend == "trio"
-        else {"loop_factory": VirtualTimeLoop})
+        {"clock": trio.testing.MockClock(autojump_threshold=0)}
+        if backend == "trio"
+        else {"loop_factory": VirtualTimeLoop}
+    )
     with pytest.raises(KeyboardInterrupt) as info:
         anyio.run(main, backend=backend, backend_options=options)
     assert type(info.value) is KeyboardInterrupt

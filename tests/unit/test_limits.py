@@ -61,15 +61,19 @@ def encode(body: bytes, encoding: str) -> bytes:
     return body
 
 
-def streamed(status: int, data: bytes, encoding: str, log: list[float],
-             chunk: int = 100) -> httpx.MockTransport:
+def streamed(
+    status: int, data: bytes, encoding: str, log: list[float], chunk: int = 100
+) -> httpx.MockTransport:
     """Answers ``data`` in ``chunk``-byte pieces, as a network would (not pre-read)."""
-    headers = {"content-encoding": "deflate" if encoding == "raw-deflate" else encoding
-               } if encoding != "identity" else {}
+    headers = (
+        {"content-encoding": "deflate" if encoding == "raw-deflate" else encoding}
+        if encoding != "identity"
+        else {}
+    )
 
     async def body() -> AsyncIterator[bytes]:
         for start in range(0, len(data), chunk):
-            yield data[start:start + chunk]
+            yield data[start : start + chunk]
 
     def handle(request: httpx.Request) -> httpx.Response:
         log.append(anyio.current_time())
@@ -78,14 +82,12 @@ def streamed(status: int, data: bytes, encoding: str, log: list[float],
     return httpx.MockTransport(handle)
 
 
-def make(transport: httpx.AsyncBaseTransport, own_client: bool, **kwargs: Any
-         ) -> AsyncCambClient:
+def make(transport: httpx.AsyncBaseTransport, own_client: bool, **kwargs: Any) -> AsyncCambClient:
     """A client on ``transport``: its own HTTP client, or a caller's (the other branch)."""
     kwargs.setdefault("max_retries", 2)
     kwargs.setdefault("rate_limit", None)
     if own_client:
-        return AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport,
-                               **kwargs)
+        return AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport, **kwargs)
     http = httpx.AsyncClient(transport=transport)
     return AsyncCambClient(API_KEY, base_url="http://localhost", http_client=http, **kwargs)
 
@@ -100,7 +102,8 @@ encodings = pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate", 
 @both_branches
 @encodings
 async def test_an_answer_past_max_response_bytes_is_api_error_and_not_retried(
-        encoding: str, own_client: bool) -> None:
+    encoding: str, own_client: bool
+) -> None:
     log: list[float] = []
     transport = streamed(200, encode(json_of_size(CAP + 1), encoding), encoding, log)
     async with make(transport, own_client, max_response_bytes=CAP) as client:
@@ -114,7 +117,8 @@ async def test_an_answer_past_max_response_bytes_is_api_error_and_not_retried(
 @both_branches
 @encodings
 async def test_an_answer_of_exactly_max_response_bytes_is_read(
-        encoding: str, own_client: bool) -> None:
+    encoding: str, own_client: bool
+) -> None:
     log: list[float] = []
     transport = streamed(200, encode(json_of_size(CAP), encoding), encoding, log)
     async with make(transport, own_client, max_response_bytes=CAP) as client:
@@ -142,8 +146,7 @@ def gzip_bomb(inflated: int) -> bytes:
 
 @both_branches
 @pytest.mark.parametrize("status", [200, 503])
-async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_client: bool
-                                                          ) -> None:
+async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_client: bool) -> None:
     """64 MB behind 64 KB of gzip, cap 256 KiB: Python's allocations for the whole call stay
     within a few caps (before the cap, httpx inflated all 64 MB)."""
     cap = 256 * 1024
@@ -152,8 +155,12 @@ async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_clien
     gc.collect()
     tracemalloc.start()
     try:
-        async with make(streamed(status, bomb, "gzip", log, chunk=1 << 16), own_client,
-                        max_response_bytes=cap, max_retries=1) as client:
+        async with make(
+            streamed(status, bomb, "gzip", log, chunk=1 << 16),
+            own_client,
+            max_response_bytes=cap,
+            max_retries=1,
+        ) as client:
             tracemalloc.reset_peak()
             before = tracemalloc.get_traced_memory()[0]
             with pytest.raises(APIError) as info:
@@ -170,8 +177,9 @@ async def test_a_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_clien
 
 @both_branches
 @pytest.mark.parametrize("status", [200, 503])
-async def test_a_stacked_gzip_bomb_is_never_inflated_past_the_cap(status: int, own_client: bool
-                                                                  ) -> None:
+async def test_a_stacked_gzip_bomb_is_never_inflated_past_the_cap(
+    status: int, own_client: bool
+) -> None:
     """``Content-Encoding: gzip, gzip``: 64 MB behind a few hundred bytes, each layer inflated
     in bounded steps (before, stacked encodings went to httpx's decoders: one network chunk
     inflated whole, the reviewer's 822 wire bytes took 800 MiB)."""
@@ -181,8 +189,12 @@ async def test_a_stacked_gzip_bomb_is_never_inflated_past_the_cap(status: int, o
     gc.collect()
     tracemalloc.start()
     try:
-        async with make(streamed(status, bomb, "gzip, gzip", log, chunk=1 << 16), own_client,
-                        max_response_bytes=cap, max_retries=1) as client:
+        async with make(
+            streamed(status, bomb, "gzip, gzip", log, chunk=1 << 16),
+            own_client,
+            max_response_bytes=cap,
+            max_retries=1,
+        ) as client:
             tracemalloc.reset_peak()
             before = tracemalloc.get_traced_memory()[0]
             with pytest.raises(APIError) as info:
@@ -197,16 +209,16 @@ async def test_a_stacked_gzip_bomb_is_never_inflated_past_the_cap(status: int, o
     assert peak < 4 * cap, peak
 
 
-@pytest.mark.parametrize("header", ["gzip, gzip", "deflate, gzip", "gzip,deflate",
-                                    "identity, gzip", "GZIP , x-gzip"])
+@pytest.mark.parametrize(
+    "header", ["gzip, gzip", "deflate, gzip", "gzip,deflate", "identity, gzip", "GZIP , x-gzip"]
+)
 async def test_stacked_encodings_read_as_their_layers(header: str) -> None:
     body = json_of_size(5000)
     wire = body
     for coding in (c.strip().lower() for c in header.split(",")):
         wire = encode(wire, {"x-gzip": "gzip"}.get(coding, coding))
-    pieces = [wire[i:i + 7] for i in range(0, len(wire), 7)]
-    response = httpx.Response(200, headers={"content-encoding": header},
-                              stream=Pieces(pieces))
+    pieces = [wire[i : i + 7] for i in range(0, len(wire), 7)]
+    response = httpx.Response(200, headers={"content-encoding": header}, stream=Pieces(pieces))
     await _read_capped(response, 10_000)
     assert response.content == body
 
@@ -214,7 +226,8 @@ async def test_stacked_encodings_read_as_their_layers(header: str) -> None:
 @both_branches
 @pytest.mark.parametrize("header", ["br", "zstd", "gzip, br", "compress", "gzip, " * 8 + "gzip"])
 async def test_an_encoding_we_cannot_bound_is_api_error_and_not_retried(
-        header: str, own_client: bool) -> None:
+    header: str, own_client: bool
+) -> None:
     log: list[float] = []
     transport = streamed(200, json_of_size(100), header, log)
     async with make(transport, own_client) as client:
@@ -225,8 +238,7 @@ async def test_an_encoding_we_cannot_bound_is_api_error_and_not_retried(
 
 
 @both_branches
-async def test_an_error_answer_in_an_unknown_encoding_keeps_its_status(own_client: bool
-                                                                       ) -> None:
+async def test_an_error_answer_in_an_unknown_encoding_keeps_its_status(own_client: bool) -> None:
     log: list[float] = []
     async with make(streamed(503, b"\x00" * 500, "br", log), own_client) as client:
         with pytest.raises(InternalServerError):
@@ -257,7 +269,8 @@ async def test_only_bounded_encodings_are_advertised(own_client: bool) -> None:
 @both_branches
 @pytest.mark.parametrize("header", ["gzip", "gzip, gzip"])
 async def test_a_compressed_audio_body_is_inflated_in_bounded_pieces(
-        header: str, own_client: bool) -> None:
+    header: str, own_client: bool
+) -> None:
     """A server that compresses the audio anyway: every piece handed out is at most one
     inflate step (before, httpx inflated each network chunk whole: 64 MiB per chunk)."""
     bomb = gzip_bomb(32 << 20)
@@ -318,8 +331,7 @@ async def test_an_endless_answer_ends_at_the_cap(own_client: bool) -> None:
             await anyio.sleep(0.001)
 
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
-    async with make(transport, own_client, timeout=1.0, max_response_bytes=1 << 20
-                    ) as client:
+    async with make(transport, own_client, timeout=1.0, max_response_bytes=1 << 20) as client:
         with pytest.raises(APIError, match="max_response_bytes"):
             await client.dub.status("t1")
     assert sent <= (1 << 20) // (1 << 16) + 2
@@ -334,21 +346,27 @@ class Pieces(httpx.AsyncByteStream):
             yield piece
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.binary(max_size=3000) | st.builds(lambda n: b"{" * n, st.integers(0, 5000)),
-       encoding=st.sampled_from(["identity", "gzip", "deflate", "raw-deflate"]),
-       cuts=st.lists(st.integers(0, 6000), max_size=8), cap=st.integers(1, 4000),
-       status=st.sampled_from([200, 500]))
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.binary(max_size=3000) | st.builds(lambda n: b"{" * n, st.integers(0, 5000)),
+    encoding=st.sampled_from(["identity", "gzip", "deflate", "raw-deflate"]),
+    cuts=st.lists(st.integers(0, 6000), max_size=8),
+    cap=st.integers(1, 4000),
+    status=st.sampled_from([200, 500]),
+)
 async def test_the_capped_reader_reads_what_aread_would_up_to_the_cap(
-        body: bytes, encoding: str, cuts: list[int], cap: int, status: int) -> None:
+    body: bytes, encoding: str, cuts: list[int], cap: int, status: int
+) -> None:
     """However the network splits the (compressed) bytes: an answer within the cap reads
     exactly as httpx's own decoding would; past it a 2xx raises, an error answer is cut."""
     wire = encode(body, encoding)
     bounds = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
     pieces = [wire[a:b] for a, b in itertools.pairwise(bounds)]
     header = {"identity": {}, "raw-deflate": {"content-encoding": "deflate"}}.get(
-        encoding, {"content-encoding": encoding})
+        encoding, {"content-encoding": encoding}
+    )
     response = httpx.Response(status, headers=header, stream=Pieces(pieces))
     if len(body) > cap and status < 300:
         with pytest.raises(_AnswerTooLarge):
@@ -364,12 +382,14 @@ NESTED = b"[" * 100_000 + b"]" * 100_000
 
 
 @both_branches
-@pytest.mark.parametrize("body", [NESTED, b'{"status": ' + b'{"a": ' * 50_000 + b"1"
-                                  + b"}" * 50_001], ids=["lists", "objects"])
+@pytest.mark.parametrize(
+    "body",
+    [NESTED, b'{"status": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001],
+    ids=["lists", "objects"],
+)
 async def test_deeply_nested_json_is_api_error(body: bytes, own_client: bool) -> None:
     log: list[float] = []
-    async with make(streamed(200, body, "identity", log, chunk=1 << 16), own_client
-                    ) as client:
+    async with make(streamed(200, body, "identity", log, chunk=1 << 16), own_client) as client:
         with pytest.raises(APIError, match="nested too deeply") as info:
             await client.dub.status("t1")
         assert len(str(info.value)) < 1000
@@ -379,8 +399,9 @@ async def test_deeply_nested_json_is_api_error(body: bytes, own_client: bool) ->
 
 async def test_deeply_nested_422_is_unprocessable_entity() -> None:
     log: list[float] = []
-    async with make(streamed(422, b'{"detail": ' + NESTED + b"}", "identity", log,
-                             chunk=1 << 16), True) as client:
+    async with make(
+        streamed(422, b'{"detail": ' + NESTED + b"}", "identity", log, chunk=1 << 16), True
+    ) as client:
         with pytest.raises(UnprocessableEntityError) as info:
             await client.dub.status("t1")
     assert info.value.detail == []
@@ -403,8 +424,13 @@ def upload_app(*, receive_pause: float, trickle: float | None) -> Callable[..., 
             if not message.get("more_body"):
                 break
             await anyio.sleep(receive_pause)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         if trickle is None:
             await send({"type": "http.response.body", "body": b'{"task_id": "t-1"}'})
             return
@@ -425,7 +451,8 @@ def create_calls(client: AsyncCambClient) -> list[Callable[[], Any]]:
 
 @both_branches
 async def test_the_wait_for_an_answer_after_an_upload_is_bounded_by_timeout(
-        own_client: bool) -> None:
+    own_client: bool,
+) -> None:
     transport = httpx.ASGITransport(app=upload_app(receive_pause=0, trickle=TIMEOUT / 10))
     async with make(transport, own_client, timeout=TIMEOUT) as client:
         for call in create_calls(client):
@@ -444,7 +471,8 @@ async def test_an_upload_may_outlast_timeout_while_its_bytes_flow(own_client: bo
     async with make(transport, own_client, timeout=TIMEOUT) as client:
         started = anyio.current_time()
         handle = await client.transcription.create(
-            language=1, file=io.BytesIO(b"\0" * (10 * 65536)))
+            language=1, file=io.BytesIO(b"\0" * (10 * 65536))
+        )
         assert anyio.current_time() - started > 2 * TIMEOUT  # it really was a slow upload
     assert handle.task_id == "t-1"
 
@@ -479,8 +507,7 @@ class SlipsMidBody(httpx.AsyncByteStream):
 
 
 @both_branches
-async def test_an_unmapped_transport_error_is_an_api_connection_error(own_client: bool
-                                                                      ) -> None:
+async def test_an_unmapped_transport_error_is_an_api_connection_error(own_client: bool) -> None:
     """Before, h11's LocalProtocolError (an upload whose file read more than fstat said)
     escaped the request path raw; now any such error is an ``APIConnectionError``."""
 
@@ -503,20 +530,23 @@ async def test_an_unmapped_transport_error_is_an_api_connection_error(own_client
 # ------------------------------------------------------------------- 4. hostile Retry-After
 
 
-def throttled(log: list[float], retry_after: str, status: int = 429, times: int = 10**9
-              ) -> httpx.MockTransport:
+def throttled(
+    log: list[float], retry_after: str, status: int = 429, times: int = 10**9
+) -> httpx.MockTransport:
     def handle(request: httpx.Request) -> httpx.Response:
         log.append(anyio.current_time())
         if len(log) <= times:
-            return httpx.Response(status, headers={"retry-after": retry_after},
-                                  content=b'{"detail": "slow down"}')
+            return httpx.Response(
+                status, headers={"retry-after": retry_after}, content=b'{"detail": "slow down"}'
+            )
         return httpx.Response(200, json={"status": "SUCCESS", "run_id": 1})
 
     return httpx.MockTransport(handle)
 
 
-@pytest.mark.parametrize("retry_after", ["999999999", "60.5", "1e308",
-                                         "Fri, 31 Dec 9999 23:59:59 GMT"])
+@pytest.mark.parametrize(
+    "retry_after", ["999999999", "60.5", "1e308", "Fri, 31 Dec 9999 23:59:59 GMT"]
+)
 async def test_a_retry_after_past_max_retry_wait_raises_at_once(retry_after: str) -> None:
     log: list[float] = []
     async with make(throttled(log, retry_after), True, timeout=5, max_retries=2) as client:
@@ -535,8 +565,11 @@ async def test_a_bad_retry_after_ms_does_not_mask_a_long_retry_after(ms: str) ->
 
     def handle(request: httpx.Request) -> httpx.Response:
         log.append(anyio.current_time())
-        return httpx.Response(429, headers={"retry-after-ms": ms, "retry-after": "3600"},
-                              content=b'{"detail": "slow down"}')
+        return httpx.Response(
+            429,
+            headers={"retry-after-ms": ms, "retry-after": "3600"},
+            content=b'{"detail": "slow down"}',
+        )
 
     log: list[float] = []
     async with make(httpx.MockTransport(handle), True, max_retries=2) as client:

@@ -50,23 +50,71 @@ class Recorder(httpx.AsyncBaseTransport):
 #: DESIGN.md's public names (its import block and "Added this round"), plus what the package
 #: exports besides. Changing this list is changing the public API: on purpose only.
 PUBLIC = [
-    "APIConnectionError", "APIError", "APITimeoutError", "AdaptivePollPolicy",
-    "AsyncCambClient", "AuthenticationError", "Budget", "CambError", "ClientClosedError",
-    "CompletionStats", "DubResource", "DubbingOutcome", "DubbingResult", "DurationHint",
-    "InternalServerError", "Language", "NotFoundError", "PollPolicy", "RateBudget",
-    "RateLimitError", "RequestHooks", "StatusIterator", "StatusResult", "TTSResource",
-    "TTSResult", "TaskFailedError", "TaskHandle", "TaskKind", "TaskResource", "TaskStatus",
-    "TranscriptSegment", "TranscriptionResource", "TranscriptionResult",
-    "TranslationResource", "TranslationResult", "UnprocessableEntityError",
-    "ValidationDetail", "WaitTimeoutError", "__version__", "gather_results",
-    "gather_statuses", "iter_statuses",
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AdaptivePollPolicy",
+    "AsyncCambClient",
+    "AuthenticationError",
+    "Budget",
+    "CambError",
+    "ClientClosedError",
+    "CompletionStats",
+    "DubResource",
+    "DubbingOutcome",
+    "DubbingResult",
+    "DurationHint",
+    "InternalServerError",
+    "Language",
+    "NotFoundError",
+    "PollPolicy",
+    "RateBudget",
+    "RateLimitError",
+    "RequestHooks",
+    "StatusIterator",
+    "StatusResult",
+    "TTSResource",
+    "TTSResult",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskKind",
+    "TaskResource",
+    "TaskStatus",
+    "TranscriptSegment",
+    "TranscriptionResource",
+    "TranscriptionResult",
+    "TranslationResource",
+    "TranslationResult",
+    "UnprocessableEntityError",
+    "ValidationDetail",
+    "WaitTimeoutError",
+    "__version__",
+    "gather_results",
+    "gather_statuses",
+    "iter_statuses",
 ]
 DESIGN_NAMES = {
-    "AsyncCambClient", "TaskKind", "TaskStatus", "StatusResult", "TaskHandle", "PollPolicy",
-    "RateBudget", "Language", "gather_statuses", "iter_statuses", "gather_results",
-    "CambError", "APIError", "AuthenticationError", "NotFoundError",
-    "UnprocessableEntityError", "RateLimitError", "InternalServerError",
-    "APIConnectionError", "APITimeoutError", "TaskFailedError",
+    "AsyncCambClient",
+    "TaskKind",
+    "TaskStatus",
+    "StatusResult",
+    "TaskHandle",
+    "PollPolicy",
+    "RateBudget",
+    "Language",
+    "gather_statuses",
+    "iter_statuses",
+    "gather_results",
+    "CambError",
+    "APIError",
+    "AuthenticationError",
+    "NotFoundError",
+    "UnprocessableEntityError",
+    "RateLimitError",
+    "InternalServerError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "TaskFailedError",
 }
 
 
@@ -82,8 +130,13 @@ def test_all_is_sorted_and_pinned() -> None:
 def _public_members(obj: type) -> list[tuple[str, Any]]:
     out = []
     for name, member in vars(obj).items():
-        if name.startswith("_") and name not in ("__init__", "__aenter__", "__aexit__",
-                                                  "__anext__", "__aiter__"):
+        if name.startswith("_") and name not in (
+            "__init__",
+            "__aenter__",
+            "__aexit__",
+            "__anext__",
+            "__aiter__",
+        ):
             continue
         if isinstance(member, (staticmethod, classmethod)):
             member = member.__func__
@@ -99,15 +152,21 @@ def test_every_public_callable_has_a_docstring_with_its_arguments() -> None:
     for module in (camb_async, camb_async.testing):
         for name in getattr(module, "__all__", ()):
             obj = getattr(module, name)
-            if (inspect.isclass(obj) and obj.__module__.startswith("camb_async")
-                    and not getattr(obj, "_is_protocol", False)):
+            if (
+                inspect.isclass(obj)
+                and obj.__module__.startswith("camb_async")
+                and not getattr(obj, "_is_protocol", False)
+            ):
                 if not (obj.__doc__ or "").strip():
                     missing.append(name)
                 init = vars(obj).get("__init__")
-                if (inspect.isfunction(init) and not attrs.has(obj)
-                        and len(inspect.signature(init).parameters) > 1
-                        and "Args:" not in (obj.__doc__ or "")
-                        and "Args:" not in (init.__doc__ or "")):
+                if (
+                    inspect.isfunction(init)
+                    and not attrs.has(obj)
+                    and len(inspect.signature(init).parameters) > 1
+                    and "Args:" not in (obj.__doc__ or "")
+                    and "Args:" not in (init.__doc__ or "")
+                ):
                     missing.append(f"{name}.__init__ (no Args section)")
                 for member_name, member in _public_members(obj):
                     if member_name == "__init__":
@@ -123,14 +182,20 @@ def test_every_public_callable_has_a_docstring_with_its_arguments() -> None:
 
 
 async def test_with_options_is_a_view_sharing_pool_budget_and_stats(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     task_id = api.add_task(TaskKind.DUB, polls=0)
     recorder = Recorder(api)
     client = make_client(transport=recorder, timeout=30.0, max_retries=3)
-    view = client.with_options(timeout=5, max_retries=0, max_retry_wait=1.5,
-                               max_response_bytes=4096)
+    view = client.with_options(
+        timeout=5, max_retries=0, max_retry_wait=1.5, max_response_bytes=4096
+    )
     assert (view.timeout, view.max_retries, view.max_retry_wait, view.max_response_bytes) == (
-        5.0, 0, 1.5, 4096)
+        5.0,
+        0,
+        1.5,
+        4096,
+    )
     assert (client.timeout, client.max_retries) == (30.0, 3)
     assert view.budget is client.budget
     assert view.completion_stats is client.completion_stats
@@ -146,7 +211,8 @@ async def test_with_options_is_a_view_sharing_pool_budget_and_stats(
 
 
 async def test_with_options_settings_apply_to_the_view_only(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     task_id = api.add_task(TaskKind.TTS, polls=0)
     client = make_client()
     api.inject(count=2)  # two faults: the parent retries through them
@@ -160,7 +226,8 @@ async def test_with_options_settings_apply_to_the_view_only(
 
 
 async def test_closing_the_parent_ends_the_views(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client()
     view = client.with_options(timeout=5).with_options(max_retries=1)  # a view of a view
     await client.aclose()
@@ -172,7 +239,8 @@ async def test_closing_the_parent_ends_the_views(
 
 
 async def test_closing_the_parent_ends_a_call_in_flight_on_a_view(
-        make_client: ClientFactory) -> None:
+    make_client: ClientFactory,
+) -> None:
     started = anyio.Event()
 
     async def hang(request: httpx.Request) -> httpx.Response:
@@ -198,7 +266,8 @@ async def test_closing_the_parent_ends_a_call_in_flight_on_a_view(
 
 
 async def test_handles_of_a_view_poll_through_its_client(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client()
     view = client.with_options(timeout=5)
     handle = await view.tts.create(text="hi", voice_id=1, language=1)
@@ -211,11 +280,21 @@ async def test_handles_of_a_view_poll_through_its_client(
         await other.gather_statuses([handle])
 
 
-@pytest.mark.parametrize("bad", [{"timeout": 0}, {"timeout": True}, {"max_retries": -1},
-                                 {"max_response_bytes": 0}, {"max_retry_wait": float("inf")},
-                                 {"timeout": float("inf")}, {"timeout": float("nan")}])
-async def test_with_options_checks_its_values(make_client: ClientFactory,
-                                              bad: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"timeout": 0},
+        {"timeout": True},
+        {"max_retries": -1},
+        {"max_response_bytes": 0},
+        {"max_retry_wait": float("inf")},
+        {"timeout": float("inf")},
+        {"timeout": float("nan")},
+    ],
+)
+async def test_with_options_checks_its_values(
+    make_client: ClientFactory, bad: dict[str, Any]
+) -> None:
     with pytest.raises(ValueError):
         make_client().with_options(**bad)
 
@@ -224,18 +303,23 @@ async def test_with_options_checks_its_values(make_client: ClientFactory,
 
 
 async def test_extra_fields_reach_the_wire_on_create_and_results(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     recorder = Recorder(api)
     client = make_client(transport=recorder)
-    extras: dict[str, Any] = {"extra_headers": {"X-Trace": "t-1"},
-                              "extra_query": {"beta": "on"}}
-    handle = await client.tts.create(text="hello", voice_id=1, language=1,
-                                     extra_body={"new_field": [1, 2]}, **extras)
+    extras: dict[str, Any] = {"extra_headers": {"X-Trace": "t-1"}, "extra_query": {"beta": "on"}}
+    handle = await client.tts.create(
+        text="hello", voice_id=1, language=1, extra_body={"new_field": [1, 2]}, **extras
+    )
     create = recorder.sent[-1]
     assert create.headers["x-trace"] == "t-1"
     assert create.url.params["beta"] == "on"
-    assert json.loads(create.content) == {"text": "hello", "voice_id": 1, "language": 1,
-                                          "new_field": [1, 2]}
+    assert json.loads(create.content) == {
+        "text": "hello",
+        "voice_id": 1,
+        "language": 1,
+        "new_field": [1, 2],
+    }
     assert create.headers["x-api-key"] == API_KEY  # the key is still the client's
 
     await handle  # polls go out without the extras
@@ -260,12 +344,17 @@ async def test_extra_fields_reach_the_wire_on_create_and_results(
     assert dict(audio.url.params) == {"output_type": "raw_bytes", "beta": "on"}
 
 
-async def test_extra_body_on_a_multipart_create(api: FakeCambAPI,
-                                                make_client: ClientFactory) -> None:
+async def test_extra_body_on_a_multipart_create(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     recorder = Recorder(api)
     client = make_client(transport=recorder)
-    await client.transcription.create(language=1, file=b"RIFF....", filename="a.wav",
-                                      extra_body={"speaker_labels": True, "note": "x"})
+    await client.transcription.create(
+        language=1,
+        file=b"RIFF....",
+        filename="a.wav",
+        extra_body={"speaker_labels": True, "note": "x"},
+    )
     body = recorder.sent[-1].content
     assert b'name="speaker_labels"\r\n\r\ntrue' in body
     assert b'name="note"\r\n\r\nx' in body
@@ -283,12 +372,18 @@ async def test_extra_headers_cannot_replace_the_key(make_client: ClientFactory) 
 # ------------------------------------------------------------------ errors for a ticket
 
 
-async def test_errors_carry_request_id_url_and_redacted_headers(
-        make_client: ClientFactory) -> None:
+async def test_errors_carry_request_id_url_and_redacted_headers(make_client: ClientFactory) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, json={"detail": "no such task"}, headers={
-            "x-request-id": "req-42", "cf-ray": "8a-LHR", "x-echo": f"key {API_KEY}",
-            "set-cookie": "session=secret"})
+        return httpx.Response(
+            404,
+            json={"detail": "no such task"},
+            headers={
+                "x-request-id": "req-42",
+                "cf-ray": "8a-LHR",
+                "x-echo": f"key {API_KEY}",
+                "set-cookie": "session=secret",
+            },
+        )
 
     client = make_client(transport=httpx.MockTransport(answer))
     with pytest.raises(NotFoundError) as caught:
@@ -307,16 +402,21 @@ async def test_errors_carry_request_id_url_and_redacted_headers(
 
 @pytest.mark.parametrize("header", ["x-amzn-requestid", "cf-ray"])
 async def test_request_id_from_other_headers(make_client: ClientFactory, header: str) -> None:
-    client = make_client(transport=httpx.MockTransport(
-        lambda request: httpx.Response(500, headers={header: "id-7"})), max_retries=0)
+    client = make_client(
+        transport=httpx.MockTransport(
+            lambda request: httpx.Response(500, headers={header: "id-7"})
+        ),
+        max_retries=0,
+    )
     with pytest.raises(camb_async.InternalServerError) as caught:
         await client.tts.status("t")
     assert caught.value.request_id == "id-7"
 
 
 async def test_no_request_id_when_the_server_sends_none(make_client: ClientFactory) -> None:
-    client = make_client(transport=httpx.MockTransport(
-        lambda request: httpx.Response(404, json={})))
+    client = make_client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(404, json={}))
+    )
     with pytest.raises(NotFoundError) as caught:
         await client.tts.status("t")
     assert caught.value.request_id is None and "request_id" not in str(caught.value)
@@ -349,18 +449,21 @@ def test_camb_log_turns_on_logging_to_stderr_without_the_key() -> None:
         "log.debug('a debug line')\n"
     )
     env = {"CAMB_LOG": "info", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
     assert done.stdout.split() == ["1", "INFO"]  # one handler, however many clients
     assert "echo of [redacted]" in done.stderr and API_KEY not in done.stderr
     assert "a debug line" not in done.stderr
     env["CAMB_LOG"] = "debug"
-    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
     assert done.stdout.split() == ["1", "DEBUG"] and "a debug line" in done.stderr
     env.pop("CAMB_LOG")
-    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
     assert done.stdout.split()[0] == "0" and done.stderr == ""
 
 

@@ -39,15 +39,15 @@ def _script(api: FakeCambAPI, n: int, seed: int = 1) -> dict[str, tuple[TaskKind
     kinds = list(dict.fromkeys(TaskKind))
     for i in range(n):
         kind = kinds[i % 4]
-        status = rng.choice(["SUCCESS", "SUCCESS", "SUCCESS", "ERROR", "TIMEOUT",
-                             "PAYMENT_REQUIRED"])
+        status = rng.choice(
+            ["SUCCESS", "SUCCESS", "SUCCESS", "ERROR", "TIMEOUT", "PAYMENT_REQUIRED"]
+        )
         task_id = api.add_task(kind, f"t{i}", status=status, after=rng.uniform(0, 30))
         truth[task_id] = (kind, status)
     return truth
 
 
-async def test_gather_mixed_kinds_in_input_order(api: FakeCambAPI, client: AsyncCambClient
-                                                 ) -> None:
+async def test_gather_mixed_kinds_in_input_order(api: FakeCambAPI, client: AsyncCambClient) -> None:
     truth = _script(api, 200)
     handles = [client.task(kind, tid) for tid, (kind, _) in truth.items()]
     handles.reverse()
@@ -58,7 +58,8 @@ async def test_gather_mixed_kinds_in_input_order(api: FakeCambAPI, client: Async
 
 
 async def test_ids_need_kind_and_repeated_ids_are_polled_once(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     a = api.add_task("tts", "a", polls=2)
     b = api.add_task("tts", "b")
     with pytest.raises(TypeError, match="kind"):
@@ -78,8 +79,9 @@ async def test_wait_false_is_one_snapshot_each(api: FakeCambAPI, client: AsyncCa
     assert len(api.log) == 50 and len(seen) == 50
 
 
-async def test_timeout_returns_last_observed_status(api: FakeCambAPI,
-                                                    make_client: ClientFactory) -> None:
+async def test_timeout_returns_last_observed_status(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(rate_limit=10, max_concurrency=4)
     done = [api.add_task("tts", after=0) for _ in range(5)]
     slow = [api.add_task("tts", after=10_000) for _ in range(200)]
@@ -92,26 +94,30 @@ async def test_timeout_returns_last_observed_status(api: FakeCambAPI,
     assert len(api.log) <= 61
 
 
-async def test_return_exceptions_and_first_error(api: FakeCambAPI, client: AsyncCambClient
-                                                 ) -> None:
+async def test_return_exceptions_and_first_error(api: FakeCambAPI, client: AsyncCambClient) -> None:
     ok = api.add_task("dub", after=50)
-    out = await gather_statuses(client, [ok, "nope"], kind="dub", return_exceptions=True,
-                                policy=FAST)
+    out = await gather_statuses(
+        client, [ok, "nope"], kind="dub", return_exceptions=True, policy=FAST
+    )
     assert isinstance(out[0], StatusResult) and out[0].is_success
     assert isinstance(out[1], NotFoundError) and out[1].task_id == "nope"
 
     api.log.clear()
     with pytest.raises(NotFoundError):
-        await gather_statuses(client, [ok, "nope", *[api.add_task("dub", after=500)
-                                                     for _ in range(5)]],
-                              kind="dub", policy=FAST)
+        await gather_statuses(
+            client,
+            [ok, "nope", *[api.add_task("dub", after=500) for _ in range(5)]],
+            kind="dub",
+            policy=FAST,
+        )
     requests_at_failure = len(api.log)
     await anyio.sleep(100)
     assert len(api.log) == requests_at_failure  # everything else was cancelled
 
 
 async def test_authentication_error_raises_even_with_return_exceptions(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(api_key="wrong-key", max_concurrency=2)
     ids = [api.add_task("tts", after=5) for _ in range(20)]
     with pytest.raises(AuthenticationError):
@@ -119,8 +125,7 @@ async def test_authentication_error_raises_even_with_return_exceptions(
     assert len(api.log) <= 2
 
 
-async def test_transient_errors_are_repolled(api: FakeCambAPI, make_client: ClientFactory
-                                             ) -> None:
+async def test_transient_errors_are_repolled(api: FakeCambAPI, make_client: ClientFactory) -> None:
     client = make_client(max_retries=0)
     ids = [api.add_task("translate", after=3) for _ in range(20)]
     api.inject(status=503, count=15)
@@ -129,8 +134,9 @@ async def test_transient_errors_are_repolled(api: FakeCambAPI, make_client: Clie
     assert all(r.is_success for r in out)
 
 
-async def test_handles_must_belong_to_this_client(api: FakeCambAPI,
-                                                  make_client: ClientFactory) -> None:
+async def test_handles_must_belong_to_this_client(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     one, two = make_client(), make_client()
     task_id = api.add_task("dub")
     with pytest.raises(ValueError, match="another AsyncCambClient"):
@@ -144,8 +150,9 @@ async def test_handles_must_belong_to_this_client(api: FakeCambAPI,
     assert api.log == []  # validation happens before any request
 
 
-async def test_rate_bound_holds_in_every_window(api: FakeCambAPI,
-                                                make_client: ClientFactory) -> None:
+async def test_rate_bound_holds_in_every_window(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(rate_limit=25, max_concurrency=8)
     ids = [api.add_task("tts", after=random.Random(i).uniform(0, 20)) for i in range(300)]
     start = anyio.current_time()
@@ -157,7 +164,8 @@ async def test_rate_bound_holds_in_every_window(api: FakeCambAPI,
 
 
 async def test_retry_after_pauses_every_task_of_the_budget(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(rate_limit=50, max_concurrency=1)
     ids = [api.add_task("dub", after=1) for _ in range(30)]
     api.inject(status=429, retry_after="10")
@@ -169,19 +177,26 @@ async def test_retry_after_pauses_every_task_of_the_budget(
 
 
 async def test_due_order_and_no_starvation_under_a_tight_budget(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     # 10 requests/s; 5 tasks re-polled every second and 40 never polled: the new ones must
     # all go out before any task is polled for a second time.
     client = make_client(rate_limit=10, max_concurrency=1)
     ids = [api.add_task("tts", after=1000) for _ in range(45)]
-    await gather_statuses(client, ids, kind="tts", timeout=6,
-                          policy=PollPolicy(initial=0.1, factor=1, max_interval=0.1, jitter=0))
+    await gather_statuses(
+        client,
+        ids,
+        kind="tts",
+        timeout=6,
+        policy=PollPolicy(initial=0.1, factor=1, max_interval=0.1, jitter=0),
+    )
     first_45 = [r.path for r in api.log[:45]]
     assert len(set(first_45)) == 45
 
 
 async def test_cancellation_at_random_points_leaves_nothing_running(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(rate_limit=40, max_concurrency=6)
     budget = client.budget
     assert isinstance(budget, RateBudget)
@@ -197,12 +212,18 @@ async def test_cancellation_at_random_points_leaves_nothing_running(
 
 
 async def test_iter_statuses_streams_terminal_results_as_they_land(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     ids = [api.add_task("tts", f"t{i}", after=float(40 - i)) for i in range(20)]
     order = []
-    async with aclosing(iter_statuses(client, ids, kind="tts",
-                                      policy=PollPolicy(initial=0.5, factor=1,
-                                                        max_interval=0.5, jitter=0))) as it:
+    async with aclosing(
+        iter_statuses(
+            client,
+            ids,
+            kind="tts",
+            policy=PollPolicy(initial=0.5, factor=1, max_interval=0.5, jitter=0),
+        )
+    ) as it:
         async for result in it:
             assert result.is_terminal
             order.append(result.task_id)
@@ -210,8 +231,7 @@ async def test_iter_statuses_streams_terminal_results_as_they_land(
     assert order[0] == "t19" and order[-1] == "t0"  # shortest first
 
 
-async def test_iter_statuses_break_stops_polling(api: FakeCambAPI, client: AsyncCambClient
-                                                 ) -> None:
+async def test_iter_statuses_break_stops_polling(api: FakeCambAPI, client: AsyncCambClient) -> None:
     ids = [api.add_task("tts", after=float(i)) for i in range(50)]
     async with aclosing(iter_statuses(client, ids, kind="tts", policy=FAST)) as it:
         async for _ in it:
@@ -222,15 +242,15 @@ async def test_iter_statuses_break_stops_polling(api: FakeCambAPI, client: Async
 
 
 async def test_iter_statuses_timeout_yields_every_task_once(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     ids = [api.add_task("dub", after=5)] + [api.add_task("dub", after=1e6) for _ in range(9)]
     got = [r async for r in iter_statuses(client, ids, kind="dub", timeout=20, policy=FAST)]
     assert sorted(r.task_id for r in got) == sorted(ids)
     assert sum(r.is_success for r in got) == 1
 
 
-async def test_iter_statuses_raises_first_error(api: FakeCambAPI, client: AsyncCambClient
-                                                ) -> None:
+async def test_iter_statuses_raises_first_error(api: FakeCambAPI, client: AsyncCambClient) -> None:
     ids = [api.add_task("dub", after=50), "ghost"]
     with pytest.raises(NotFoundError):
         async with aclosing(iter_statuses(client, ids, kind="dub", policy=FAST)) as it:
@@ -239,7 +259,8 @@ async def test_iter_statuses_raises_first_error(api: FakeCambAPI, client: AsyncC
 
 
 async def test_on_update_may_be_async_and_sees_every_status(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     task_id = api.add_task("tts", polls=3)
     seen = []
 
@@ -257,8 +278,9 @@ async def test_no_request_for_empty_input(api: FakeCambAPI, client: AsyncCambCli
 
 
 async def test_budget_is_shared_with_other_calls(api: FakeCambAPI) -> None:
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", rate_limit=5,
-                               transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", rate_limit=5, transport=httpx.ASGITransport(app=api)
+    ) as client:
         ids = [api.add_task("tts", after=1e6) for _ in range(20)]
         single = api.add_task("dub", after=1e6)
         async with anyio.create_task_group() as tg:
@@ -273,13 +295,15 @@ async def test_policy_per_kind_mapping(api: FakeCambAPI, client: AsyncCambClient
     slow = PollPolicy(initial=7, factor=1, max_interval=7, jitter=0)
     tts = api.add_task("tts", "a", polls=2)
     dub = api.add_task("dub", "b", polls=2)
-    out = await gather_statuses(client, [client.tts.task(tts), client.dub.task(dub)],
-                                policy={"tts": fast, TaskKind.DUB: slow})
+    out = await gather_statuses(
+        client,
+        [client.tts.task(tts), client.dub.task(dub)],
+        policy={"tts": fast, TaskKind.DUB: slow},
+    )
     assert [r.is_success for r in out] == [True, True]
     for path, gap in (("/tts/a", 1), ("/dub/b", 7)):
         times = [r.time for r in api.log if r.path == path]
-        assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(
-            [gap, gap], abs=1e-6)
+        assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([gap, gap], abs=1e-6)
     with pytest.raises(TypeError):
         await gather_statuses(client, [tts], kind="tts", policy=cast(Any, {"tts": 3}))
     with pytest.raises(ValueError):
@@ -287,7 +311,8 @@ async def test_policy_per_kind_mapping(api: FakeCambAPI, client: AsyncCambClient
 
 
 async def test_iter_statuses_break_without_aclosing_is_safe(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     ids = [api.add_task("tts", after=float(i)) for i in range(30)]
     got = []
     async for result in iter_statuses(client, ids, kind="tts", policy=FAST):
@@ -310,7 +335,8 @@ async def test_iter_statuses_break_without_aclosing_is_safe(
 
 
 async def test_iter_statuses_cancelled_mid_item_loses_nothing(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(max_concurrency=4)
     ids = [api.add_task("dub", after=float(i % 7)) for i in range(40)]
     stream = iter_statuses(client, ids, kind="dub", policy=FAST)
@@ -326,7 +352,8 @@ async def test_iter_statuses_cancelled_mid_item_loses_nothing(
 
 
 async def test_iter_statuses_as_a_context_keeps_polling_while_items_are_handled(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     ids = [api.add_task("tts", f"s{i}", after=float(i)) for i in range(20)]
     got = []
     async with iter_statuses(client, ids, kind="tts", policy=FAST) as stream:
@@ -340,7 +367,8 @@ async def test_iter_statuses_as_a_context_keeps_polling_while_items_are_handled(
 
 
 async def test_iter_statuses_context_break_error_and_fatal(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     ids = [api.add_task("dub", after=float(i)) for i in range(30)]
     async with iter_statuses(client, ids, kind="dub", policy=FAST) as stream:
         async for _ in stream:
@@ -358,29 +386,34 @@ async def test_iter_statuses_context_break_error_and_fatal(
         async with stream:
             pass
     slow = api.add_task("dub", after=1e6)
-    async with iter_statuses(client, [*ids[:3], slow], kind="dub", timeout=30,
-                             policy=FAST) as stream:
+    async with iter_statuses(
+        client, [*ids[:3], slow], kind="dub", timeout=30, policy=FAST
+    ) as stream:
         got = [r async for r in stream]
     assert len(got) == 4 and sum(r.is_success for r in got) == 3
 
 
 async def test_bare_iteration_is_not_held_back_by_budget_waits(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     from camb_async.testing import Fault
 
     client = make_client(rate_limit=1.0, max_concurrency=4)
     ids = [api.add_task("tts", after=0) for _ in range(4)]
     api.inject(Fault(status=None, delay=0.1), count=4)
     start = anyio.current_time()
-    times = [anyio.current_time() - start
-             async for _ in iter_statuses(client, ids, kind="tts", policy=FAST)]
+    times = [
+        anyio.current_time() - start
+        async for _ in iter_statuses(client, ids, kind="tts", policy=FAST)
+    ]
     # One request a second is the budget; an item must not also wait out the next slot.
     assert times[-1] < 3.5
 
 
 @pytest.mark.parametrize("mode", ["bare-deadline", "bare-break", "context-aclose"])
 async def test_unfinished_tasks_are_reported_to_the_stats_exactly_once(
-        api: FakeCambAPI, make_client: ClientFactory, mode: str) -> None:
+    api: FakeCambAPI, make_client: ClientFactory, mode: str
+) -> None:
     import gc
 
     from camb_async import CompletionStats
@@ -419,7 +452,8 @@ async def test_unfinished_tasks_are_reported_to_the_stats_exactly_once(
 
 @pytest.mark.parametrize("mode", ["gather", "iter-bare", "iter-context"])
 async def test_bulk_timeout_polls_once_more_before_a_deadline_the_schedule_would_skip(
-        api: FakeCambAPI, client: AsyncCambClient, mode: str) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, mode: str
+) -> None:
     """Dub tasks done at 0.3 s, ``timeout=8``: dub's first gap (~10 s) lies past the
     deadline, so each task is polled once more just before it, not reported PENDING."""
     ids = [api.add_task("dub", after=0.3) for _ in range(5)]

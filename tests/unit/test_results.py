@@ -60,8 +60,9 @@ def run_of(api: FakeCambAPI, kind: TaskKind, task_id: str) -> int:
 # ------------------------------------------------------------------ single result
 
 
-async def test_single_result_of_each_kind_is_typed(api: FakeCambAPI,
-                                                   client: AsyncCambClient) -> None:
+async def test_single_result_of_each_kind_is_typed(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     runs = {kind: run_of(api, kind, api.add_task(kind)) for kind in TaskKind}
 
     dub = await client.dub.result(runs[TaskKind.DUB])
@@ -80,14 +81,16 @@ async def test_single_result_of_each_kind_is_typed(api: FakeCambAPI,
     assert isinstance(transcription, TranscriptionResult)
     assert len(transcription.transcript) == 1 + runs[TaskKind.TRANSCRIPTION] % 3
     assert [r.path for r in api.requests("GET")] == [
-        f"/dub-result/{runs[TaskKind.DUB]}", f"/tts-result/{runs[TaskKind.TTS]}",
+        f"/dub-result/{runs[TaskKind.DUB]}",
+        f"/tts-result/{runs[TaskKind.TTS]}",
         f"/translation-result/{runs[TaskKind.TRANSLATION]}",
         f"/transcription-result/{runs[TaskKind.TRANSCRIPTION]}",
     ]
 
 
-async def test_tts_result_is_fetched_in_file_url_mode(api: FakeCambAPI,
-                                                      client: AsyncCambClient) -> None:
+async def test_tts_result_is_fetched_in_file_url_mode(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     # The fake streams raw audio (not JSON) unless output_type=file_url is sent, like the API
     # (which also refuses the upper-case FILE_URL: tests/test_fake_strict.py).
     run_id = run_of(api, TaskKind.TTS, api.add_task("tts"))
@@ -100,8 +103,10 @@ async def test_dub_result_per_language_map(api: FakeCambAPI, client: AsyncCambCl
     one = {"audio_url": "https://a/x.mp3", "transcript": []}
     api.set_result("dub", run_id, {"54": one, "76": {**one, "video_url": "https://v"}})
     result = await client.dub.result(run_id)
-    assert result == {"54": DubbingResult("https://a/x.mp3", ()),
-                      "76": DubbingResult("https://a/x.mp3", (), "https://v")}
+    assert result == {
+        "54": DubbingResult("https://a/x.mp3", ()),
+        "76": DubbingResult("https://a/x.mp3", (), "https://v"),
+    }
 
 
 async def test_unknown_fields_are_ignored(api: FakeCambAPI, client: AsyncCambClient) -> None:
@@ -112,15 +117,21 @@ async def test_unknown_fields_are_ignored(api: FakeCambAPI, client: AsyncCambCli
     assert result == TranscriptionResult((TranscriptSegment(1.0, 2.5, "hi", "A"),))
 
 
-@pytest.mark.parametrize(("kind", "bad"), [
-    (TaskKind.DUB, {"transcript": []}),                       # no audio_url
-    (TaskKind.TTS, "not a url"),
-    (TaskKind.TRANSLATION, {"texts": "one string"}),
-    (TaskKind.TRANSCRIPTION, {"transcript": [{"start": "0", "end": 1, "text": "x",
-                                              "speaker": "A"}]}),
-])
-async def test_malformed_result_is_an_api_error(api: FakeCambAPI, client: AsyncCambClient,
-                                                kind: TaskKind, bad: Any) -> None:
+@pytest.mark.parametrize(
+    ("kind", "bad"),
+    [
+        (TaskKind.DUB, {"transcript": []}),  # no audio_url
+        (TaskKind.TTS, "not a url"),
+        (TaskKind.TRANSLATION, {"texts": "one string"}),
+        (
+            TaskKind.TRANSCRIPTION,
+            {"transcript": [{"start": "0", "end": 1, "text": "x", "speaker": "A"}]},
+        ),
+    ],
+)
+async def test_malformed_result_is_an_api_error(
+    api: FakeCambAPI, client: AsyncCambClient, kind: TaskKind, bad: Any
+) -> None:
     run_id = run_of(api, kind, api.add_task(kind))
     api.set_result(kind, run_id, bad)
     with pytest.raises(APIError) as info:
@@ -133,8 +144,9 @@ async def test_unknown_run_is_not_found(client: AsyncCambClient) -> None:
         await client.translation.result(424242)
 
 
-async def test_result_of_unfinished_run_is_not_served(api: FakeCambAPI,
-                                                      client: AsyncCambClient) -> None:
+async def test_result_of_unfinished_run_is_not_served(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     task_id = api.add_task("tts", after=60)
     with pytest.raises(NotFoundError):
         await client.tts.result(run_of(api, TaskKind.TTS, task_id))
@@ -153,8 +165,9 @@ async def test_1000_results_in_10_requests(api: FakeCambAPI, client: AsyncCambCl
 
 
 @pytest.mark.parametrize("kind", list(TaskKind)[:4])
-async def test_batch_results_for_each_kind(api: FakeCambAPI, client: AsyncCambClient,
-                                           kind: TaskKind) -> None:
+async def test_batch_results_for_each_kind(
+    api: FakeCambAPI, client: AsyncCambClient, kind: TaskKind
+) -> None:
     runs = [run_of(api, kind, api.add_task(kind)) for _ in range(7)]
     results = await client.resource(kind).results(runs, chunk_size=3)
     singles = [await client.resource(kind).result(r) for r in runs]
@@ -163,7 +176,8 @@ async def test_batch_results_for_each_kind(api: FakeCambAPI, client: AsyncCambCl
 
 
 async def test_batch_chunks_run_concurrently_within_the_budget(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(budget=RateBudget(None, 4))
     runs = [run_of(api, TaskKind.DUB, api.add_task("dub")) for _ in range(1000)]
     api.inject(status=None, delay=10.0, path="/dubbing-results", count=10)
@@ -178,41 +192,52 @@ async def test_batch_chunks_run_concurrently_within_the_budget(
 
 
 async def test_batch_drops_duplicates_and_leaves_out_unknown_runs(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     runs = [run_of(api, TaskKind.TTS, api.add_task("tts")) for _ in range(3)]
     results = await client.tts.results([runs[0], runs[1], runs[0], 999_999, runs[2]])
     assert list(results) == runs
     assert len(api.requests("POST")) == 1
 
 
-async def test_batch_ignores_runs_it_did_not_ask_for(api: FakeCambAPI,
-                                                     client: AsyncCambClient) -> None:
+async def test_batch_ignores_runs_it_did_not_ask_for(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     asked, other = (run_of(api, TaskKind.TTS, api.add_task("tts")) for _ in range(2))
-    api.inject(status=None, path="/tts-results", body=(
-        b'{"%d": {"output_url": "https://a"}, "%d": {"output_url": "https://b"}}'
-        % (asked, other)))
+    api.inject(
+        status=None,
+        path="/tts-results",
+        body=(
+            b'{"%d": {"output_url": "https://a"}, "%d": {"output_url": "https://b"}}'
+            % (asked, other)
+        ),
+    )
     assert list(await client.tts.results([asked])) == [asked]
 
 
-@pytest.mark.parametrize(("run_ids", "chunk_size", "error"), [
-    ("123", 100, TypeError),
-    ([1, True], 100, TypeError),
-    ([1, "2"], 100, TypeError),
-    ([-1], 100, ValueError),
-    ([1], 0, ValueError),
-    ([1], 1001, ValueError),
-    ([1], 2.5, ValueError),
-])
+@pytest.mark.parametrize(
+    ("run_ids", "chunk_size", "error"),
+    [
+        ("123", 100, TypeError),
+        ([1, True], 100, TypeError),
+        ([1, "2"], 100, TypeError),
+        ([-1], 100, ValueError),
+        ([1], 0, ValueError),
+        ([1], 1001, ValueError),
+        ([1], 2.5, ValueError),
+    ],
+)
 async def test_batch_arguments_are_checked_before_any_request(
-        api: FakeCambAPI, client: AsyncCambClient, run_ids: Any, chunk_size: Any,
-        error: type[Exception]) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, run_ids: Any, chunk_size: Any, error: type[Exception]
+) -> None:
     with pytest.raises(error):
         await client.dub.results(run_ids, chunk_size=chunk_size)
     assert api.log == []
 
 
-async def test_failed_chunk_raises_one_plain_error(api: FakeCambAPI,
-                                                   make_client: ClientFactory) -> None:
+async def test_failed_chunk_raises_one_plain_error(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(max_retries=1)
     runs = [run_of(api, TaskKind.TTS, api.add_task("tts")) for _ in range(250)]
     api.inject(status=500, path="/tts-results", count=6)  # every attempt of all 3 chunks
@@ -220,8 +245,9 @@ async def test_failed_chunk_raises_one_plain_error(api: FakeCambAPI,
         await client.tts.results(runs)
 
 
-async def test_transient_chunk_failure_is_retried(api: FakeCambAPI,
-                                                  client: AsyncCambClient) -> None:
+async def test_transient_chunk_failure_is_retried(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     runs = [run_of(api, TaskKind.TTS, api.add_task("tts")) for _ in range(150)]
     api.inject(status=503, path="/tts-results")
     assert len(await client.tts.results(runs)) == 150
@@ -236,8 +262,7 @@ async def test_empty_batch_makes_no_request(api: FakeCambAPI, client: AsyncCambC
 # ------------------------------------------------------------------ handle.result()
 
 
-async def test_handle_result_waits_then_fetches(api: FakeCambAPI,
-                                                client: AsyncCambClient) -> None:
+async def test_handle_result_waits_then_fetches(api: FakeCambAPI, client: AsyncCambClient) -> None:
     task_id = api.add_task("translate", after=12)
     result = await client.translation.task(task_id).result(policy=FAST)
     assert isinstance(result, TranslationResult)
@@ -246,12 +271,15 @@ async def test_handle_result_waits_then_fetches(api: FakeCambAPI,
     assert api.log[-1].path == f"/translation-result/{run_id}"
 
 
-@pytest.mark.parametrize("status", [TaskStatus.ERROR, TaskStatus.TIMEOUT,
-                                    TaskStatus.PAYMENT_REQUIRED])
-async def test_handle_result_raises_task_failed(api: FakeCambAPI, client: AsyncCambClient,
-                                                status: TaskStatus) -> None:
-    task_id = api.add_task("dub", status=status, after=3, message="source too long",
-                           exception_reason="SOURCE_TOO_LONG")
+@pytest.mark.parametrize(
+    "status", [TaskStatus.ERROR, TaskStatus.TIMEOUT, TaskStatus.PAYMENT_REQUIRED]
+)
+async def test_handle_result_raises_task_failed(
+    api: FakeCambAPI, client: AsyncCambClient, status: TaskStatus
+) -> None:
+    task_id = api.add_task(
+        "dub", status=status, after=3, message="source too long", exception_reason="SOURCE_TOO_LONG"
+    )
     with pytest.raises(TaskFailedError) as info:
         await client.dub.task(task_id).result(policy=FAST)
     err = info.value
@@ -267,8 +295,9 @@ async def test_handle_result_timeout(api: FakeCambAPI, client: AsyncCambClient) 
     assert info.value.last is not None and info.value.last.status is TaskStatus.PENDING
 
 
-async def test_handle_result_success_without_run_id(api: FakeCambAPI,
-                                                    client: AsyncCambClient) -> None:
+async def test_handle_result_success_without_run_id(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     api.tasks[(TaskKind.TTS, "odd")] = FakeTask(kind=TaskKind.TTS, task_id="odd")
     with pytest.raises(APIError, match="no run_id"):
         await client.tts.task("odd").result()
@@ -277,8 +306,9 @@ async def test_handle_result_success_without_run_id(api: FakeCambAPI,
 # ------------------------------------------------------------------ gather_results
 
 
-async def test_gather_results_mixed_kinds_in_input_order(api: FakeCambAPI,
-                                                         client: AsyncCambClient) -> None:
+async def test_gather_results_mixed_kinds_in_input_order(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     handles = []
     for i in range(120):
         kind = list(TaskKind)[i % 4]
@@ -295,7 +325,8 @@ async def test_gather_results_mixed_kinds_in_input_order(api: FakeCambAPI,
 
 
 async def test_gather_results_1000_ids_costs_10_result_requests(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     ids = [api.add_task("transcribe") for _ in range(1000)]
     results = await gather_results(client, ids, kind="transcribe", policy=FAST)
     assert all(isinstance(r, TranscriptionResult) for r in results)
@@ -307,8 +338,9 @@ async def test_gather_results_failed_slots(api: FakeCambAPI, client: AsyncCambCl
     ok = api.add_task("tts", after=2)
     failed = api.add_task("tts", status="ERROR", after=1, message="boom")
     slow = api.add_task("tts", after=500)
-    results = await gather_results(client, [ok, failed, slow], kind="tts", timeout=60,
-                                   policy=FAST, return_exceptions=True)
+    results = await gather_results(
+        client, [ok, failed, slow], kind="tts", timeout=60, policy=FAST, return_exceptions=True
+    )
     assert isinstance(results[0], TTSResult)
     assert isinstance(results[1], TaskFailedError) and results[1].message == "boom"
     assert results[1].task_id == failed
@@ -317,11 +349,14 @@ async def test_gather_results_failed_slots(api: FakeCambAPI, client: AsyncCambCl
 
 
 async def test_gather_results_fails_fast_on_the_first_failure(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
-    ids = [api.add_task("translate"),
-           api.add_task("translate", status="PAYMENT_REQUIRED", after=9),
-           api.add_task("translate", status="ERROR", after=1),
-           api.add_task("translate", after=600)]
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
+    ids = [
+        api.add_task("translate"),
+        api.add_task("translate", status="PAYMENT_REQUIRED", after=9),
+        api.add_task("translate", status="ERROR", after=1),
+        api.add_task("translate", after=600),
+    ]
     start = anyio.current_time()
     with pytest.raises(TaskFailedError) as info:
         await gather_results(client, ids, kind="translate", policy=FAST)
@@ -334,12 +369,18 @@ async def test_gather_results_fails_fast_on_the_first_failure(
 
 
 async def test_gather_results_fetches_full_batches_while_polling(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     early = [api.add_task("tts", after=1) for _ in range(200)]
     late = [api.add_task("tts", after=300) for _ in range(50)]
     start = anyio.current_time()
-    results = await gather_results(client, early + late, kind="tts", chunk_size=100,
-                                   policy=PollPolicy(initial=1.0, max_interval=60.0))
+    results = await gather_results(
+        client,
+        early + late,
+        kind="tts",
+        chunk_size=100,
+        policy=PollPolicy(initial=1.0, max_interval=60.0),
+    )
     assert all(isinstance(r, TTSResult) for r in results)
     fetched_at = [r.time - start for r in api.requests("POST", "/tts-results")]
     assert len(fetched_at) == 3
@@ -347,13 +388,14 @@ async def test_gather_results_fetches_full_batches_while_polling(
 
 
 async def test_gather_results_fetches_singly_what_a_batch_left_out(
-        api: FakeCambAPI, client: AsyncCambClient) -> None:
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     good = api.add_task("dub")
     # A task whose status names a run the result endpoints do not know.
-    api.tasks[(TaskKind.DUB, "ghost")] = FakeTask(kind=TaskKind.DUB, task_id="ghost",
-                                                  run_id=None, extra={"run_id": 777})
-    results = await gather_results(client, [good, "ghost"], kind="dub",
-                                   return_exceptions=True)
+    api.tasks[(TaskKind.DUB, "ghost")] = FakeTask(
+        kind=TaskKind.DUB, task_id="ghost", run_id=None, extra={"run_id": 777}
+    )
+    results = await gather_results(client, [good, "ghost"], kind="dub", return_exceptions=True)
     assert isinstance(results[0], DubbingResult)
     assert isinstance(results[1], NotFoundError)
     assert [r.path for r in api.requests("GET", "/dub-result/")] == ["/dub-result/777"]
@@ -361,8 +403,9 @@ async def test_gather_results_fetches_singly_what_a_batch_left_out(
         await gather_results(client, [good, "ghost"], kind="dub")
 
 
-async def test_gather_results_batch_error_fills_slots(api: FakeCambAPI,
-                                                      make_client: ClientFactory) -> None:
+async def test_gather_results_batch_error_fills_slots(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     client = make_client(max_retries=0)
     ids = [api.add_task("tts") for _ in range(3)]
     api.inject(status=500, path="/tts-results")
@@ -370,17 +413,18 @@ async def test_gather_results_batch_error_fills_slots(api: FakeCambAPI,
     assert all(isinstance(r, InternalServerError) for r in results)
 
 
-async def test_gather_results_reports_updates(api: FakeCambAPI,
-                                              client: AsyncCambClient) -> None:
+async def test_gather_results_reports_updates(api: FakeCambAPI, client: AsyncCambClient) -> None:
     seen: list[TaskStatus] = []
     ids = [api.add_task("tts", after=2.5)]
-    await gather_results(client, ids, kind="tts", policy=FAST,
-                         on_update=lambda r: seen.append(r.status))
+    await gather_results(
+        client, ids, kind="tts", policy=FAST, on_update=lambda r: seen.append(r.status)
+    )
     assert seen[-1] is TaskStatus.SUCCESS and TaskStatus.PENDING in seen
 
 
-async def test_gather_results_checks_chunk_size_first(api: FakeCambAPI,
-                                                      client: AsyncCambClient) -> None:
+async def test_gather_results_checks_chunk_size_first(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     with pytest.raises(ValueError):
         await gather_results(client, [api.add_task("tts")], kind="tts", chunk_size=0)
     assert api.log == []
@@ -390,18 +434,25 @@ async def test_gather_results_checks_chunk_size_first(api: FakeCambAPI,
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=120, deadline=None)
-@given(answer=st.dictionaries(st.sampled_from(["1", "2", "x", "-1", "01", " 2"]), JSON,
-                              max_size=4) | JSON)
+@given(
+    answer=st.dictionaries(st.sampled_from(["1", "2", "x", "-1", "01", " 2"]), JSON, max_size=4)
+    | JSON
+)
 def test_parse_batch_fails_only_with_model_error(answer: Any) -> None:
-    for parse in (parse_dubbing_result, parse_tts_result, parse_translation_result,
-                  parse_transcription_result):
+    for parse in (
+        parse_dubbing_result,
+        parse_tts_result,
+        parse_translation_result,
+        parse_transcription_result,
+    ):
         try:
             out = parse_batch(answer, {1, 2}, parse)
         except ModelError:
@@ -409,10 +460,13 @@ def test_parse_batch_fails_only_with_model_error(answer: Any) -> None:
         assert set(out) <= {1, 2}
 
 
-@pytest.mark.parametrize("answer", [b"[]", b'"x"', b'{"1": {"texts": "abc"}}',
-                                    b'{"x": {"texts": []}}', b"not json", b'{"1": 5}'])
-async def test_hostile_batch_answer_is_an_api_error(api: FakeCambAPI, client: AsyncCambClient,
-                                                    answer: bytes) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [b"[]", b'"x"', b'{"1": {"texts": "abc"}}', b'{"x": {"texts": []}}', b"not json", b'{"1": 5}'],
+)
+async def test_hostile_batch_answer_is_an_api_error(
+    api: FakeCambAPI, client: AsyncCambClient, answer: bytes
+) -> None:
     api.inject(status=None, path="/translation-results", body=answer)
     with pytest.raises(APIError):
         await client.translation.results([1])
@@ -424,8 +478,9 @@ async def test_null_entry_counts_as_missing(api: FakeCambAPI, client: AsyncCambC
     assert await client.translation.results([run_id]) == {}
 
 
-async def test_gather_results_auth_error_always_raises(api: FakeCambAPI,
-                                                       client: AsyncCambClient) -> None:
+async def test_gather_results_auth_error_always_raises(
+    api: FakeCambAPI, client: AsyncCambClient
+) -> None:
     ids = [api.add_task("dub") for _ in range(3)]
     api.inject(status=401, path="/dubbing-results")
     with pytest.raises(AuthenticationError):

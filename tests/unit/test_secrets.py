@@ -76,8 +76,11 @@ async def collect_errors(api: FakeCambAPI, client: AsyncCambClient) -> list[Base
     api.inject(status=403, path="/dub/")
     await catch(client.dub.status(ok))
     await catch(client.dub.status("missing"))
-    api.inject(status=422, path="/dub/", body=b'{"detail":[{"loc":["path","task_id"],'
-                                            b'"msg":"bad","type":"value_error"}]}')
+    api.inject(
+        status=422,
+        path="/dub/",
+        body=b'{"detail":[{"loc":["path","task_id"],"msg":"bad","type":"value_error"}]}',
+    )
     await catch(client.dub.status(ok))
     api.inject(status=429, retry_after="1", count=2, path="/dub/")
     await catch(client.dub.status(ok))
@@ -98,11 +101,17 @@ async def collect_errors(api: FakeCambAPI, client: AsyncCambClient) -> list[Base
 
 
 async def test_key_absent_from_every_error_repr_and_traceback(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     api = FakeCambAPI(api_key=SECRET)
-    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=1,
-                               rate_limit=5, transport=httpx.ASGITransport(app=api)) as client:
+    async with AsyncCambClient(
+        SECRET,
+        base_url="http://localhost",
+        max_retries=1,
+        rate_limit=5,
+        transport=httpx.ASGITransport(app=api),
+    ) as client:
         errors = await collect_errors(api, client)
         handle = client.dub.task("ok")
         result = await handle.status()
@@ -110,13 +119,30 @@ async def test_key_absent_from_every_error_repr_and_traceback(
         for kind in ("dub", "tts", "translate", "transcribe"):
             done = api.add_task(kind, f"{kind}-done", status="SUCCESS")
             fetched.append(await client.task(kind, done).result())
-        objects: list[object] = [client, client.dub, client.tts, client.translation,
-                                 client.transcription, handle, result, client.budget, FAST,
-                                 *fetched]
+        objects: list[object] = [
+            client,
+            client.dub,
+            client.tts,
+            client.translation,
+            client.transcription,
+            handle,
+            result,
+            client.budget,
+            FAST,
+            *fetched,
+        ]
         assert_no_secret(*objects, *(str(o) for o in objects))
     classes = {type(e) for e in errors}
-    assert {AuthenticationError, NotFoundError, UnprocessableEntityError, RateLimitError,
-            InternalServerError, APIError, TaskFailedError, WaitTimeoutError} <= classes
+    assert {
+        AuthenticationError,
+        NotFoundError,
+        UnprocessableEntityError,
+        RateLimitError,
+        InternalServerError,
+        APIError,
+        TaskFailedError,
+        WaitTimeoutError,
+    } <= classes
     for error in errors:
         assert_no_secret(*error_texts(error))
     assert "retrying" in caplog.text  # the DEBUG/INFO log did see the retries ...
@@ -126,7 +152,8 @@ async def test_key_absent_from_every_error_repr_and_traceback(
 
 
 async def test_key_absent_from_transport_errors_and_closed_client_errors(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
 
     def fail(request: httpx.Request) -> httpx.Response:
@@ -136,8 +163,9 @@ async def test_key_absent_from_transport_errors_and_closed_client_errors(
         raise httpx.ConnectError(f"connection refused to {request.url}", request=request)
 
     errors: list[BaseException] = []
-    client = AsyncCambClient(SECRET, base_url="http://127.0.0.1:9", max_retries=1,
-                             transport=httpx.MockTransport(fail))
+    client = AsyncCambClient(
+        SECRET, base_url="http://127.0.0.1:9", max_retries=1, transport=httpx.MockTransport(fail)
+    )
     for task_id in ("timeout", "refused"):
         with pytest.raises(APIConnectionError) as info:
             await client.dub.status(task_id)
@@ -153,7 +181,8 @@ async def test_key_absent_from_transport_errors_and_closed_client_errors(
 
 
 async def test_key_from_environment_is_not_echoed_in_errors(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CAMB_API_KEY", SECRET)
     monkeypatch.setenv("CAMB_BASE_URL", "http://api.example.com")
     with pytest.raises(ValueError) as info:
@@ -161,11 +190,21 @@ async def test_key_from_environment_is_not_echoed_in_errors(
     assert_no_secret(*error_texts(info.value))
 
 
-@pytest.mark.parametrize("base_url", [
-    "http://client.camb.ai/apis", "http://example.com", "HTTP://EXAMPLE.COM", "http://10.0.0.1",
-    "http://192.168.1.10:8080", "http://127.0.0.1.nip.io", "http://localhost.evil.com",
-    "http://[::ffff:8.8.8.8]", "http://0.0.0.0", "http://evil.com#@localhost",
-])
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://client.camb.ai/apis",
+        "http://example.com",
+        "HTTP://EXAMPLE.COM",
+        "http://10.0.0.1",
+        "http://192.168.1.10:8080",
+        "http://127.0.0.1.nip.io",
+        "http://localhost.evil.com",
+        "http://[::ffff:8.8.8.8]",
+        "http://0.0.0.0",
+        "http://evil.com#@localhost",
+    ],
+)
 async def test_plain_http_to_a_remote_host_is_refused(base_url: str) -> None:
     with pytest.raises(ValueError, match="plain http") as info:
         AsyncCambClient(SECRET, base_url=base_url)
@@ -175,9 +214,17 @@ async def test_plain_http_to_a_remote_host_is_refused(base_url: str) -> None:
     await client.aclose()
 
 
-@pytest.mark.parametrize("base_url", ["http://localhost:8000", "http://127.0.0.1",
-                                      "http://127.3.2.1:1", "http://[::1]:8080",
-                                      "http://api.localhost", "https://example.com"])
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://localhost:8000",
+        "http://127.0.0.1",
+        "http://127.3.2.1:1",
+        "http://[::1]:8080",
+        "http://api.localhost",
+        "https://example.com",
+    ],
+)
 async def test_loopback_http_and_https_are_allowed(base_url: str) -> None:
     client = AsyncCambClient(SECRET, base_url=base_url)
     await client.aclose()
@@ -185,14 +232,15 @@ async def test_loopback_http_and_https_are_allowed(base_url: str) -> None:
 
 async def test_in_process_transports_need_no_opt_in_for_a_test_host() -> None:
     # Nothing leaves the process, so httpx's usual "http://testserver" is fine...
-    for transport in (httpx.MockTransport(lambda r: httpx.Response(200, json={})),
-                      httpx.ASGITransport(app=FakeCambAPI())):
+    for transport in (
+        httpx.MockTransport(lambda r: httpx.Response(200, json={})),
+        httpx.ASGITransport(app=FakeCambAPI()),
+    ):
         client = AsyncCambClient(SECRET, base_url="http://testserver", transport=transport)
         await client.aclose()
     # ...but a real transport to a remote host still is refused.
     with pytest.raises(ValueError, match="plain http"):
-        AsyncCambClient(SECRET, base_url="http://testserver",
-                        transport=httpx.AsyncHTTPTransport())
+        AsyncCambClient(SECRET, base_url="http://testserver", transport=httpx.AsyncHTTPTransport())
 
 
 async def test_key_is_not_sent_to_a_redirect_target() -> None:
@@ -202,8 +250,9 @@ async def test_key_is_not_sent_to_a_redirect_target() -> None:
         seen.append(request.url)
         return httpx.Response(302, headers={"location": "https://attacker.example/steal"})
 
-    async with AsyncCambClient(SECRET, base_url="https://client.camb.ai/apis",
-                               transport=httpx.MockTransport(redirect)) as client:
+    async with AsyncCambClient(
+        SECRET, base_url="https://client.camb.ai/apis", transport=httpx.MockTransport(redirect)
+    ) as client:
         with pytest.raises(APIError) as info:
             await client.dub.status("t1")
     assert info.value.status_code == 302
@@ -253,14 +302,25 @@ def echoing(request: httpx.Request) -> httpx.Response:
     extensions = {"reason_phrase": f"Denied {key}".encode()}
     echo = {"x-echo-api-key": key, "retry-after": "0"}
     if status == 422:
-        detail = [{"loc": ["header", "x-api-key", key[:20]], "msg": f"bad key {key[8:]}",
-                   "type": f"value_error.{key[-16:]}"},
-                  {"loc": ["header"], "msg": f"prefix {key[:20]}…", "type": "x"}]
-        return httpx.Response(422, json={"detail": detail}, headers=echo,
-                              extensions=extensions)
+        detail = [
+            {
+                "loc": ["header", "x-api-key", key[:20]],
+                "msg": f"bad key {key[8:]}",
+                "type": f"value_error.{key[-16:]}",
+            },
+            {"loc": ["header"], "msg": f"prefix {key[:20]}…", "type": "x"},
+        ]
+        return httpx.Response(422, json={"detail": detail}, headers=echo, extensions=extensions)
     if status == 200 and task.endswith("failed"):  # a failed task whose message quotes it
-        return httpx.Response(200, json={"status": "ERROR", "exception_reason": key[5:21],
-                                         "message": f"request was: {headers}"}, headers=echo)
+        return httpx.Response(
+            200,
+            json={
+                "status": "ERROR",
+                "exception_reason": key[5:21],
+                "message": f"request was: {headers}",
+            },
+            headers=echo,
+        )
     if status == 200 and task.endswith("model"):  # a wrong type that quotes it
         return httpx.Response(200, json={"output_url": key[:30]}, headers=echo)
     body = f"<html><pre>{headers}</pre><p>partial: {key[:20]}… {key[-16:]}</p></html>"
@@ -269,14 +329,19 @@ def echoing(request: httpx.Request) -> httpx.Response:
 
 @pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
 async def test_a_key_the_server_echoes_is_redacted_from_errors_and_logs(
-        caplog: pytest.LogCaptureFixture, own_client: bool) -> None:
+    caplog: pytest.LogCaptureFixture, own_client: bool
+) -> None:
     caplog.set_level(logging.DEBUG)
     transport = httpx.MockTransport(echoing)
-    kwargs: dict[str, Any] = ({"transport": transport} if own_client else
-                              {"http_client": httpx.AsyncClient(transport=transport)})
+    kwargs: dict[str, Any] = (
+        {"transport": transport}
+        if own_client
+        else {"http_client": httpx.AsyncClient(transport=transport)}
+    )
     errors: list[BaseException] = []
-    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=1,
-                               rate_limit=None, **kwargs) as client:
+    async with AsyncCambClient(
+        SECRET, base_url="http://localhost", max_retries=1, rate_limit=None, **kwargs
+    ) as client:
         for status in (400, 401, 403, 404, 418, 422, 429, 500, 503, 200):
             with pytest.raises(CambError) as info:
                 await client.dub.status(f"{status}-x")
@@ -287,13 +352,18 @@ async def test_a_key_the_server_echoes_is_redacted_from_errors_and_logs(
         with pytest.raises(APIError) as model:
             await client.tts.result(1)  # /tts-result/1 answers the 200 page: not JSON
         errors.append(model.value)
-        out = await gather_statuses(client, ["404-a", "422-b"], kind="tts",
-                                    return_exceptions=True)
+        out = await gather_statuses(client, ["404-a", "422-b"], kind="tts", return_exceptions=True)
         errors += [e for e in out if isinstance(e, BaseException)]
         assert len(errors) >= len(out)
-    assert {type(e) for e in errors} >= {APIError, AuthenticationError, NotFoundError,
-                                         UnprocessableEntityError, RateLimitError,
-                                         InternalServerError, TaskFailedError}
+    assert {type(e) for e in errors} >= {
+        APIError,
+        AuthenticationError,
+        NotFoundError,
+        UnprocessableEntityError,
+        RateLimitError,
+        InternalServerError,
+        TaskFailedError,
+    }
     for error in errors:
         texts = error_texts(error)
         if isinstance(error, UnprocessableEntityError):
@@ -328,13 +398,18 @@ def echoing_in_disguise(request: httpx.Request) -> httpx.Response:
     else:
         kind = path.rsplit("/", 1)[-1]
         key_text = key if kind.startswith("utf") else escaped(key)
-        text = ('{"status": "ERROR", "message": "invalid x-api-key ' + key_text +
-                '", "exception_reason": "key ' + key_text + '"}')
+        text = (
+            '{"status": "ERROR", "message": "invalid x-api-key '
+            + key_text
+            + '", "exception_reason": "key '
+            + key_text
+            + '"}'
+        )
         if kind.startswith("utf"):
-            return httpx.Response(200, content=text.encode(kind),
-                                  headers={"content-type": "application/json"})
-    return httpx.Response(200, content=text.encode(),
-                          headers={"content-type": "application/json"})
+            return httpx.Response(
+                200, content=text.encode(kind), headers={"content-type": "application/json"}
+            )
+    return httpx.Response(200, content=text.encode(), headers={"content-type": "application/json"})
 
 
 @pytest.mark.parametrize("own_client", [True, False], ids=["owned", "callers"])
@@ -342,11 +417,15 @@ async def test_a_key_echoed_in_json_escapes_or_utf16_is_redacted(own_client: boo
     """Before, the echo check ran on the raw bytes only: the key came back whole in the
     StatusResult, TaskFailedError, TTSResult.output_url and a created handle's repr."""
     transport = httpx.MockTransport(echoing_in_disguise)
-    kwargs: dict[str, Any] = ({"transport": transport} if own_client else
-                              {"http_client": httpx.AsyncClient(transport=transport)})
+    kwargs: dict[str, Any] = (
+        {"transport": transport}
+        if own_client
+        else {"http_client": httpx.AsyncClient(transport=transport)}
+    )
     texts: list[str] = []
-    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=0,
-                               rate_limit=None, **kwargs) as client:
+    async with AsyncCambClient(
+        SECRET, base_url="http://localhost", max_retries=0, rate_limit=None, **kwargs
+    ) as client:
         for kind in ("escaped", "utf-16", "utf-16-be", "utf-32"):
             status = await client.dub.status(kind)
             texts += [repr(status), str(status.message), str(status.exception_reason)]
@@ -370,12 +449,18 @@ async def test_a_short_echo_in_a_failed_task_is_redacted_from_the_message() -> N
     part = SECRET[3:14]
 
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"status": "ERROR", "message": f"bad {part}",
-                                         "exception_reason": f"key {part}"})
+        return httpx.Response(
+            200,
+            json={"status": "ERROR", "message": f"bad {part}", "exception_reason": f"key {part}"},
+        )
 
-    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=0,
-                               rate_limit=None,
-                               transport=httpx.MockTransport(answer)) as client:
+    async with AsyncCambClient(
+        SECRET,
+        base_url="http://localhost",
+        max_retries=0,
+        rate_limit=None,
+        transport=httpx.MockTransport(answer),
+    ) as client:
         with pytest.raises(TaskFailedError) as failed:
             await client.dub.task("t1").result()
         outcome = await gather_results(client, ["t1"], kind="dub", return_exceptions=True)
@@ -404,11 +489,15 @@ async def test_a_transport_error_quoting_the_key_is_not_chained(own_client: bool
         raise RuntimeError(f"transport broke on {SECRET}")
 
     transport = httpx.MockTransport(answer)
-    kwargs: dict[str, Any] = ({"transport": transport} if own_client else
-                              {"http_client": httpx.AsyncClient(transport=transport)})
+    kwargs: dict[str, Any] = (
+        {"transport": transport}
+        if own_client
+        else {"http_client": httpx.AsyncClient(transport=transport)}
+    )
     errors: list[BaseException] = []
-    async with AsyncCambClient(SECRET, base_url="http://localhost", max_retries=0,
-                               rate_limit=None, **kwargs) as client:
+    async with AsyncCambClient(
+        SECRET, base_url="http://localhost", max_retries=0, rate_limit=None, **kwargs
+    ) as client:
         with pytest.raises(APIConnectionError) as audio:
             async for _ in client.tts.audio(5):
                 pass
@@ -419,15 +508,19 @@ async def test_a_transport_error_quoting_the_key_is_not_chained(own_client: bool
     for error in errors:
         for text in error_texts(error):
             assert_no_secret(text)
-@given(key=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=8,
-                   max_size=64),
-       text=st.lists(st.text(max_size=30) | st.tuples(st.integers(0, 63), st.integers(8, 64)),
-                     max_size=8))
+
+
+@given(
+    key=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=8, max_size=64),
+    text=st.lists(
+        st.text(max_size=30) | st.tuples(st.integers(0, 63), st.integers(8, 64)), max_size=8
+    ),
+)
 def test_redact_leaves_no_run_of_eight_key_characters(key: str, text: list[Any]) -> None:
     """Any text, with any parts (8+ characters) of the key spliced in anywhere."""
     from camb_async._errors import redact
 
-    parts = [p if isinstance(p, str) else key[p[0]:p[0] + p[1]] for p in text]
+    parts = [p if isinstance(p, str) else key[p[0] : p[0] + p[1]] for p in text]
     out = redact("".join(parts), key)
     for i in range(len(key) - 7):
-        assert key[i:i + 8] not in out
+        assert key[i : i + 8] not in out

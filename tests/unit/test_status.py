@@ -33,11 +33,16 @@ STATUSES = ["SUCCESS", "PENDING", "TIMEOUT", "ERROR", "PAYMENT_REQUIRED"]
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
 @pytest.mark.parametrize("status", [*STATUSES, "QUEUED_FOR_GPU"])
-async def test_status_of_each_kind(api: FakeCambAPI, client: AsyncCambClient, kind: TaskKind,
-                                   status: str) -> None:
-    task_id = api.add_task(kind, status=status, run_id=77 if status == "SUCCESS" else None,
-                           message="boom" if status == "ERROR" else None,
-                           exception_reason="SOURCE_TOO_LONG" if status == "ERROR" else None)
+async def test_status_of_each_kind(
+    api: FakeCambAPI, client: AsyncCambClient, kind: TaskKind, status: str
+) -> None:
+    task_id = api.add_task(
+        kind,
+        status=status,
+        run_id=77 if status == "SUCCESS" else None,
+        message="boom" if status == "ERROR" else None,
+        exception_reason="SOURCE_TOO_LONG" if status == "ERROR" else None,
+    )
     result = await client.resource(kind).status(task_id)
     assert result.kind is kind
     assert result.task_id == task_id
@@ -66,8 +71,11 @@ async def test_resource_attributes_and_task_kind_lookup(client: AsyncCambClient)
 
 
 async def test_unknown_fields_are_ignored(client: AsyncCambClient) -> None:
-    transport = httpx.MockTransport(lambda r: httpx.Response(
-        200, json={"status": "SUCCESS", "run_id": 5, "new_field": [1, 2], "eta": "soon"}))
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(
+            200, json={"status": "SUCCESS", "run_id": 5, "new_field": [1, 2], "eta": "soon"}
+        )
+    )
     async with AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport) as c:
         result = await c.dub.status("x")
     assert result.run_id == 5 and result.is_success
@@ -75,14 +83,22 @@ async def test_unknown_fields_are_ignored(client: AsyncCambClient) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b'{"status": "SUC', b'["SUCCESS"]', b'{"run_id": 1}',
-     b'{"status": 3}', b'{"status": "SUCCESS", "run_id": "abc"}',
-     b'{"status": "ERROR", "message": 12}', b""],
+    [
+        b"not json",
+        b'{"status": "SUC',
+        b'["SUCCESS"]',
+        b'{"run_id": 1}',
+        b'{"status": 3}',
+        b'{"status": "SUCCESS", "run_id": "abc"}',
+        b'{"status": "ERROR", "message": 12}',
+        b"",
+    ],
 )
 async def test_malformed_answers_raise_api_error_with_short_snippet(body: bytes) -> None:
     transport = httpx.MockTransport(lambda r: httpx.Response(200, content=body))
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport,
-                               max_retries=0) as c:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=transport, max_retries=0
+    ) as c:
         with pytest.raises(APIError) as info:
             await c.tts.status("x")
     assert info.value.status_code == 200
@@ -99,14 +115,25 @@ async def test_huge_error_body_is_cut_to_a_snippet() -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(401, AuthenticationError), (403, AuthenticationError), (404, NotFoundError),
-     (422, UnprocessableEntityError), (429, RateLimitError), (500, InternalServerError),
-     (503, InternalServerError), (418, APIError)],
+    [
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (422, UnprocessableEntityError),
+        (429, RateLimitError),
+        (500, InternalServerError),
+        (503, InternalServerError),
+        (418, APIError),
+    ],
 )
-async def test_error_classes_from_real_responses(api: FakeCambAPI, make_client: ClientFactory,
-                                                 status: int, error: type[APIError]) -> None:
-    body = (b'{"detail": [{"loc": ["path", "task_id"], "msg": "bad id", "type": "value_error"}]}'
-            if status == 422 else None)
+async def test_error_classes_from_real_responses(
+    api: FakeCambAPI, make_client: ClientFactory, status: int, error: type[APIError]
+) -> None:
+    body = (
+        b'{"detail": [{"loc": ["path", "task_id"], "msg": "bad id", "type": "value_error"}]}'
+        if status == 422
+        else None
+    )
     api.inject(Fault(status=status, body=body), count=10)
     task_id = api.add_task("dub")
     client = make_client(max_retries=2)
@@ -119,12 +146,16 @@ async def test_error_classes_from_real_responses(api: FakeCambAPI, make_client: 
     if status == 422:
         assert isinstance(info.value, UnprocessableEntityError)
         detail = info.value.detail[0]
-        assert (detail.loc, detail.msg, detail.type) == (["path", "task_id"], "bad id",
-                                                         "value_error")
+        assert (detail.loc, detail.msg, detail.type) == (
+            ["path", "task_id"],
+            "bad id",
+            "value_error",
+        )
 
 
-async def test_wrong_key_is_authentication_error(api: FakeCambAPI,
-                                                 make_client: ClientFactory) -> None:
+async def test_wrong_key_is_authentication_error(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     task_id = api.add_task("dub")
     client = make_client(api_key="wrong")
     with pytest.raises(AuthenticationError):
@@ -132,8 +163,9 @@ async def test_wrong_key_is_authentication_error(api: FakeCambAPI,
     assert len(api.log) == 1  # never retried
 
 
-async def test_retry_after_is_honoured_on_virtual_time(api: FakeCambAPI,
-                                                       make_client: ClientFactory) -> None:
+async def test_retry_after_is_honoured_on_virtual_time(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     task_id = api.add_task("tts")
     api.inject(status=503, retry_after="7")
     api.inject(status=429, retry_after="3")
@@ -159,7 +191,8 @@ async def test_retry_after_http_date_and_ms(api: FakeCambAPI, make_client: Clien
 
 
 async def test_backoff_without_retry_after_grows_and_is_bounded(
-        api: FakeCambAPI, make_client: ClientFactory) -> None:
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     task_id = api.add_task("tts")
     api.inject(status=502, count=3)
     client = make_client(max_retries=3)
@@ -169,8 +202,9 @@ async def test_backoff_without_retry_after_grows_and_is_bounded(
     assert all(0 <= g <= 0.25 * 2**n + 1e-6 for n, g in enumerate(gaps))
 
 
-async def test_retries_exhausted_raises_last_error(api: FakeCambAPI,
-                                                   make_client: ClientFactory) -> None:
+async def test_retries_exhausted_raises_last_error(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     api.inject(status=500, count=10)
     client = make_client(max_retries=1)
     with pytest.raises(InternalServerError):
@@ -189,36 +223,52 @@ async def test_transport_errors_are_mapped_and_retried() -> None:
             raise httpx.ReadTimeout("slow", request=request)
         return httpx.Response(200, json={"status": "PENDING"})
 
-    async with AsyncCambClient(API_KEY, base_url="http://localhost",
-                               transport=httpx.MockTransport(handler)) as c:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=httpx.MockTransport(handler)
+    ) as c:
         assert (await c.dub.status("a")).status is TaskStatus.PENDING
     assert len(calls) == 3
 
     def always(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=1,
-                               transport=httpx.MockTransport(always)) as c:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", max_retries=1, transport=httpx.MockTransport(always)
+    ) as c:
         with pytest.raises(APITimeoutError):
             await c.dub.status("a")
 
     def refused(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=0,
-                               transport=httpx.MockTransport(refused)) as c:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", max_retries=0, transport=httpx.MockTransport(refused)
+    ) as c:
         with pytest.raises(APIConnectionError) as info:
             await c.dub.status("a")
         assert not isinstance(info.value, APITimeoutError)
 
 
-HOSTILE_REJECTED = ["../x", "a/b", "", "   ", "a\r\nX-Injected: 1", "a\nb", "a\x00b", "..",
-                    ".", "x" * 513, "a\\b", "\t"]
+HOSTILE_REJECTED = [
+    "../x",
+    "a/b",
+    "",
+    "   ",
+    "a\r\nX-Injected: 1",
+    "a\nb",
+    "a\x00b",
+    "..",
+    ".",
+    "x" * 513,
+    "a\\b",
+    "\t",
+]
 
 
 @pytest.mark.parametrize("task_id", HOSTILE_REJECTED)
-async def test_hostile_ids_rejected_before_any_request(api: FakeCambAPI, client: AsyncCambClient,
-                                                       task_id: str) -> None:
+async def test_hostile_ids_rejected_before_any_request(
+    api: FakeCambAPI, client: AsyncCambClient, task_id: str
+) -> None:
     with pytest.raises(ValueError):
         await client.dub.status(task_id)
     with pytest.raises(ValueError):
@@ -232,10 +282,12 @@ async def test_non_string_ids_are_type_errors(client: AsyncCambClient, bad: obje
         await client.dub.status(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("task_id", ["?x", "#x", "%2F", "%2e%2e", "a?b=c#d", "a;b", "ünï",
-                                     "a b", "%", "x" * 512, "..."])
+@pytest.mark.parametrize(
+    "task_id", ["?x", "#x", "%2F", "%2e%2e", "a?b=c#d", "a;b", "ünï", "a b", "%", "x" * 512, "..."]
+)
 async def test_odd_but_valid_ids_reach_exactly_their_own_task(
-        api: FakeCambAPI, client: AsyncCambClient, task_id: str) -> None:
+    api: FakeCambAPI, client: AsyncCambClient, task_id: str
+) -> None:
     api.add_task("dub", task_id, status="ERROR")
     api.add_task("dub", "victim", status="SUCCESS")
     result = await client.dub.status(task_id)
@@ -247,7 +299,8 @@ async def test_odd_but_valid_ids_reach_exactly_their_own_task(
 
 
 async def test_key_never_in_repr_errors_or_debug_logs(
-        api: FakeCambAPI, make_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    api: FakeCambAPI, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     client = make_client(max_retries=1)
     task_id = api.add_task("dub", status="ERROR", message="failed")
@@ -257,8 +310,17 @@ async def test_key_never_in_repr_errors_or_debug_logs(
     api.inject(status=500, count=2)
     with pytest.raises(InternalServerError) as info:
         await client.dub.status(task_id)
-    for text in [repr(client), str(client), repr(client.dub), repr(handle), repr(result),
-                 str(info.value), repr(info.value), repr(client.budget), caplog.text]:
+    for text in [
+        repr(client),
+        str(client),
+        repr(client.dub),
+        repr(handle),
+        repr(result),
+        str(info.value),
+        repr(info.value),
+        repr(client.budget),
+        caplog.text,
+    ]:
         assert API_KEY not in text
     assert "retrying" in caplog.text  # the log did record the retries
 
@@ -282,8 +344,9 @@ async def test_headers_sent(client: AsyncCambClient) -> None:
         seen.append(request)
         return httpx.Response(200, json={"status": "PENDING"})
 
-    async with AsyncCambClient(API_KEY, base_url="https://example.test/apis",
-                               transport=httpx.MockTransport(handler)) as c:
+    async with AsyncCambClient(
+        API_KEY, base_url="https://example.test/apis", transport=httpx.MockTransport(handler)
+    ) as c:
         await c.translation.status("t-1")
     request = seen[0]
     assert request.headers["x-api-key"] == API_KEY
@@ -327,20 +390,23 @@ async def test_undecodable_body_is_a_camb_error_and_retried() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
         if len(calls) == 1:
-            return httpx.Response(200, content=b"not gzip at all",
-                                  headers={"content-encoding": "gzip"})
+            return httpx.Response(
+                200, content=b"not gzip at all", headers={"content-encoding": "gzip"}
+            )
         return httpx.Response(200, json={"status": "SUCCESS", "run_id": 3})
 
-    async with AsyncCambClient(API_KEY, base_url="http://localhost",
-                               transport=httpx.MockTransport(handler)) as c:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", transport=httpx.MockTransport(handler)
+    ) as c:
         assert (await c.dub.status("a")).run_id == 3
     assert len(calls) == 2
 
     def always(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"\x00garbage", headers={"content-encoding": "gzip"})
 
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=0,
-                               transport=httpx.MockTransport(always)) as c:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", max_retries=0, transport=httpx.MockTransport(always)
+    ) as c:
         with pytest.raises(APIConnectionError):
             await c.dub.status("a")
 
@@ -361,16 +427,19 @@ async def test_callers_http_client_never_follows_a_redirect_with_the_key() -> No
         return httpx.Response(302, headers={"location": "https://elsewhere.example/steal"})
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler), follow_redirects=True)
-    async with http, AsyncCambClient(API_KEY, base_url="https://api.example/apis",
-                                     http_client=http) as c:
+    async with (
+        http,
+        AsyncCambClient(API_KEY, base_url="https://api.example/apis", http_client=http) as c,
+    ):
         with pytest.raises(APIError) as info:
             await c.dub.status("x")
     assert info.value.status_code == 302
     assert [r.url.host for r in seen] == ["api.example"]
 
 
-async def test_aclose_cuts_a_retry_backoff_short(api: FakeCambAPI,
-                                                 make_client: ClientFactory) -> None:
+async def test_aclose_cuts_a_retry_backoff_short(
+    api: FakeCambAPI, make_client: ClientFactory
+) -> None:
     from camb_async import ClientClosedError
 
     client = make_client()
@@ -395,13 +464,18 @@ async def test_aclose_cuts_a_retry_backoff_short(api: FakeCambAPI,
 
 @pytest.mark.parametrize(
     ("body", "expected"),
-    [(b'{"detail": [{"loc": ["body", 0], "msg": "bad", "type": "x"}, {"oops": 1}]}',
-      [(["body", 0], "bad", "x")]),
-     (b'{"detail": "texts must not be empty"}', [([], "texts must not be empty", "")]),
-     (b'not json', [])],
+    [
+        (
+            b'{"detail": [{"loc": ["body", 0], "msg": "bad", "type": "x"}, {"oops": 1}]}',
+            [(["body", 0], "bad", "x")],
+        ),
+        (b'{"detail": "texts must not be empty"}', [([], "texts must not be empty", "")]),
+        (b"not json", []),
+    ],
 )
-async def test_422_details_survive_partial_garbage(body: bytes,
-                                                   expected: list[tuple[object, ...]]) -> None:
+async def test_422_details_survive_partial_garbage(
+    body: bytes, expected: list[tuple[object, ...]]
+) -> None:
     transport = httpx.MockTransport(lambda r: httpx.Response(422, content=body))
     async with AsyncCambClient(API_KEY, base_url="http://localhost", transport=transport) as c:
         with pytest.raises(UnprocessableEntityError) as info:

@@ -48,9 +48,15 @@ class Attempts:
 
 
 def refused_client(url: str, attempts: Attempts, **options: Any) -> AsyncCambClient:
-    return AsyncCambClient(API_KEY, base_url=url, max_retries=MAX_RETRIES,
-                           max_concurrency=MAX_CONCURRENCY, rate_limit=None,
-                           hooks=attempts.hooks(), **options)
+    return AsyncCambClient(
+        API_KEY,
+        base_url=url,
+        max_retries=MAX_RETRIES,
+        max_concurrency=MAX_CONCURRENCY,
+        rate_limit=None,
+        hooks=attempts.hooks(),
+        **options,
+    )
 
 
 def _refusing_transport(api: FakeCambAPI | None = None) -> httpx.AsyncBaseTransport:
@@ -73,15 +79,21 @@ async def test_unreachable_on_virtual_time_fails_after_one_poll_each() -> None:
     """In-process twin of the socket test: a bulk wait on slow-polled kinds fails after the
     first polls' retries, not after ``max_errors`` re-polls of every task."""
     attempts = Attempts()
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=MAX_RETRIES,
-                               max_concurrency=MAX_CONCURRENCY, rate_limit=None,
-                               hooks=attempts.hooks(),
-                               transport=_refusing_transport()) as client:
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        max_retries=MAX_RETRIES,
+        max_concurrency=MAX_CONCURRENCY,
+        rate_limit=None,
+        hooks=attempts.hooks(),
+        transport=_refusing_transport(),
+    ) as client:
         start = anyio.current_time()
         for wait in (False, True):
             with pytest.raises(APIConnectionError):
-                await gather_statuses(client, IDS, kind="transcribe", wait=wait,
-                                      return_exceptions=True)
+                await gather_statuses(
+                    client, IDS, kind="transcribe", wait=wait, return_exceptions=True
+                )
         with pytest.raises(APIConnectionError):
             await client.transcription.task(IDS[0]).wait()
         # The request path's backoff only (well under 2 s a call), not the policy's minutes.
@@ -97,12 +109,18 @@ async def test_repolls_go_on_while_the_server_answers_something() -> None:
     api.inject(Fault(status=None, delay=100), path="/tts/bad", count=1000)
     policy = PollPolicy(initial=1, factor=1, max_interval=1, jitter=0, max_errors=3)
     paths: list[str] = []
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=0, timeout=2,
-                               rate_limit=None, transport=httpx.ASGITransport(app=api),
-                               hooks=RequestHooks(on_request_start=lambda m, p: paths.append(p))
-                               ) as client:
-        out = await gather_statuses(client, [*good, "bad"], kind="tts", policy=policy,
-                                    return_exceptions=True)
+    async with AsyncCambClient(
+        API_KEY,
+        base_url="http://localhost",
+        max_retries=0,
+        timeout=2,
+        rate_limit=None,
+        transport=httpx.ASGITransport(app=api),
+        hooks=RequestHooks(on_request_start=lambda m, p: paths.append(p)),
+    ) as client:
+        out = await gather_statuses(
+            client, [*good, "bad"], kind="tts", policy=policy, return_exceptions=True
+        )
         assert [getattr(r, "status", r) for r in out[:5]] == [TaskStatus.SUCCESS] * 5
         assert isinstance(out[5], APITimeoutError) and out[5].task_id == "bad"
         assert paths.count("/tts/bad") == 4  # 1 + max_errors
@@ -115,8 +133,9 @@ async def test_an_outage_after_answers_still_fails_fast() -> None:
     ids = [api.add_task("tts", after=1e6) for _ in range(20)]
     transport: Any = _refusing_transport(api)
     transport.refusing = False
-    async with AsyncCambClient(API_KEY, base_url="http://localhost", max_retries=1,
-                               rate_limit=None, transport=transport) as client:
+    async with AsyncCambClient(
+        API_KEY, base_url="http://localhost", max_retries=1, rate_limit=None, transport=transport
+    ) as client:
 
         async def outage() -> None:
             await anyio.sleep(30)
