@@ -367,7 +367,7 @@ async def test_sharing_an_unopened_watch_list_between_tasks_is_refused_clearly(
         tg.start_soon(work)
         await started.wait()
         with anyio.fail_after(10):
-            while not watch._client_is_open():  # the worker opens the client
+            while not watch._client_is_open():  # noqa: ASYNC110 - coredis offers no event
                 await anyio.sleep(0.01)
         with pytest.raises(RuntimeError, match="async with watch"):
             async with watch.completions(group="g", consumer="c"):
