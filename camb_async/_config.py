@@ -182,6 +182,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_header(name: str, value: str) -> None:
+    """Refuse a header httpx could not send (or would send as two): the name must be an
+    RFC 7230 token, the value ASCII text without CR, LF or NUL (httpx encodes ``str``
+    header values as ASCII, so even latin-1 text fails in the transport)."""
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"extra_headers name {name!r} is not a valid HTTP header name")
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"extra_headers value for {name!r} contains CR, LF or NUL")
+    if not value.isascii():
+        raise ValueError(
+            f"extra_headers value for {name!r} must be ASCII (percent-encode other text)"
+        )
+
+
+def _check_body(extra_body: Mapping[str, Any]) -> None:
+    """Refuse extra body fields that cannot be sent as JSON (sets, bytes, NaN, lone
+    surrogates): a caller's mistake, not a transport error to retry."""
+    for name, value in extra_body.items():
+        _check_field(name, value)
+
+
+def _check_field(name: str, value: Any) -> None:
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except TypeError as exc:
+        raise TypeError(f"extra_body field {name!r} cannot be sent as JSON: {exc}") from None
+    except ValueError as exc:  # NaN/inf, or a lone surrogate (UnicodeEncodeError)
+        raise ValueError(f"extra_body field {name!r} cannot be sent as JSON: {exc}") from None
+
+
 def with_extras(
     client: AsyncCambClient,
     extra_headers: Mapping[str, str] | None,
@@ -206,6 +239,7 @@ def with_extras(
                 raise TypeError("extra_headers names and values must be strings")
             if name.strip().lower() == "x-api-key":
                 raise ValueError("extra_headers cannot set x-api-key; pass api_key= to the client")
+            _check_header(name, value)
             merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
             merged[name] = value
         headers = merged
@@ -216,6 +250,7 @@ def with_extras(
     if extra_body:
         if not isinstance(extra_body, Mapping):
             raise TypeError("extra_body must be a mapping")
+        _check_body(extra_body)
         if files is not None:
             form = [
                 (str(name), (None, value if isinstance(value, str) else json.dumps(value)))
