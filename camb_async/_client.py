@@ -252,7 +252,8 @@ class AsyncCambClient(_ClientSurface):
 
     @property
     def closed(self) -> bool:
-        """Whether ``aclose()`` ran (for a ``with_options`` view: its own or its parent's)."""
+        """Whether ``aclose()`` ran (for a ``with_options`` view: its own or that of a
+        client or view it was made from)."""
         return self._closed
 
     def with_options(
@@ -267,7 +268,8 @@ class AsyncCambClient(_ClientSurface):
 
         The view shares this client's connection pool, rate budget, hooks and completion
         statistics; only the settings given here differ. Closing the view ends its own calls
-        and leaves this client open; closing this client ends the views' calls too.
+        (and those of views made from it) and leaves this client open; closing this client
+        ends the views' calls too.
         ``client.with_options(timeout=5).dub.status(id)`` is the usual shape.
 
         Args:
@@ -304,7 +306,9 @@ class AsyncCambClient(_ClientSurface):
         view._http = None  # opened through the parent (see _open)
         view._direct = None
         view._attach_resources()
-        root._views.add(view)
+        root._views.add(view)  # the root's close reaches it even if ``self`` is gone
+        if self is not root:
+            self._views.add(view)  # and so does the view it was made from
         return view
 
     async def __aenter__(self) -> AsyncCambClient:

@@ -265,6 +265,40 @@ async def test_closing_the_parent_ends_a_call_in_flight_on_a_view(
     assert len(outcome) == 1 and view.closed
 
 
+async def test_closing_a_view_ends_the_views_made_from_it(make_client: ClientFactory) -> None:
+    started = anyio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    client = make_client(transport=httpx.MockTransport(hang), timeout=3600)
+    view = client.with_options(timeout=1800)
+    sub = view.with_options(timeout=900)
+    outcome: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await sub.dub.status("x")
+        except ClientClosedError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await started.wait()
+        await view.aclose()
+    assert len(outcome) == 1 and sub.closed and view.closed and not client.closed
+    with pytest.raises(ClientClosedError):
+        view.with_options(timeout=1)
+    other = client.with_options(timeout=5)  # the client and its other views are untouched
+    assert not other.closed
+    # a view of a view whose middle view is gone still ends with the client
+    orphan = client.with_options(timeout=5).with_options(max_retries=0)
+    await client.aclose()
+    assert orphan.closed and other.closed
+
+
 async def test_handles_of_a_view_poll_through_its_client(
     api: FakeCambAPI, make_client: ClientFactory
 ) -> None:
