@@ -5,6 +5,7 @@ messages are part of the contract (tests match them)."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import math
@@ -110,7 +111,9 @@ def resolve_proxy(
     allow_insecure: bool,
 ) -> httpx.Proxy | None:
     """The proxy of the client's own transport: given, or the environment's for ``parsed``;
-    refused when it would carry the key over plain http off this host."""
+    refused when it would carry the key over plain http off this host, and a malformed
+    or unusable (SOCKS without socksio) one is a ValueError naming where it came from."""
+    setting = "proxy="
     if proxy is not None:
         if http_client is not None or transport is not None:
             raise ValueError(
@@ -120,10 +123,20 @@ def resolve_proxy(
         if not isinstance(proxy, httpx.Proxy):
             if not isinstance(proxy, str):
                 raise TypeError("proxy must be a URL string or an httpx.Proxy")
-            proxy = httpx.Proxy(proxy)
+            proxy = _make_proxy(proxy, setting)
     if proxy is None and http_client is None and transport is None:
         from_env = _env_proxy(parsed)  # read once, like httpx's own trust_env
-        proxy = None if from_env is None else httpx.Proxy(from_env)
+        setting = f"the {parsed.scheme.upper()}_PROXY (or ALL_PROXY) environment variable"
+        proxy = None if from_env is None else _make_proxy(from_env, setting)
+    if (
+        proxy is not None
+        and proxy.url.scheme in ("socks5", "socks5h")
+        and importlib.util.find_spec("socksio") is None
+    ):
+        raise ValueError(
+            f"{setting} names a SOCKS proxy, which needs the socksio package: "
+            "pip install httpx[socks]"
+        )
     if (
         proxy is not None
         and parsed.scheme == "http"
@@ -137,6 +150,14 @@ def resolve_proxy(
             "allow_insecure=True"
         )
     return proxy
+
+
+def _make_proxy(url: str, setting: str) -> httpx.Proxy:
+    """``httpx.Proxy(url)``, with a malformed URL a ValueError naming ``setting``."""
+    try:
+        return httpx.Proxy(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{setting} is not a valid proxy URL ({exc})") from None
 
 
 def echo_pattern(key: str) -> re.Pattern[bytes]:
