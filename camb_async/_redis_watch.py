@@ -69,13 +69,11 @@ from ._redis_watch_model import (
     RedisWatchUnavailableError,
     WatchEvent,
     WatchStats,
-    _member,
-    _meta_json,
+    _entry,
     _text,
 )
 from ._redis_watch_stream import CompletionStream
 from ._redis_watch_worker import _Worker
-from ._validation import check_task_id
 from .polling._policy import PollPolicy
 
 if TYPE_CHECKING:
@@ -243,9 +241,8 @@ class RedisWatchList:
         """
         args: list[str | float | int] = []
         for item in tasks:
-            kind, task_id = TaskKind(item[0]), check_task_id(item[1])
-            meta = item[2] if len(item) > 2 else None
-            args += [_member(kind, task_id), _meta_json(meta), max(0.0, float(first_poll_in))]
+            member, meta = _entry(item)
+            args += [member, meta, max(0.0, float(first_poll_in))]
         added = 0
         for start in range(0, len(args), 3000):  # 1,000 tasks a call: Redis stays responsive
             chunk = args[start:start + 3000]
@@ -409,13 +406,14 @@ class RedisWatchList:
                 finally:
                     self._opened_by_call = False
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, waiting: bool = False) -> None:
+        """Count a failure and log the start of an outage, saying whether the caller waits
+        for Redis (``waiting``) or is about to get the error."""
         self.redis_errors += 1
         if not self._down:
             self._down = True
             logger.warning("watch list %r: Redis unavailable (%s); %s", self.name,
-                           _error_name(exc),
-                           "waiting for it" if self.on_redis_error == "wait" else "raising")
+                           _error_name(exc), "waiting for it" if waiting else "raising")
 
     def _back(self) -> None:
         if self._down:
@@ -438,8 +436,9 @@ class RedisWatchList:
             try:
                 reply = await self._call(args)
             except _FAILURES as exc:
-                self._failed(exc)
-                if self.on_redis_error == "raise" or isinstance(exc, _CONFIG_ERRORS):
+                raising = self.on_redis_error == "raise" or isinstance(exc, _CONFIG_ERRORS)
+                self._failed(exc, waiting=not raising)
+                if raising:
                     raise self._unavailable(exc) from None
                 await anyio.sleep(self.retry_interval)
                 continue

@@ -16,6 +16,7 @@ if sys.version_info < (3, 11):
 
 from ._errors import CambError
 from ._models import ModelError, StatusResult, TaskKind, parse_status
+from ._validation import check_task_id
 
 if TYPE_CHECKING:
     pass
@@ -105,6 +106,17 @@ def _split(member: str) -> tuple[TaskKind, str]:
     return TaskKind(kind), task_id
 
 
+def _entry(item: object) -> tuple[str, str]:
+    """The member and meta JSON of one ``add_many`` item; a TypeError/ValueError that says
+    what is wrong with a malformed one."""
+    if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+        raise TypeError(
+            f"add_many takes (kind, task_id) or (kind, task_id, meta) tuples, got {item!r:.80}"
+        )
+    kind, task_id = TaskKind(item[0]), check_task_id(item[1])
+    return _member(kind, task_id), _meta_json(item[2] if len(item) == 3 else None)
+
+
 def _meta_json(meta: Mapping[str, str] | None) -> str:
     if meta is None:
         return "{}"
@@ -114,7 +126,11 @@ def _meta_json(meta: Mapping[str, str] | None) -> str:
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError("meta must map str to str")
     text = json.dumps(dict(meta), separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode()) > MAX_META_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise ValueError("meta must be valid Unicode text (it has a lone surrogate)") from None
+    if size > MAX_META_BYTES:
         raise ValueError(
             f"meta is larger than {MAX_META_BYTES} bytes as JSON: keep it small (ids, not payloads)"
         )

@@ -264,7 +264,7 @@ class _Worker:
             try:
                 lost = await watch._call(["renew", self.token, watch.lease_ttl, *members])
             except _FAILURES as exc:
-                watch._failed(exc)
+                watch._failed(exc, waiting=watch.on_redis_error == "wait")
                 if watch.on_redis_error == "raise":
                     raise watch._unavailable(exc) from None
                 continue

@@ -9,6 +9,7 @@ on counts, never on durations. Every async test runs on asyncio and on trio.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -136,6 +137,12 @@ async def test_add_is_idempotent_and_checks_its_input(redis_server: RedisServer,
         await watch.add("dub", "a/b")
     with pytest.raises(ValueError):
         await watch.add("video", "d3")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        await watch.add("dub", "d4", {"k": "\udcff"})
+    with pytest.raises(TypeError, match=r"\(kind, task_id\) or \(kind, task_id, meta\)"):
+        await watch.add_many([("tts", "d5"), ("tts",)])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="tuples"):
+        await watch.add_many(["tts:d6"])  # type: ignore[list-item]
     assert (await watch.stats()).tracked == 2
 
 
@@ -252,12 +259,14 @@ async def test_redis_unavailable_is_a_camb_error_without_the_password() -> None:
 
 
 @pytest.mark.anyio
-async def test_refused_credentials_raise_at_once() -> None:
+async def test_refused_credentials_raise_at_once(caplog: pytest.LogCaptureFixture) -> None:
     with RedisServer(password="right-pw") as server:
         url = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"
         watch = RedisWatchList.from_url(url, name="w")  # "wait": still raised at once
-        with pytest.raises(RedisWatchReplyError) as info:
+        with caplog.at_level(logging.WARNING), pytest.raises(RedisWatchReplyError) as info:
             await watch.add("tts", "t1")
+        unavailable = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+        assert unavailable and all(m.endswith("; raising") for m in unavailable)  # no "waiting"
         assert info.value.redis_error in ("WRONGPASS", "NOAUTH", "ERR")
         assert "wrong-pw" not in str(info.value)
         with anyio.fail_after(10), pytest.raises(RedisWatchReplyError):
