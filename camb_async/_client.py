@@ -372,22 +372,6 @@ class AsyncCambClient(_ClientSurface):
         if self._closed:
             raise ClientClosedError("the AsyncCambClient was closed while waiting to poll")
 
-    async def _acquire(self, budget: Budget) -> None:
-        """``budget.acquire()`` inside a scope ``aclose()`` cancels: a call parked behind a
-        429 pause, rate pacing, a full concurrency limit or a fleet budget's backend ends at
-        shutdown with ``ClientClosedError``, not when its wait would have ended."""
-        scope = anyio.CancelScope()
-        self._scopes.add(scope)
-        try:
-            with scope:
-                await budget.acquire()
-        finally:
-            self._scopes.discard(scope)
-        if scope.cancelled_caught or self._closed:
-            if not scope.cancelled_caught:  # granted, but too late to use
-                budget.release()
-            raise ClientClosedError("the AsyncCambClient was closed while waiting for the budget")
-
     # ------------------------------------------------------------------ the request path
 
     def _open(self) -> httpx.AsyncClient:

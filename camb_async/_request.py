@@ -16,11 +16,7 @@ import httpx
 
 from ._answers import decode, status_error, transport_error
 from ._config import with_extras
-from ._errors import (
-    APIConnectionError,
-    APIError,
-    ClientClosedError,
-)
+from ._errors import APIConnectionError, APIError, ClientClosedError
 from ._hooks import RequestHooks
 from ._reading import (
     BodyStream,
@@ -199,16 +195,15 @@ class _Call:
             raise ClientClosedError("this AsyncCambClient is closed")
         http = client._http or client._open()
         direct = client._direct
-        if self.preacquired:
-            self.preacquired = False
-        else:
-            await client._acquire(budget)
+        acquired, self.preacquired = self.preacquired, False
+        # One scope per attempt, which aclose() cancels: it covers the wait for the budget
+        # (a 429 pause, pacing, a full concurrency limit, a fleet backend) and the attempt.
         # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
         # server trickling a byte per read (or an in-process transport, which has none)
-        # could otherwise hold the call forever. An upload may run while bytes flow: the
-        # deadline is re-armed per chunk handed over, fixed once it is sent (_UploadStream).
-        scope = anyio.CancelScope(
-            deadline=anyio.current_time() + client.timeout if self.files is None else math.inf)
+        # could otherwise hold the call forever; the deadline starts once the budget
+        # granted. An upload may run while bytes flow: the deadline is re-armed per chunk
+        # handed over, fixed once it is sent (_UploadStream).
+        scope = anyio.CancelScope()
         uploaded = None if self.files is None else _answer_deadline(scope, client.timeout)
         client._scopes.add(scope)
         response: httpx.Response | None = None
@@ -216,11 +211,17 @@ class _Call:
         failure: Exception | None = None
         too_large: _AnswerTooLarge | None = None
         hooks = client._hooks
-        if hooks is not None:
-            hooks._start(method, path)
-            started = anyio.current_time()
+        started: float | None = None
         try:
             with scope:
+                if not acquired:
+                    await budget.acquire()
+                    acquired = True
+                if self.files is None:
+                    scope.deadline = anyio.current_time() + client.timeout
+                if hooks is not None:
+                    hooks._start(method, path)
+                    started = anyio.current_time()
                 response, body = await self.send(http, direct, uploaded)
         except _AnswerTooLarge as exc:
             too_large = exc
@@ -241,8 +242,9 @@ class _Call:
             failure = _unmapped(exc)
         finally:
             client._scopes.discard(scope)
-            budget.release()
-            if hooks is not None:
+            if acquired:
+                budget.release()
+            if hooks is not None and started is not None:
                 hooks._end(method, path, anyio.current_time() - started,
                            None if response is None else response.status_code)
         await self.check_attempt(body, too_large)
