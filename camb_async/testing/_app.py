@@ -18,15 +18,7 @@ from urllib.parse import parse_qsl, unquote
 import anyio
 
 from .._models import TaskKind, TaskStatus
-from ._asgi import (
-    DEFAULT_AUDIO_SIZE,
-    Receive,
-    Scope,
-    Send,
-    _Audio,
-    _read_body,
-    _respond,
-)
+from ._asgi import DEFAULT_AUDIO_SIZE, Receive, Scope, Send, _Audio, _read_body, _respond
 from ._faults import TRANSIENT_FAULTS, Fault
 from ._multipart import _read_form
 from ._routing import _BATCH_ROUTES, _KINDS, _NOT_FOUND, _RESULT_ROUTES, _match, _query_params
