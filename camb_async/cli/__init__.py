@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise  # --help, --version
     except BaseException as exc:
         if _interrupted(exc):
+            _quiet_late_finalizers()
             return _report(
                 EXIT_INTERRUPTED,
                 "KeyboardInterrupt",
@@ -183,6 +184,20 @@ def _leaves(exc: BaseException) -> Iterable[BaseException]:
             yield from _leaves(item)
     else:
         yield exc
+
+
+def _quiet_late_finalizers() -> None:
+    """After Ctrl-C the event loop is gone; an async generator it left suspended is finalized
+    later by the garbage collector, and trio's finalizer then reports a ``RuntimeError`` (its
+    run "has exited") through ``sys.unraisablehook``: a traceback after "interrupted" on an
+    exit that is otherwise clean. Drop those; every other report still goes through."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, RuntimeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _interrupted(exc: BaseException) -> bool:
