@@ -1,9 +1,10 @@
 """Profile camb-async's status check with pyinstrument (loopback nginx, asyncio or trio).
 
     .venv/bin/python benchmarks/profile_hot_path.py [--concurrency 50] [--requests 3000]
-        [--backend asyncio|trio] [--html out.html]
+        [--backend asyncio|trio] [--bulk] [--html out.html]
 
-Warms up, then profiles ``--requests`` concurrent ``client.dub.status`` calls and prints the
+Warms up, then profiles ``--requests`` concurrent ``client.dub.status`` calls (with
+``--bulk``: one ``gather_statuses(..., wait=False)`` over as many ids) and prints the
 call tree (library frames included, frames under 1 % hidden). benchmarks/README.md records
 what it showed.
 """
@@ -26,13 +27,14 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument("--bulk", action="store_true")
     parser.add_argument("--html")
     args = parser.parse_args()
 
     import anyio
     from pyinstrument import Profiler
 
-    from camb_async import AsyncCambClient
+    from camb_async import AsyncCambClient, gather_statuses
 
     with Nginx() as url:
 
@@ -42,6 +44,9 @@ def main() -> int:
             ) as client:
 
                 async def batch(ids: list[str]) -> None:
+                    if args.bulk:
+                        await gather_statuses(client, ids, kind="dub", wait=False)
+                        return
                     async with anyio.create_task_group() as tg:
                         for task_id in ids:
                             tg.start_soon(client.dub.status, task_id)

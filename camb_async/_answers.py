@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
@@ -28,10 +28,30 @@ from ._models import ModelError, ValidationDetail, parse_validation_details
 if TYPE_CHECKING:
     from ._client import AsyncCambClient
 
-__all__ = ["decode", "status_error", "transport_error"]
+__all__ = ["Answer", "decode", "status_error", "transport_error"]
 
 T = TypeVar("T")
 logger = logging.getLogger("camb_async")
+
+
+class Answer(Protocol):
+    """What the request path reads of an answer read whole: an ``httpx.Response``, or the
+    aiohttp path's ``_reading._Answer`` (no httpx objects per request)."""
+
+    #: The body; ``decode`` empties it once decoded (memory: see there).
+    _content: bytes
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def url(self) -> object: ...
 
 
 #: Response headers that carry the server's id of a request, most specific first: what a
@@ -63,11 +83,7 @@ _KEPT_HEADERS = frozenset(
 
 
 def decode(
-    client: AsyncCambClient,
-    response: httpx.Response,
-    method: str,
-    path: str,
-    parse: Callable[[Any], T],
+    client: AsyncCambClient, response: Answer, method: str, path: str, parse: Callable[[Any], T]
 ) -> T:
     raw = response.content
     if client._echoed(raw):  # never into a result or a message
@@ -155,12 +171,12 @@ def transport_error(
 
 
 def answer_info(
-    client: AsyncCambClient, response: httpx.Response, method: str, path: str
+    client: AsyncCambClient, response: Answer, method: str, path: str
 ) -> dict[str, Any]:
     """What an error keeps of an answer for a support ticket: the full URL, the headers
     and the server's request id, every value redacted (servers echo what they got)."""
     try:
-        url = str(response.request.url)
+        url = str(response.url)
     except RuntimeError:  # a Response built without its request (tests)
         url = client.base_url + path
     headers: dict[str, str] = {}
@@ -180,11 +196,7 @@ def answer_info(
 
 
 def status_error(
-    client: AsyncCambClient,
-    response: httpx.Response,
-    method: str,
-    path: str,
-    retry_after: float | None,
+    client: AsyncCambClient, response: Answer, method: str, path: str, retry_after: float | None
 ) -> APIError:
     status = response.status_code
     body = client._snippet(response.content)

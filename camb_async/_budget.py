@@ -177,7 +177,7 @@ class RateBudget:
         self._cut_at = -math.inf
         self._window = window * (1.0 + margin)
         self._starts: deque[float] = deque()
-        self._sem = anyio.Semaphore(max_concurrency)
+        self._sem = anyio.Semaphore(max_concurrency, fast_acquire=True)
         self._paused_until = -math.inf
         self.max_concurrency = max_concurrency
         self.min_rate = min(min_rate, self._max_rate or min_rate)
@@ -247,7 +247,7 @@ class RateBudget:
                 "loop; a budget serves one event loop at a time (make one per loop or thread)"
             )
         self._run = weakref.ref(run)
-        self._sem = anyio.Semaphore(self.max_concurrency)
+        self._sem = anyio.Semaphore(self.max_concurrency, fast_acquire=True)
         self._starts.clear()
         self._tat = self._paused_until = self._cut_at = -math.inf
         self._rate = self._rate_at_cut = self._max_rate
@@ -256,6 +256,8 @@ class RateBudget:
         """Wait until one request may start (a concurrency slot and a unit of rate)."""
         self._in_this_run()
         await self._sem.acquire()
+        if self._max_rate is None and self._paused_until == -math.inf:
+            return  # no rate to keep and no pause: nothing to wait for
         try:
             await self._take_start()
         except BaseException:
@@ -298,6 +300,7 @@ class RateBudget:
                 continue
             rate = self.current_rate(now)
             if rate is None:
+                self._paused_until = -math.inf  # over: the next acquire need not look
                 return
             interval = self._window / rate
             earliest = self._tat - (self.burst - 1.0) * interval

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -34,6 +34,43 @@ logger = logging.getLogger("camb_async")
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 #: Most bytes one zlib step may inflate to (memory per step, whatever the ratio).
 _INFLATE_STEP = 256 * 1024
+
+
+class _Answer:
+    """An answer read whole, as the aiohttp path makes it (``send_answer``): what the request
+    path reads of an ``httpx.Response`` (the ``Answer`` protocol), for a fraction of the cost
+    of building one (~36 µs for five headers)."""
+
+    __slots__ = ("status_code", "headers", "_content", "url", "_version")
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        url: str,
+        version: tuple[int, int] = (1, 1),
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self._content = content
+        self.url = url
+        self._version = version
+
+    @property
+    def content(self) -> bytes:
+        return self._content
+
+    @property
+    def http_version(self) -> str:
+        return f"HTTP/{self._version[0]}.{self._version[1]}"
+
+    @property
+    def reason_phrase(self) -> str:
+        return httpx.codes.get_reason_phrase(self.status_code)
+
+    def __repr__(self) -> str:
+        return f"<_Answer [{self.status_code}]>"
 
 
 class _AnswerTooLarge(Exception):
@@ -153,21 +190,30 @@ def _finish(layers: list[_Inflate]) -> Iterator[bytes]:
 async def _decoded(
     response: httpx.Response, layers: list[_Inflate], limit: int | None = None
 ) -> AsyncIterator[bytes]:
-    """The body of ``response`` decoded, in pieces of at most ``_INFLATE_STEP`` bytes per
-    layer step (a compressed body is never inflated a whole network chunk at a time). With
-    ``limit``, the last layer inflates no more than one byte past it."""
+    """The body of ``response`` decoded (see ``_decoded_raw``)."""
     if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
         if response.content:
             yield response.content
         return
+    async for out in _decoded_raw(response.aiter_raw(), layers, limit):
+        yield out
+
+
+async def _decoded_raw(
+    raw: AsyncIterator[bytes], layers: list[_Inflate], limit: int | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The body whose raw (still encoded) chunks ``raw`` yields, decoded, in pieces of at
+    most ``_INFLATE_STEP`` bytes per layer step (a compressed body is never inflated a whole
+    network chunk at a time). With ``limit``, the last layer inflates no more than one byte
+    past it."""
     if layers and limit is not None:
         layers[-1].room = limit
     if not layers:
-        async for data in response.aiter_raw():
+        async for data in raw:
             if data:
                 yield data
         return
-    async for data in response.aiter_raw():
+    async for data in raw:
         layers[0].pending = data
         for out in _drain(layers, 0):
             yield out
@@ -176,7 +222,22 @@ async def _decoded(
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> None:
-    """Read the body into ``response.content``, decompressed, never more than ``limit`` bytes.
+    """Read the body into ``response.content`` (see ``_capped``): what ``aread()`` would set,
+    so ``.content`` works as usual."""
+    status = response.status_code
+    if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
+        if len(response.content) > limit:
+            if status < 300:
+                raise _AnswerTooLarge(limit, status)
+            response._content = response.content[:limit]
+        return
+    response._content = await _capped(
+        response.aiter_raw(), response.headers.get("content-encoding", ""), status, limit
+    )
+
+
+async def _capped(raw: AsyncIterator[bytes], encoding: str, status: int, limit: int) -> bytes:
+    """The body whose raw chunks ``raw`` yields, decompressed, never more than ``limit`` bytes.
 
     Own code rather than ``response.aread()``: aread has no cap, and httpx's decoders inflate
     each network chunk whole (one 64 KiB gzip chunk can become 64 MB) before anyone could
@@ -187,32 +248,30 @@ async def _read_capped(response: httpx.Response, limit: int) -> None:
     error answer is only cut short (its snippet is all anyone reads; its status decides a
     retry), and one in an unknown encoding is read as empty.
     """
-    status = response.status_code
-    if response.is_stream_consumed:  # read already (httpx.Response(content=...) in tests)
-        if len(response.content) > limit:
-            if status < 300:
-                raise _AnswerTooLarge(limit, status)
-            response._content = response.content[:limit]
-        return
     try:
-        layers = _inflaters(response.headers.get("content-encoding", ""), status)
+        layers = _inflaters(encoding, status) if encoding else []
     except _UnboundedEncoding:
         if status < 300:
             raise
-        response._content = b""
-        return
+        return b""
     chunks: list[bytes] = []
     room = limit  # bytes still allowed
-    async for out in _decoded(response, layers, limit):
-        if len(out) > room:
-            if status < 300:
-                raise _AnswerTooLarge(limit, status)
-            chunks.append(out[:room])
-            response._content = b"".join(chunks)
-            return
-        room -= len(out)
-        chunks.append(out)
-    response._content = b"".join(chunks)  # what aread() would set: .content works as usual
+    inflated = _decoded_raw(raw, layers, limit) if layers else None
+    pieces = raw if inflated is None else inflated
+    try:
+        async for out in pieces:
+            if len(out) > room:
+                if status < 300:
+                    raise _AnswerTooLarge(limit, status)
+                chunks.append(out[:room])
+                break
+            room -= len(out)
+            if out:
+                chunks.append(out)
+    finally:
+        if inflated is not None:  # closed now, not whenever the loop finalizes it
+            await inflated.aclose()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _UploadStream(httpx.AsyncByteStream):

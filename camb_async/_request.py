@@ -14,7 +14,7 @@ import anyio
 import backoff
 import httpx
 
-from ._answers import decode, status_error, transport_error
+from ._answers import Answer, decode, status_error, transport_error
 from ._config import with_extras
 from ._errors import APIConnectionError, APIError, ClientClosedError
 from ._hooks import RequestHooks
@@ -183,7 +183,7 @@ class _Call:
                 self.client.budget.release()
             raise
 
-    async def send_once(self) -> tuple[httpx.Response | None, BodyStream | None,
+    async def send_once(self) -> tuple[Answer | None, BodyStream | None,
                                        Exception | None]:
         """One attempt under the budget and the attempt's deadline: the answer (and, when
         streaming, its 2xx body), or the transport failure that left none."""
@@ -206,7 +206,7 @@ class _Call:
         scope = anyio.CancelScope()
         uploaded = None if self.files is None else _answer_deadline(scope, client.timeout)
         client._scopes.add(scope)
-        response: httpx.Response | None = None
+        response: Answer | None = None
         body: BodyStream | None = None  # streaming mode: a 2xx answer's body
         failure: Exception | None = None
         too_large: _AnswerTooLarge | None = None
@@ -254,7 +254,7 @@ class _Call:
 
     async def send(self, http: httpx.AsyncClient, direct: _DirectSender | None,
                    uploaded: Callable[..., None] | None
-                   ) -> tuple[httpx.Response, BodyStream | None]:
+                   ) -> tuple[Answer, BodyStream | None]:
         """Send the request and read the answer (capped; a streamed 2xx body is not read)."""
         client, method, url, headers = self.client, self.method, self.url, self.headers
         if self.stream:
@@ -303,7 +303,7 @@ class _Call:
                 url=client._redact(self.url),
             )
 
-    def classify(self, response: httpx.Response | None, failure: Exception | None
+    def classify(self, response: Answer | None, failure: Exception | None
                  ) -> tuple[Exception, bool, float | None]:
         """An unusable attempt's error, whether it may be retried, and the server's wait."""
         client, method, path = self.client, self.method, self.path
@@ -373,8 +373,7 @@ async def send_streaming(client: AsyncCambClient, http: httpx.AsyncClient,
     other); a failure before the first chunk closes the answer."""
     if direct is not None:
         extra = None if headers is None or headers is client._headers else headers
-        response = await direct.send(method, url, None, params, None, None, stream=True,
-                                     extra_headers=extra)
+        response = await direct.send_streaming(method, url, params, extra_headers=extra)
     else:
         request = http.build_request(method, url, params=params, headers={
             **(headers or client._headers), "accept-encoding": "identity"})
