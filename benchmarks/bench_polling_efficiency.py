@@ -51,6 +51,13 @@ kind; mean mode ``adaptive(request_cost=c, max_delay=600, tail=0)`` with ``c`` c
 the warm statistics alone (no peeking at the true distribution) to the seed's mean. The
 p95-mode ratio is taken at the same share of each kind's completions later than ``D_k`` as
 the run achieved (its sample p95 itself jumps as one of ~12 late tasks a kind moves).
+The mean-mode ratio is taken at the run's Rao-Blackwellised mean delay (``rb_delay``: each
+task's expected delay given the check that last saw it pending, the one that saw it done and
+the true distribution; unbiased, since check times are chosen before the completion they
+bracket), with the oracle's schedules on the same tasks measured the same way: the sampled
+mean moves by 1-3 % with where ~1,000 completions fell inside their last gaps, which is not
+the schedule's doing (the ratio at the sampled mean is printed too). ``acceptance_18``
+prints issue 18's lines with PASS/FAIL per seed row: on these tasks and in expectation.
 
 Hint scenario: the same kinds and marginal duration distributions, but each task has an
 input size (characters for TTS and translation, media seconds for transcription and dubbing;
@@ -95,9 +102,9 @@ from camb_async import (
     StatusResult,
     TaskHandle,
     TaskKind,
-    _polling,
 )
 from camb_async.polling._fit import DurationFit
+from camb_async.polling._policy import _rng as _jitter_rng
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _oracle import LogNormal, evaluate, mean_grids, oracle_mean, oracle_quantile
@@ -184,6 +191,9 @@ class Run:
         self.delays: dict[TaskKind, list[float]] = {k: [] for k in KINDS}
         self.requests: dict[TaskKind, int] = {k: 0 for k in KINDS}
         self.client: AsyncCambClient | None = None
+        #: task id -> (kind, creation time, completion time), and every status check's time
+        self.created: dict[str, tuple[TaskKind, float, float]] = {}
+        self.checks: dict[str, list[float]] = {}
 
     async def main(self) -> None:
         api = FakeCambAPI(api_key=KEY)
@@ -204,8 +214,9 @@ class Run:
             for created, batch in batches.items():
                 tg.start_soon(self.batch, api, client, origin + created, batch)
         for entry in api.log:
-            kind = TaskKind(entry.path.split("/")[1])
-            self.requests[kind] += 1
+            _, kind_name, task_id = entry.path.split("/")[:3]
+            self.requests[TaskKind(kind_name)] += 1
+            self.checks.setdefault(task_id, []).append(entry.time)
 
     async def batch(
         self,
@@ -221,6 +232,7 @@ class Run:
             task_id = api.add_task(kind, after=duration, created_at=now)
             handles.append(TaskHandle(client, kind, task_id, created_at=now, hint=hint))
             done_at[task_id] = now + duration
+            self.created[task_id] = (kind, now, now + duration)
 
         def seen(result: StatusResult) -> None:
             if result.is_terminal:
@@ -229,7 +241,7 @@ class Run:
         await client.gather_statuses(handles, policy=self.policy, on_update=seen)
 
     def go(self, jitter_seed: int = 1234) -> Run:
-        _polling._rng.seed(jitter_seed)
+        _jitter_rng.seed(jitter_seed)
         # trio shuffles the order of tasks woken together (to shake out races); seed that
         # too, so the order in which completions reach the estimator is the same every run.
         scheduler_rng = getattr(trio._core._run, "_r", None)
@@ -237,6 +249,21 @@ class Run:
             scheduler_rng.seed(jitter_seed)
         trio.run(self.main, clock=trio.testing.MockClock(autojump_threshold=0))
         return self
+
+    def rb_delays(self) -> dict[TaskKind, list[float]]:
+        """Per kind, each task's Rao-Blackwellised detection delay: the expected delay given
+        the check that saw it pending last and the one that saw it done, under the kind's
+        true distribution (``rb_delay``). Its mean is the run's mean delay in expectation
+        (the check times are chosen before the completion they bracket), without the noise
+        of where in its last gap each sampled completion fell; base workload only."""
+        out: dict[TaskKind, list[float]] = {k: [] for k in KINDS}
+        dists = {k: LogNormal.of(*KINDS[k]) for k in KINDS}
+        for task_id, (kind, created, done) in self.created.items():
+            checks = self.checks[task_id]
+            i = bisect.bisect_left(checks, done - 1e-9)
+            lo = checks[i - 1] - created if i > 0 else 0.0
+            out[kind].append(rb_delay(dists[kind], lo, checks[i] - created, done - created))
+        return out
 
     def summary(self) -> dict[str, Any]:
         every = sorted(d for ds in self.delays.values() for d in ds)
@@ -257,7 +284,20 @@ class Run:
                 for k in KINDS
             },
         }
+        if self.hints is None and self.created:
+            rb = self.rb_delays()
+            out["rb_mean_delay_s"] = sum(sum(v) for v in rb.values()) / n
         return {k: _round(v) for k, v in out.items()}
+
+
+def rb_delay(dist: LogNormal, lo: float, hi: float, sampled: float) -> float:
+    """``E[hi - T | lo < T <= hi]`` for ``T ~ dist``: the expected detection delay of a task
+    last seen pending at age ``lo`` and seen done at age ``hi`` (``sampled``, its actual
+    duration, where the interval has no mass to speak of)."""
+    mass = dist.cdf(hi) - dist.cdf(lo)
+    if mass < 1e-12:
+        return hi - sampled
+    return hi - (dist.partial_mean(hi) - dist.partial_mean(lo)) / mass
 
 
 def quantile(sorted_values: list[float], p: float) -> float:
@@ -330,15 +370,20 @@ def oracle_at_mean(mean: float) -> dict[str, Any]:
 
 
 def _on_tasks(
-    ages: list[float], durations: list[float], d: float = math.inf
+    ages: list[float], durations: list[float], d: float = math.inf, rb: LogNormal | None = None
 ) -> tuple[float, float, float]:
-    """A schedule applied to these durations: (requests, mean delay, share later than d)."""
+    """A schedule applied to these durations: (requests, mean delay, share later than d).
+    With ``rb`` (the true distribution), each task's delay is its ``rb_delay`` in the gap
+    its completion fell in, as the scheduler runs measure it."""
     req = delay = late = 0.0
     for t in durations:
         i = bisect.bisect_left(ages, t)
         seen = ages[i] if i < len(ages) else t  # past the grid (S < 3e-7): seen at once
         req += i + 1
-        delay += seen - t
+        if rb is not None and i < len(ages):
+            delay += rb_delay(rb, ages[i - 1] if i > 0 else 0.0, seen, t)
+        else:
+            delay += seen - t
         late += seen - t > d
     n = len(durations)
     return req / n, delay / n, late / n
@@ -366,9 +411,10 @@ def _bracket(at: Callable[[float], tuple[float, float]], target: float) -> float
     return (1 - w) * lo[0] + w * hi[0]
 
 
-def oracle_on_tasks_mean(tasks: Tasks, target: float) -> float:
+def oracle_on_tasks_mean(tasks: Tasks, target: float, rb: bool = False) -> float:
     """The oracle's schedules (true distributions, one multiplier) applied to these very
-    tasks, at this pooled mean delay *on these tasks*: requests per task."""
+    tasks, at this pooled mean delay *on these tasks* (with ``rb``: Rao-Blackwellised
+    delays, ``rb_delay``): requests per task."""
     from _oracle import _solve_mean
 
     grids = mean_grids(true_dists())
@@ -379,7 +425,9 @@ def oracle_on_tasks_mean(tasks: Tasks, target: float) -> float:
         req = delay = 0.0
         for kind, grid in zip(KINDS, grids, strict=True):
             ages = [grid.t[i] for i in _solve_mean(grid, lam)]
-            r, m, _ = _on_tasks(ages, durations[kind])
+            r, m, _ = _on_tasks(
+                ages, durations[kind], rb=LogNormal.of(*KINDS[kind]) if rb else None
+            )
             req += r * len(durations[kind]) / n
             delay += m * len(durations[kind]) / n
         return req, delay
@@ -462,7 +510,10 @@ def run_job(job: Job, data: dict[str, Any]) -> dict[str, Any]:
         # one more or one fewer of ~12 late tasks per kind lands past the 95th percentile).
         row["oracle_at_own_delay"] = oracle_p95_per_kind(spec["p95"], hinted, row["late_share"])
     elif spec.get("oracle") == "mean":
-        row["oracle_at_own_delay"] = oracle_at_mean(row["mean_delay_s"])
+        # At the run's Rao-Blackwellised mean delay: its expected delay given its own check
+        # times (the sampled mean moves by ~1-3 % with where ~1,000 completions fell in
+        # their last gaps; that noise is not the schedule's).
+        row["oracle_at_own_delay"] = oracle_at_mean(row["rb_mean_delay_s"])
     if "oracle_at_own_delay" in row:
         row["ratio_to_oracle"] = round(
             row["requests_per_task"] / row["oracle_at_own_delay"]["requests_per_task"], 4
@@ -471,8 +522,16 @@ def run_job(job: Job, data: dict[str, Any]) -> dict[str, Any]:
         row["oracle_on_tasks"] = oracle_on_tasks_p95(tasks, spec["p95"], row["late_share"])
     elif spec.get("oracle") == "mean":
         row["oracle_on_tasks"] = {
-            "requests_per_task": round(oracle_on_tasks_mean(tasks, row["mean_delay_s"]), 4)
+            "requests_per_task": round(
+                oracle_on_tasks_mean(tasks, row["rb_mean_delay_s"], rb=True), 4
+            ),
+            "requests_per_task_sampled_delay": round(
+                oracle_on_tasks_mean(tasks, row["mean_delay_s"]), 4
+            ),
         }
+        row["ratio_to_oracle_on_tasks_sampled_delay"] = round(
+            row["requests_per_task"] / row["oracle_on_tasks"]["requests_per_task_sampled_delay"], 4
+        )
     if "oracle_on_tasks" in row:
         row["ratio_to_oracle_on_tasks"] = round(
             row["requests_per_task"] / row["oracle_on_tasks"]["requests_per_task"], 4
@@ -951,32 +1010,63 @@ def _digest(row: dict[str, Any], seed: dict[str, Any]) -> dict[str, Any]:
         "oracle_at_own_delay": row["oracle_at_own_delay"]["requests_per_task"],
         "ratio_to_oracle": row["ratio_to_oracle"],
         "ratio_to_oracle_on_tasks": row.get("ratio_to_oracle_on_tasks"),
+        "rb_mean_delay_s": row.get("rb_mean_delay_s"),
+        "ratio_to_oracle_on_tasks_sampled_delay": row.get("ratio_to_oracle_on_tasks_sampled_delay"),
     }
 
 
 def acceptance_18(comparison: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 18: adaptive <= 1.05x the oracle at equal p95 per kind and at equal mean, for
-    every seed row; with hints (residual 0.3) <= 0.5x the seed's requests at equal p95."""
-    out: dict[str, Any] = {}
+    """Issue 18's polling lines, one verdict per seed row and line: adaptive <= 1.05x the
+    oracle at equal p95 per kind and at equal mean (on these tasks at the run's own delay,
+    and in expectation with the warm fit held; PASS needs both), and with hints (residual
+    0.3) <= 0.5x the seed's requests with every kind's p95 no worse than the seed's (the
+    5 % or the 3 % late target; a scheduler run, so on these tasks only)."""
+    lines: list[dict[str, Any]] = []
     for c in comparison:
         p, m, h = c["p95_mode"], c["mean_mode"], c["hinted"]
-        out[c["seed"]] = {
-            "p95_mode_ratio_in_expectation": c["expected"]["p95_mode"]["ratio_to_oracle"],
-            "mean_mode_ratio_in_expectation": c["expected"]["mean_mode"]["ratio_to_oracle"],
-            "p95_mode_ratio_to_oracle_on_tasks": p["ratio_to_oracle_on_tasks"],
-            "p95_mode_ok": p["ratio_to_oracle_on_tasks"] <= 1.05,
-            "mean_mode_ratio_to_oracle_on_tasks": m["ratio_to_oracle_on_tasks"],
-            "mean_mode_ok": m["ratio_to_oracle_on_tasks"] <= 1.05,
-            "hinted_vs_seed": h["adaptive_vs_seed"],
-            "hinted_p95_no_worse": all(h["adaptive"]["p95_no_worse_per_kind"].values()),
-            "hinted_margin_vs_seed": h["margin_vs_seed"],
-            "hinted_margin_p95_no_worse": all(h["margin"]["p95_no_worse_per_kind"].values()),
-            "hinted_ok": any(
-                h[r] <= 0.5 and all(h[d]["p95_no_worse_per_kind"].values())
+        for metric, row, expected in (
+            ("equal p95 per kind", p, c["expected"]["p95_mode"]["ratio_to_oracle"]),
+            ("equal mean", m, c["expected"]["mean_mode"]["ratio_to_oracle"]),
+        ):
+            on = row["ratio_to_oracle_on_tasks"]
+            lines.append(
+                {
+                    "seed": c["seed"],
+                    "line": f"adaptive <= 1.05x oracle at {metric}",
+                    "oracle_on_tasks": round(row["requests"] / on, 3),
+                    "adaptive": row["requests"],
+                    "ratio_on_tasks": on,
+                    "ratio_in_expectation": expected,
+                    "limit": 1.05,
+                    "pass": on <= 1.05 and expected <= 1.05,
+                }
+            )
+        best = min(
+            (
+                (h[r], d)
                 for r, d in (("adaptive_vs_seed", "adaptive"), ("margin_vs_seed", "margin"))
+                if all(h[d]["p95_no_worse_per_kind"].values())
             ),
-        }
-    return {"issue_18": out}
+            default=None,
+        )
+        lines.append(
+            {
+                "seed": c["seed"],
+                "line": "hints (residual 0.3) <= 0.5x seed requests at equal p95",
+                "seed_requests": h["seed_requests"],
+                "adaptive_5pct": h["adaptive"]["requests"],
+                "adaptive_5pct_vs_seed": h["adaptive_vs_seed"],
+                "adaptive_5pct_p95_no_worse": all(h["adaptive"]["p95_no_worse_per_kind"].values()),
+                "adaptive_3pct": h["margin"]["requests"],
+                "adaptive_3pct_vs_seed": h["margin_vs_seed"],
+                "adaptive_3pct_p95_no_worse": all(h["margin"]["p95_no_worse_per_kind"].values()),
+                "ratio_on_tasks": None if best is None else best[0],
+                "ratio_in_expectation": None,
+                "limit": 0.5,
+                "pass": best is not None and best[0] <= 0.5,
+            }
+        )
+    return {"issue_18": lines, "issue_18_pass": all(line["pass"] for line in lines)}
 
 
 def acceptance(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1142,8 +1232,9 @@ def markdown(result: dict[str, Any]) -> str:
         "| seed | seed req/task | oracle @ seed's mean: expected (on these tasks) "
         "| mean mode req/task | x oracle, same tasks and delay | x expected oracle @ "
         "seed's mean | x oracle in expectation, warm fit held | request_cost "
-        "(calibrated) | mean delay (seed -> mean mode) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "(calibrated) | mean delay (seed -> mean mode; Rao-Blackwellised) | x oracle "
+        "on these tasks at the sampled mean |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for c in result["comparison"]:
         m = c["mean_mode"]
@@ -1154,7 +1245,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{m['requests']:.2f} | **{m['ratio_to_oracle_on_tasks']:.3f}** | "
             f"{m['requests'] / c['oracle_mean']['requests_per_task']:.3f} | "
             f"{c['expected']['mean_mode']['ratio_to_oracle']:.3f} | "
-            f"{m['request_cost']:.3g} | {c['seed_mean_delay_s']:.2f}->{m['mean_delay_s']:.2f} |"
+            f"{m['request_cost']:.3g} | {c['seed_mean_delay_s']:.2f}->{m['mean_delay_s']:.2f}; "
+            f"{m['rb_mean_delay_s']:.2f} | {m['ratio_to_oracle_on_tasks_sampled_delay']:.3f} |"
         )
     hs = result["workload"]["hint_scenario"]
     lines += [
@@ -1194,23 +1286,43 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{a['requests']:.2f} | **{vs:.3f}x** | {a['ratio_to_oracle']:.3f} | {late} "
                 f"| {p95s} |"
             )
-    acc = result["acceptance"]["issue_18"]
     lines += [
         "",
-        "Issue 18 acceptance (x oracle: real scheduler on the same tasks at the "
-        "same delay [in expectation with the warm fit held fixed]; hints: requests vs "
-        "the seed with every kind's p95 no worse, at 5 % / 3 % late targets): "
-        + "; ".join(
-            f"{seed}: p95 mode {v['p95_mode_ratio_to_oracle_on_tasks']:.3f}x "
-            f"[{v['p95_mode_ratio_in_expectation']:.3f}x] "
-            f"({'ok' if v['p95_mode_ok'] else 'FAIL'}), mean mode "
-            f"{v['mean_mode_ratio_to_oracle_on_tasks']:.3f}x "
-            f"[{v['mean_mode_ratio_in_expectation']:.3f}x] "
-            f"({'ok' if v['mean_mode_ok'] else 'FAIL'}), hints "
-            f"{v['hinted_vs_seed']:.3f}x / {v['hinted_margin_vs_seed']:.3f}x seed "
-            f"({'ok' if v['hinted_ok'] else 'FAIL'})"
-            for seed, v in acc.items()
-        )
+        "#### Issue 18 acceptance (polling)",
+        "",
+        "On these tasks: the real scheduler's requests over the oracle's schedules applied "
+        "to the same 1,000 tasks at the delay the run achieved (p95: the run's share of each "
+        "kind's completions later than the seed's p95; mean: Rao-Blackwellised mean delay, "
+        "both sides). In expectation: the warm fit held fixed, no jitter, both evaluated "
+        "exactly against the true distributions. PASS needs both. Hints: requests over the "
+        "seed's with every kind's p95 no worse (5 % or 3 % late target), on these tasks.",
+        "",
+        "| seed | line | oracle req/task (on tasks) | adaptive req/task | ratio on tasks "
+        "| ratio in expectation | limit | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for a in result["acceptance"]["issue_18"]:
+        verdict = "PASS" if a["pass"] else "FAIL"
+        if "seed_requests" in a:
+            ok5 = "" if a["adaptive_5pct_p95_no_worse"] else ", p95 worse"
+            ok3 = "" if a["adaptive_3pct_p95_no_worse"] else ", p95 worse"
+            lines.append(
+                f"| {a['seed']} | {a['line']} | seed {a['seed_requests']:.2f} | "
+                f"5 %: {a['adaptive_5pct']:.2f} ({a['adaptive_5pct_vs_seed']:.3f}x{ok5}); "
+                f"3 %: {a['adaptive_3pct']:.2f} ({a['adaptive_3pct_vs_seed']:.3f}x{ok3}) | "
+                + ("-" if a["ratio_on_tasks"] is None else f"{a['ratio_on_tasks']:.3f}")
+                + f" | - | {a['limit']} | **{verdict}** |"
+            )
+        else:
+            lines.append(
+                f"| {a['seed']} | {a['line']} | {a['oracle_on_tasks']:.2f} | "
+                f"{a['adaptive']:.2f} | {a['ratio_on_tasks']:.3f} | "
+                f"{a['ratio_in_expectation']:.3f} | {a['limit']} | **{verdict}** |"
+            )
+    lines += [
+        "",
+        "Issue 18 polling acceptance: "
+        + ("PASS" if result["acceptance"]["issue_18_pass"] else "FAIL")
         + ".",
     ]
     lines += [

@@ -14,7 +14,9 @@ from ._fit import (
     MAX_WEIGHT,
     XGRID,
     DurationFit,
+    _bin,
     _truncated_moments,
+    predictive_sigma,
 )
 
 
@@ -23,7 +25,9 @@ class HintModel:
     model ``ln T = a + b * ln(size) + N(0, s**2)``, fitted like the plain estimator (EM with
     truncated-normal moments) on a sparse histogram over (size bin, duration interval), so it
     is O(1) per observation and bounded in memory. Pending hinted tasks are right-censored
-    at their age, per size bin."""
+    at their age, per size bin. A task's expected distribution (``fit_at``) has the
+    prediction spread, not the fitted ``s``: widened for the ~n completions behind the fit
+    and for how far the task's size lies from the sizes seen (``predictive_sigma``)."""
 
     __slots__ = (
         "_obs",
@@ -35,6 +39,7 @@ class HintModel:
         "_fit_weight",
         "_fit_at",
         "_fit_span",
+        "_sizes",
     )
 
     def __init__(self) -> None:
@@ -47,6 +52,7 @@ class HintModel:
         self._fit_weight = 0.0
         self._fit_at = -math.inf
         self._fit_span = math.inf  # refit pending tasks' censoring after this long
+        self._sizes = (0.0, 1.0)  # mean and variance of ln(size) behind the fit
 
     def __repr__(self) -> str:
         return f"<HintModel completions={self._completions:.0f} fit={self._fit!r}>"
@@ -134,7 +140,11 @@ class HintModel:
         if coef is None:
             return None
         a, b, sd = coef
-        return DurationFit(a + b * math.log(size), sd, self._completions)
+        x = math.log(size)
+        n = self._completions
+        x_mean, x_var = self._sizes
+        leverage = (1.0 + (x - x_mean) ** 2 / x_var) / n
+        return DurationFit(a + b * x, predictive_sigma(sd, n, 2, leverage), n)
 
     def _refit(
         self, now: float, previous: tuple[float, float, float] | None
@@ -144,7 +154,7 @@ class HintModel:
         for (key, xb), n in self._pending.items():
             age = now - (key + 0.5) * res
             if age > 0.0:
-                k = (xb, math.floor(math.log(age) / GRID), _POS)
+                k = (xb, _bin(age), _POS)
                 rows[k] = rows.get(k, 0.0) + n
         data = [
             (
@@ -164,6 +174,7 @@ class HintModel:
         var_x = sxx / sw - (sx / sw) ** 2
         if var_x < XGRID * XGRID:
             return None  # one size only: nothing to learn about the slope
+        self._sizes = (sx / sw, var_x)
         if previous is not None:
             a0, b0, sd = previous
         else:  # least squares on the completions' bin centres

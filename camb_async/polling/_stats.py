@@ -16,9 +16,11 @@ from ._fit import (
     GRID,
     MAX_WEIGHT,
     DurationFit,
+    _bin,
     _bins,
     _truncated_moments,
     _xbin,
+    predictive_sigma,
 )
 from ._hints import HintModel
 
@@ -176,7 +178,7 @@ class DurationEstimator:
         for key, n in self._pending.items():
             age = now - (key + 0.5) * res
             if age > 0.0:
-                k = (math.floor(math.log(age) / GRID), _POS)
+                k = (_bin(age), _POS)
                 rows[k] = rows.get(k, 0.0) + n * self._unit
         data = [
             ((-math.inf if a == _NEG else a * GRID), (math.inf if b == _POS else b * GRID), w)
@@ -208,7 +210,10 @@ class DurationEstimator:
             mu, sigma = new_mu, new_sigma
             if done:
                 break
-        return DurationFit(mu, sigma, self._completions)
+        # The spread the next task is expected with: the fitted one, widened for what this
+        # many completions leave uncertain (one fitted mean; see ``predictive_sigma``).
+        count = self._completions
+        return DurationFit(mu, predictive_sigma(sigma, count, 1, 1.0 / count), count)
 
     # ------------------------------------------------------------ persistence
 
