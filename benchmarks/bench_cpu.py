@@ -359,11 +359,46 @@ def main() -> int:
         result["camb_async_vs_official_at_max_concurrency"] = round(
             median["camb-async"][top] / median["official SDK"][top], 3
         )
+    result["median_req_per_s"] = {
+        label: {c: statistics.median(s["req_per_s"] for s in runs) for c, runs in by_c.items()}
+        for label, by_c in samples.items()
+    }
+    lines = acceptance_18(result)
+    result["issue_18"] = lines
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     if "official SDK" in median:
         print(table(result))
+    for line in lines:
+        print(line)
     return 0
+
+
+def acceptance_18(result: dict[str, Any]) -> list[str]:
+    """Issue 18's hot-path lines, from this run's medians: camb-async's CPU per check at
+    most 1.5x raw aiohttp's (at c=50), and bulk ``gather_statuses`` throughput at least
+    0.7x a hand-written aiohttp semaphore loop's (the ``aiohttp`` peer, one process, one
+    core each) at every concurrency measured."""
+    cpu, rate = result["median"], result["median_req_per_s"]
+    lines = []
+    for c in map(str, result["concurrency"]):
+        if "aiohttp" not in cpu:
+            break
+        if "camb-async" in cpu:
+            ratio = cpu["camb-async"][c] / cpu["aiohttp"][c]
+            verdict = ("PASS" if ratio <= 1.5 else "FAIL") if c == "50" else "(bar is at c=50)"
+            lines.append(
+                f"c={c}: camb-async CPU/check {cpu['camb-async'][c]:.0f} µs = {ratio:.2f}x "
+                f"raw aiohttp ({cpu['aiohttp'][c]:.0f} µs), bar <= 1.5x: {verdict}"
+            )
+        if "camb-async bulk" in rate:
+            ratio = rate["camb-async bulk"][c] / rate["aiohttp"][c]
+            lines.append(
+                f"c={c}: bulk gather_statuses {rate['camb-async bulk'][c]:.0f} checks/s = "
+                f"{ratio:.2f}x an aiohttp semaphore loop ({rate['aiohttp'][c]:.0f}/s), "
+                f"bar >= 0.7x: {'PASS' if ratio >= 0.7 else 'FAIL'}"
+            )
+    return lines
 
 
 if __name__ == "__main__":

@@ -287,7 +287,7 @@ async def test_many_in_flight_then_cancelled_leave_no_shard_busy(
                 for task_id in ids:
                     tg.start_soon(client.tts.status, task_id)
         if loads is not None:
-            assert len(loads) == 8  # 40 connections / 5 per shard
+            assert len(loads) == 20  # 40 connections / 2 per shard
             assert loads == [0] * len(loads)
         results = []
 
