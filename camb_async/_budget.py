@@ -268,6 +268,19 @@ class RateBudget:
         """Give back the concurrency slot of one ``acquire``."""
         self._sem.release()
 
+    def _try_acquire(self) -> bool:
+        """``acquire`` if it would not wait: a free slot, no rate to keep, no pause. For the
+        bulk poller, which otherwise wraps every acquire in a cancel scope of its own (~4 %
+        of a check): ``False`` means "call ``acquire``", never "no"."""
+        if self._max_rate is not None or self._paused_until != -math.inf:
+            return False
+        self._in_this_run()
+        try:
+            self._sem.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        return True
+
     def penalize(self, retry_after: float | None) -> None:
         """Report a 429: pause the whole budget and cut the rate.
 

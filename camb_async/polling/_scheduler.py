@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from .._budget import concurrency_of
+from .._budget import RateBudget, concurrency_of
 from .._errors import CambError, ClientClosedError, is_fatal, is_transient, unanswered
 from .._models import DurationHint, StatusResult, TaskKind, TaskStatus
 from .._taskgroup import create_task_group
@@ -132,7 +132,7 @@ class _Poller:
         self.final_at = math.inf
         self._acquiring: anyio.CancelScope | None = None
         self._wake: anyio.Event | None = None
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)
 
     async def prepare(self) -> None:
         """Validate every input and build the heap, before any request is sent."""
@@ -288,14 +288,16 @@ class _Poller:
                 if delay > 1e-9:  # slack for timers firing a hair early / float rounding
                     await self._sleep_until_woken(delay)
                     continue
-                # Interruptible: iter_statuses stops the run when a result is ready, and a
-                # wait for the budget (pacing, a 429 pause) must not hold that result back.
-                acquiring = self._acquiring = anyio.CancelScope()
-                with acquiring:
-                    await self.client.budget.acquire()
-                self._acquiring = None
-                if acquiring.cancelled_caught:
-                    return None
+                budget = self.client.budget
+                if not (isinstance(budget, RateBudget) and budget._try_acquire()):
+                    # Interruptible: iter_statuses stops the run when a result is ready, and
+                    # a wait for the budget (pacing, a 429 pause) must not hold it back.
+                    acquiring = self._acquiring = anyio.CancelScope()
+                    with acquiring:
+                        await budget.acquire()
+                    self._acquiring = None
+                    if acquiring.cancelled_caught:
+                        return None
                 if self.stopping:
                     self.client.budget.release()
                     return None
