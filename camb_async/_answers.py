@@ -181,7 +181,7 @@ def answer_info(
         url = client.base_url + path
     headers: dict[str, str] = {}
     for name, value in response.headers.items():
-        name = name.lower()
+        name = client._redact_name(name.lower())  # a server may echo the key as a name
         if name in ("set-cookie", "authorization", "proxy-authorization", "x-api-key"):
             value = REDACTED
         headers[name] = client._redact(value)

@@ -246,6 +246,10 @@ class AsyncCambClient(_ClientSurface):
         """``text`` without this client's key (or any echoed part of it)."""
         return redact(text, self.__key)
 
+    def _redact_name(self, name: str) -> str:
+        """A lowercased header ``name`` without the key, whatever the key's case."""
+        return redact(redact(name, self.__key), self.__key.lower())
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<AsyncCambClient base_url={self.base_url!r} budget={self.budget!r} {state}>"

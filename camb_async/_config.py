@@ -204,6 +204,8 @@ def _is_loopback(host: str) -> bool:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Headers that say where the body ends: never a caller's to set.
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 def _check_header(name: str, value: str) -> None:
@@ -212,6 +214,11 @@ def _check_header(name: str, value: str) -> None:
     header values as ASCII, so even latin-1 text fails in the transport)."""
     if not _TOKEN.fullmatch(name):
         raise ValueError(f"extra_headers name {name!r} is not a valid HTTP header name")
+    if name.lower() in _FRAMING:
+        raise ValueError(
+            f"extra_headers cannot set {name!r}: the body's framing is the transport's "
+            "(a wrong one sends a cut or garbled request)"
+        )
     if any(c in value for c in "\r\n\0"):
         raise ValueError(f"extra_headers value for {name!r} contains CR, LF or NUL")
     if not value.isascii():

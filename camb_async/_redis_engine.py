@@ -135,7 +135,7 @@ class _FleetEngine:
     def _init_local_state(self) -> None:
         """The bookkeeping of this process: leases, penalties, Redis availability, figures."""
         self._clock = anyio.current_time
-        self._sem = anyio.Semaphore(self.max_concurrency, fast_acquire=True)
+        self._sem = anyio.Semaphore(self.max_concurrency)
         self._token = uuid.uuid4().hex[:12]
         self._seq = itertools.count()
         # Local bookkeeping (times on this process' clock).

@@ -5,6 +5,7 @@ client machinery per request).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -63,8 +64,9 @@ class _ShardedTransport(httpx.AsyncBaseTransport):
     (benchmarks/README.md). Smaller still pays: measured interleaved in one process at 200
     in flight, 16 pools of 13 cost 2.65 ms per check, 40 of 5 1.99 ms, 100 of 2 1.57 ms,
     200 of 1 1.55 ms; at 50 in flight 10 of 5 1.63 ms against 25 of 2 1.29 ms. Picking the
-    least-loaded of 100 pools costs ~2 µs, no cheaper pick is needed. Each request goes to the pool with the fewest requests in flight
-    (its connection returns when the response stream closes), so every pool holds about
+    least-loaded of 100 pools costs ~2 µs, no cheaper pick is needed. Each request goes to
+    the pool with the fewest requests in flight (its connection returns when the response
+    stream closes), so every pool holds about
     ``in_flight / shards`` connections and keep-alive still works.
     """
 
@@ -183,6 +185,20 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
 
     to_httpx = _aiohttp_error_mapping(aiohttp)
 
+    def joined(raw: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
+        """An answer's headers as httpx reads them: names lowercased, a repeated header's
+        values joined with ", " (``gzip, gzip`` is two layers; two ``Retry-After`` lines
+        are no usable wait), decoded as ``httpx.Headers`` decodes them."""
+        headers: dict[str, str] = {}
+        try:
+            for name, value in raw:
+                key = name.decode("ascii").lower()
+                text = value.decode("ascii")
+                headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        except UnicodeDecodeError:  # rare: httpx's own decoding (UTF-8, else Latin-1)
+            return dict(httpx.Headers(list(raw)).items())
+        return headers
+
     @functools.lru_cache(maxsize=16)
     def origin(prefix: str) -> yarl.URL:
         return yarl.URL(prefix, encoded=True)
@@ -237,9 +253,30 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
             connector = aiohttp.TCPConnector(
                 limit=0, keepalive_timeout=self.limits.keepalive_expiry, ssl=self.ssl_context
             )
-            return aiohttp.ClientSession(connector=connector, trust_env=False)
+            # No cookie jar: httpx's path sends none back (the API authenticates by header).
+            session = aiohttp.ClientSession(
+                connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
+            # aiohttp resends an idempotent request once by itself when a kept-alive
+            # connection turns out closed: a request outside the budget, the hooks and
+            # max_retries. The request path decides every resend.
+            session._retry_connection = False
+            return session
+
+        def session(self) -> aiohttp.ClientSession:
+            """The session, made on first use, and made again in a new event-loop run (a
+            session belongs to the loop it was made in; the client may outlive one
+            ``asyncio.run``; the old one's connections died with its loop)."""
+            session = self.client
+            if isinstance(session, aiohttp.ClientSession):
+                if session._loop is asyncio.get_running_loop():
+                    return session
+                session.detach()
+            session = self.client = self.get_client()
+            return session
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.session()
             try:
                 response: httpx.Response = await super().handle_async_request(request)
             except Exception as exc:
@@ -264,9 +301,7 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
             ``_Answer``: no httpx ``Request``/``Response`` or stream layers (see
             ``_DirectSender``). ``url`` is already in httpx's normal form; it goes out as is.
             Failures are mapped like ``handle_async_request``'s."""
-            session = self.client
-            if not isinstance(session, aiohttp.ClientSession):
-                session = self.client = self.get_client()
+            session = self.session()
             try:
                 async with session.request(
                     method,
@@ -278,11 +313,14 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
                     compress=False,
                     timeout=client_timeout(timeout),
                 ) as response:
-                    answer_headers = response.headers
+                    status = response.status
+                    if status < 100:  # httpcore refuses these too
+                        raise httpx.RemoteProtocolError(f"invalid status code {status}")
+                    answer_headers = joined(response.raw_headers)
                     body = await _capped(
                         response.content.iter_any(),
                         answer_headers.get("content-encoding", ""),
-                        response.status,
+                        status,
                         limit,
                     )
             except Exception as exc:
@@ -290,7 +328,7 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
                 if mapped is None or mapped is exc:
                     raise
                 raise mapped from exc
-            return _Answer(response.status, answer_headers, body, url, response.version or (1, 1))
+            return _Answer(status, answer_headers, body, url, response.version or (1, 1))
 
     return CambAiohttpTransport
 

@@ -246,6 +246,9 @@ class _Poller:
         resources = client._resources
         try:
             while True:
+                # One checkpoint per poll, whatever the budget and the transport do (an
+                # in-process transport answers without waiting; _try_acquire takes none).
+                await anyio.lowlevel.checkpoint()
                 task = await self._take()
                 if task is None:
                     return

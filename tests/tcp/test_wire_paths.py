@@ -11,16 +11,26 @@ take the httpx path, so there the test pins that path alone.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
 import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
-from camb_async import AsyncCambClient
+from camb_async import (
+    APIConnectionError,
+    AsyncCambClient,
+    AuthenticationError,
+    CambError,
+    RateLimitError,
+)
 
 from ..conftest import API_KEY
 
@@ -29,11 +39,23 @@ pytestmark = pytest.mark.anyio
 ANSWER = {"task_id": "t-1", "status": "SUCCESS", "run_id": 7}
 
 
+def json_answer(payload: Any = ANSWER, status: str = "200 OK", headers: bytes = b"") -> bytes:
+    body = json.dumps(payload).encode()
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n".encode()
+        + headers
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
 class Recorder:
     """A loopback HTTP/1.1 server that records each request (line, headers, body) and
-    answers every one with ``ANSWER`` as JSON, keeping the connection open."""
+    answers the n-th with ``answer(n)`` (default: ``ANSWER`` as JSON), keeping the
+    connection open; ``None`` hangs up instead of answering."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Any = None) -> None:
+        self.answer = answer or (lambda n: json_answer())
         self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
@@ -64,12 +86,10 @@ class Recorder:
                     buffer += conn.recv(65536)
                 body, buffer = buffer[:length], buffer[length:]
                 self.requests.append((line, headers, body))  # type: ignore[arg-type]
-                payload = json.dumps(ANSWER).encode()
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                    + f"content-length: {len(payload)}\r\n\r\n".encode()
-                    + payload
-                )
+                answer = self.answer(len(self.requests) - 1)
+                if answer is None:
+                    return
+                conn.sendall(answer)
 
     def close(self) -> None:
         self._sock.close()
@@ -125,3 +145,146 @@ async def test_both_send_paths_put_the_same_bytes_on_the_wire(recorder: Recorder
         "application/json; q=1"
     )
     assert direct[0][0] == "GET /dub/a%20b%20%C3%A9 HTTP/1.1"
+
+
+# ------------------------------------------------------------------ what an answer can be
+# Each runs on both loops; on asyncio the owned client takes the aiohttp path, which must
+# read an answer exactly as httpx does.
+
+
+def serve(answer: Any) -> Recorder:
+    return Recorder(answer)
+
+
+async def test_a_repeated_header_is_read_as_httpx_reads_it() -> None:
+    """``Content-Encoding: gzip`` twice is two layers; two ``X-Request-Id`` lines are one
+    joined id; two ``Retry-After`` lines are no usable wait (not the first, not the last)."""
+    body = gzip.compress(gzip.compress(json.dumps(ANSWER).encode()))
+    twice = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+        b"content-encoding: gzip\r\n" + f"content-length: {len(body)}\r\n\r\n".encode() + body
+    )
+    throttled = json_answer(
+        {},
+        "429 Too Many Requests",
+        b"retry-after: 100\r\nretry-after: 1\r\nx-request-id: edge-1\r\nx-request-id: o-2\r\n",
+    )
+    server = serve(lambda n: twice if n == 0 else throttled)
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0
+        ) as client:
+            assert (await client.dub.status("t")).run_id == 7
+            with pytest.raises(RateLimitError) as info:
+                await client.dub.status("t")
+    finally:
+        server.close()
+    assert info.value.retry_after is None
+    assert info.value.request_id == "edge-1, o-2"
+
+
+async def test_a_status_below_100_is_no_answer() -> None:
+    server = serve(lambda n: json_answer(status="099 Weird"))
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0
+        ) as client:
+            with pytest.raises(APIConnectionError):
+                await client.dub.status("t")
+    finally:
+        server.close()
+
+
+async def test_a_hang_up_is_not_resent_behind_the_budgets_back() -> None:
+    """aiohttp resends an idempotent request on a kept-alive connection the server closed;
+    with ``max_retries=0`` the server must see the request once."""
+    server = serve(lambda n: json_answer() if n == 0 else None)
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0
+        ) as client:
+            await client.dub.status("t")
+            with pytest.raises(APIConnectionError):
+                await client.dub.status("t")
+    finally:
+        server.close()
+    assert len(server.requests) == 2
+
+
+async def test_cookies_a_server_sets_are_not_sent_back(recorder: Recorder) -> None:
+    recorder.answer = lambda n: json_answer(headers=b"set-cookie: sess=abc; Path=/\r\n")
+    url = recorder.url.replace("127.0.0.1", "localhost")  # jars keep no cookies for IPs
+    async with AsyncCambClient(API_KEY, base_url=url, rate_limit=None) as client:
+        await client.dub.status("t")
+        await client.dub.status("t")
+    assert all(k.lower() != "cookie" for _, headers, _ in recorder.requests for k, _ in headers)
+
+
+async def test_a_key_echoed_as_a_header_name_is_redacted() -> None:
+    key = "Abcdef0123456789-key-as-a-name"
+    server = serve(lambda n: json_answer({}, "401 Unauthorized", f"x-{key}: 1\r\n".encode()))
+    try:
+        async with AsyncCambClient(key, base_url=server.url, rate_limit=None) as client:
+            with pytest.raises(AuthenticationError) as info:
+                await client.dub.status("t")
+    finally:
+        server.close()
+    assert key.lower() not in repr(info.value.headers).lower()
+
+
+async def test_every_call_is_a_checkpoint_also_one_that_fails_before_sending(
+    recorder: Recorder,
+) -> None:
+    """A body that cannot be encoded fails before any network wait; a caller retrying it in
+    a loop must still let other tasks run (and see its own cancellation) on every call."""
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    async def fail() -> None:
+        with pytest.raises(CambError):
+            await client.translation.create(
+                texts=["bad \ud800"], source_language=1, target_language=2
+            )
+
+    async with (
+        AsyncCambClient(API_KEY, base_url=recorder.url, rate_limit=None) as client,
+        anyio.create_task_group() as tg,
+    ):
+        await fail()  # the first call opens the HTTP client (which may yield)
+        tg.start_soon(other)
+        before = turns
+        for _ in range(20):
+            await fail()
+        tg.cancel_scope.cancel()
+    assert turns - before >= 19
+    assert recorder.requests == []
+
+
+def test_an_owned_client_serves_one_asyncio_run_after_another(recorder: Recorder) -> None:
+    """A client made outside any loop may be used in several ``asyncio.run`` calls: its
+    connections belong to each run's loop (made again in the next)."""
+    client = AsyncCambClient(API_KEY, base_url=recorder.url, rate_limit=None)
+    view = client.with_options(timeout=5)
+
+    async def use() -> None:
+        assert (await client.dub.status("t")).run_id == 7
+        assert (await view.dub.status("t")).run_id == 7
+
+    asyncio.run(use())
+    asyncio.run(use())
+    asyncio.run(client.aclose())
+    assert len(recorder.requests) == 4
+
+
+def test_extra_headers_cannot_set_the_bodys_framing() -> None:
+    client = AsyncCambClient(API_KEY, base_url="http://127.0.0.1:9", rate_limit=None)
+    for name in ("Content-Length", "transfer-encoding"):
+        with pytest.raises(ValueError, match="framing"):
+            asyncio.run(
+                client.tts.create(text="hi", voice_id=1, language=1, extra_headers={name: "1"})
+            )
