@@ -468,3 +468,28 @@ async def test_bulk_timeout_polls_once_more_before_a_deadline_the_schedule_would
     assert [r.status for r in out] == [TaskStatus.SUCCESS] * 5
     assert anyio.current_time() - start <= 8
     assert len(api.log) == 10
+
+
+async def test_the_poller_lets_other_tasks_run_between_polls(make_client: ClientFactory) -> None:
+    """A transport that answers without ever waiting (in-process) must not let the bulk
+    poller hold the event loop for a whole round: every poll is a checkpoint."""
+    answer = b'{"status": "PENDING"}'
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
+    turns = 0
+    done = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with make_client(transport=transport) as client, anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        await anyio.lowlevel.checkpoint()
+        before = turns
+        out = await gather_statuses(client, [f"t{i}" for i in range(200)], kind="tts", wait=False)
+        done = True
+    assert [r.raw_status for r in out] == ["PENDING"] * 200
+    # Workers (one per concurrency slot, 16) each poll once per turn of the loop.
+    assert turns - before >= 200 // 16 - 1
