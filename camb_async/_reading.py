@@ -49,7 +49,7 @@ class _Answer:
         headers: Mapping[str, str],
         content: bytes,
         url: str,
-        version: tuple[int, int] = (1, 1),
+        version: tuple[int, int],
     ) -> None:
         self.status_code = status_code
         self.headers = headers

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import anyio.lowlevel
 import backoff
 import httpx
 
@@ -124,26 +123,18 @@ async def request(
                  files=files, idempotent=idempotent, preacquired=preacquired,
                  max_retries=max_retries, reopen_body=reopen_body, stream=stream)
     call.add_extras(extra_headers, extra_query, extra_body)
-    try:
-        while True:
-            response, body, failure = await call.send_once()
-            if failure is None:
-                assert response is not None
-                client._answers += 1
-                if response.status_code < 300:
-                    if body is not None:
-                        return parse(body)
-                    return decode(client, response, method, path, parse)
-            error, retryable, retry_after = call.classify(response, failure)
-            delay = call.wait_before_retry(error, retryable, retry_after)
-            await call.back_off(delay, error)
-    except Exception:
-        # Every call is a checkpoint, also one that fails before any network wait (a body
-        # that cannot be encoded, a closed client): the budget acquires without one, so a
-        # caller retrying in a loop could otherwise starve the event loop and never see
-        # its own cancellation.
-        await anyio.lowlevel.checkpoint()
-        raise
+    while True:
+        response, body, failure = await call.send_once()
+        if failure is None:
+            assert response is not None
+            client._answers += 1
+            if response.status_code < 300:
+                if body is not None:
+                    return parse(body)
+                return decode(client, response, method, path, parse)
+        error, retryable, retry_after = call.classify(response, failure)
+        delay = call.wait_before_retry(error, retryable, retry_after)
+        await call.back_off(delay, error)
 
 
 class _Call:

@@ -398,8 +398,7 @@ class _DirectSender:
         extra_headers: Mapping[str, str] | None = None,
     ) -> Answer:
         """Send one request and read its answer whole (capped at ``max_bytes``)."""
-        if self._http.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        self._check_open()
         answer = self._answer
         if answer is not None and files is None and data is None:
             return await self._send_answer(answer, method, url, json_body, params, extra_headers)
@@ -415,11 +414,15 @@ class _DirectSender:
         extra_headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Send one request whose answer the caller streams (and closes)."""
-        if self._http.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        self._check_open()
         return await self._send_httpx(
             method, url, None, params, None, None, True, None, extra_headers
         )
+
+    def _check_open(self) -> None:
+        """What ``AsyncClient.send`` raises once closed (the request path maps it)."""
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
 
     async def _send_httpx(
         self,
@@ -495,9 +498,8 @@ class _DirectSender:
             headers = self._plain_json
         if extra_headers:
             headers = {**headers}
-            for name, value in extra_headers.items():  # replaces ours whatever the case
-                for ours in [h for h in headers if h.lower() == name.lower()]:
-                    del headers[ours]
+            for name, value in extra_headers.items():  # ours are lowercase: replaced
+                headers.pop(name.lower(), None)
                 headers[name] = value
         response = await answer(method, url, content, headers, self._seconds, self._max_bytes)
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
