@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import math
@@ -39,6 +40,8 @@ T = TypeVar("T")
 logger = logging.getLogger("camb_async")
 
 RETRY_STATUSES = frozenset({408, 429})
+#: An attempt that needs no scope of its own (see _Call.send_once); reusable.
+_UNSCOPED = contextlib.nullcontext()
 #: Longest server-requested wait honoured; a hostile or buggy Retry-After cannot park us.
 MAX_RETRY_AFTER = 60.0
 
@@ -93,6 +96,7 @@ async def request(
     files: Any = None,
     idempotent: bool = True,
     preacquired: bool = False,
+    in_client_scope: bool = False,
     max_retries: int | None = None,
     reopen_body: Callable[[], Awaitable[Any]] | None = None,
     stream: bool = False,
@@ -114,6 +118,9 @@ async def request(
     been received is raised, so a lost answer cannot create a second job.
     ``preacquired=True`` means the caller already holds one budget acquisition for the
     first attempt (the bulk poller acquires in due order, then hands the slot over).
+    ``in_client_scope=True`` means the caller runs inside a cancel scope that ``aclose()``
+    cancels (the bulk poller's workers): an attempt that needs no budget wait and whose
+    deadline the transport keeps then needs no cancel scope of its own.
 
     ``extra_headers``, ``extra_query`` and ``extra_body`` (fields the SDK does not know
     yet) are added to the request: the body's to its JSON object, or as form fields of a
@@ -121,7 +128,8 @@ async def request(
     """
     call = _Call(client, method, path, json_body=json_body, params=params, data=data,
                  files=files, idempotent=idempotent, preacquired=preacquired,
-                 max_retries=max_retries, reopen_body=reopen_body, stream=stream)
+                 in_client_scope=in_client_scope, max_retries=max_retries,
+                 reopen_body=reopen_body, stream=stream)
     call.add_extras(extra_headers, extra_query, extra_body)
     while True:
         response, body, failure = await call.send_once()
@@ -144,12 +152,13 @@ class _Call:
     ``back_off``."""
 
     __slots__ = ("client", "method", "path", "url", "json_body", "params", "data", "files",
-                 "idempotent", "preacquired", "retries", "reopen_body", "stream", "headers",
-                 "attempt", "waits")
+                 "idempotent", "preacquired", "in_client_scope", "retries", "reopen_body",
+                 "stream", "headers", "attempt", "waits")
 
     def __init__(self, client: AsyncCambClient, method: str, path: str, *, json_body: Any,
                  params: Mapping[str, str | int] | None, data: Mapping[str, str] | None,
-                 files: Any, idempotent: bool, preacquired: bool, max_retries: int | None,
+                 files: Any, idempotent: bool, preacquired: bool, in_client_scope: bool,
+                 max_retries: int | None,
                  reopen_body: Callable[[], Awaitable[Any]] | None, stream: bool) -> None:
         self.client = client
         self.method = method
@@ -161,6 +170,7 @@ class _Call:
         self.files = files
         self.idempotent = idempotent
         self.preacquired = preacquired
+        self.in_client_scope = in_client_scope
         self.retries = client.max_retries if max_retries is None else max_retries
         self.reopen_body = reopen_body
         self.stream = stream
@@ -196,16 +206,27 @@ class _Call:
         http = client._http or client._open()
         direct = client._direct
         acquired, self.preacquired = self.preacquired, False
-        # One scope per attempt, which aclose() cancels: it covers the wait for the budget
-        # (a 429 pause, pacing, a full concurrency limit, a fleet backend) and the attempt.
         # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
         # server trickling a byte per read (or an in-process transport, which has none)
         # could otherwise hold the call forever; the deadline starts once the budget
-        # granted. An upload may run while bytes flow: the deadline is re-armed per chunk
-        # handed over, fixed once it is sent (_UploadStream).
-        scope = anyio.CancelScope()
-        uploaded = None if self.files is None else _answer_deadline(scope, client.timeout)
-        client._scopes.add(scope)
+        # granted. On aiohttp's direct path aiohttp keeps it (one timer over connect, send
+        # and every read: client_timeout in _transports); elsewhere the attempt's scope.
+        timed_by_transport = (direct is not None and not self.stream
+                              and direct.answers(self.data, self.files))
+        # A scope per attempt, which aclose() cancels: it covers the wait for the budget
+        # (a 429 pause, pacing, a full concurrency limit, a fleet backend) and the attempt,
+        # and keeps the deadline the transport does not. Not needed when there is no
+        # budget wait, no deadline to keep and the caller's own scope is one aclose()
+        # cancels (the bulk poller's workers): ~50 µs of a bulk check at 50 in flight.
+        # An upload may run while bytes flow: the deadline is re-armed per chunk handed
+        # over, fixed once it is sent (_UploadStream).
+        scope: anyio.CancelScope | None = None
+        uploaded = None
+        if not (acquired and timed_by_transport and self.in_client_scope):
+            scope = anyio.CancelScope()
+            if self.files is not None:
+                uploaded = _answer_deadline(scope, client.timeout)
+            client._scopes.add(scope)
         response: Answer | None = None
         body: BodyStream | None = None  # streaming mode: a 2xx answer's body
         failure: Exception | None = None
@@ -213,11 +234,11 @@ class _Call:
         hooks = client._hooks
         started: float | None = None
         try:
-            with scope:
+            with scope or _UNSCOPED:
                 if not acquired:
                     await budget.acquire()
                     acquired = True
-                if self.files is None:
+                if scope is not None and self.files is None and not timed_by_transport:
                     scope.deadline = anyio.current_time() + client.timeout
                 if hooks is not None:
                     hooks._start(method, path)
@@ -241,7 +262,8 @@ class _Call:
             # no usable answer all the same, never a raw library error.
             failure = _unmapped(exc)
         finally:
-            client._scopes.discard(scope)
+            if scope is not None:
+                client._scopes.discard(scope)
             if acquired:
                 budget.release()
             if hooks is not None and started is not None:

@@ -254,8 +254,9 @@ class _Poller:
                     return
                 answers = client._answers
                 try:
-                    result = await resources[task.kind]._fetch_status(task.task_id,
-                                                                      preacquired=True)
+                    # aclose() cancels this worker's group (run): no scope per attempt.
+                    result = await resources[task.kind]._fetch_status(
+                        task.task_id, preacquired=True, in_client_scope=True)
                 except CambError as exc:
                     self._failed(task, exc, answers)
                 except anyio.get_cancelled_exc_class():

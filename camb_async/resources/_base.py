@@ -94,7 +94,10 @@ class TaskResource(Generic[R]):
         """
         return await self._fetch_status(task_id)
 
-    async def _fetch_status(self, task_id: str, *, preacquired: bool = False) -> StatusResult:
+    async def _fetch_status(
+        self, task_id: str, *, preacquired: bool = False, in_client_scope: bool = False
+    ) -> StatusResult:
+        """``status``; ``preacquired`` and ``in_client_scope`` as ``_request.request``'s."""
         kind = self.kind
         try:
             path = self.status_path(task_id)
@@ -103,7 +106,11 @@ class TaskResource(Generic[R]):
                 self._client.budget.release()
             raise
         return await self._client._request(
-            "GET", path, lambda data: parse_status(kind, task_id, data), preacquired=preacquired
+            "GET",
+            path,
+            lambda data: parse_status(kind, task_id, data),
+            preacquired=preacquired,
+            in_client_scope=in_client_scope,
         )
 
     def task(self, task_id: str, *, hint: DurationHint | float | None = None) -> TaskHandle[R]:

@@ -16,6 +16,7 @@ import gzip
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,10 +27,14 @@ import pytest
 
 from camb_async import (
     APIConnectionError,
+    APITimeoutError,
     AsyncCambClient,
     AuthenticationError,
     CambError,
+    ClientClosedError,
+    RateBudget,
     RateLimitError,
+    gather_statuses,
 )
 
 from ..conftest import API_KEY
@@ -49,10 +54,21 @@ def json_answer(payload: Any = ANSWER, status: str = "200 OK", headers: bytes = 
     )
 
 
+TRICKLE = 0.05
+
+
+def trickled(n: int) -> Iterator[bytes]:
+    """A 200 whose body comes one byte per ``TRICKLE`` s, for ever: every read is in time."""
+    yield b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 99999\r\n\r\n"
+    while True:
+        yield b" "
+
+
 class Recorder:
     """A loopback HTTP/1.1 server that records each request (line, headers, body) and
     answers the n-th with ``answer(n)`` (default: ``ANSWER`` as JSON), keeping the
-    connection open; ``None`` hangs up instead of answering."""
+    connection open; ``None`` hangs up instead of answering; an iterator of bytes is sent
+    piece by piece (``trickled``)."""
 
     def __init__(self, answer: Any = None) -> None:
         self.answer = answer or (lambda n: json_answer())
@@ -89,7 +105,15 @@ class Recorder:
                 answer = self.answer(len(self.requests) - 1)
                 if answer is None:
                     return
-                conn.sendall(answer)
+                if isinstance(answer, bytes):
+                    conn.sendall(answer)
+                    continue
+                try:  # an iterator: a trickle, one piece per TRICKLE s, until hung up on
+                    for piece in answer:
+                        conn.sendall(piece)
+                        time.sleep(TRICKLE)
+                except OSError:
+                    return
 
     def close(self) -> None:
         self._sock.close()
@@ -288,3 +312,53 @@ def test_extra_headers_cannot_set_the_bodys_framing() -> None:
             asyncio.run(
                 client.tts.create(text="hi", voice_id=1, language=1, extra_headers={name: "1"})
             )
+
+
+# ------------------------------------------------------------------ the attempt's deadline
+# On aiohttp's path aiohttp keeps each attempt's deadline (one timer over connect, send and
+# every read), and a bulk poll has no cancel scope of its own: aclose() reaches it through
+# the poller's workers. Neither may let a call hang.
+
+
+async def test_an_answer_that_trickles_ends_at_the_timeout_single_and_bulk() -> None:
+    server = serve(trickled)
+    timeout = 0.3
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0, timeout=timeout
+        ) as client:
+            with anyio.fail_after(30 * timeout):  # a hang, not a speed: each ends at 0.3 s
+                with pytest.raises(APITimeoutError):
+                    await client.dub.status("one")
+                # The server has answered nothing at all: the whole call fails at once.
+                with pytest.raises(APITimeoutError):
+                    await gather_statuses(
+                        client, ["a", "b", "c"], kind="dub", wait=False, return_exceptions=True
+                    )
+    finally:
+        server.close()
+    assert len(server.requests) >= 2
+
+
+async def test_aclose_ends_a_bulk_poll_in_flight() -> None:
+    server = serve(trickled)
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0, timeout=60
+        ) as client:
+            budget = client.budget
+            assert isinstance(budget, RateBudget)
+
+            async def close_once_sent() -> None:
+                while len(server.requests) < 2:  # noqa: ASYNC110 (the server is a thread)
+                    await anyio.sleep(0.01)
+                await client.aclose()
+
+            with anyio.fail_after(20):  # the attempt's own deadline is 60 s away
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(close_once_sent)
+                    with pytest.raises(ClientClosedError):
+                        await gather_statuses(client, ["a", "b"], kind="dub", wait=False)
+            assert budget.in_flight == 0
+    finally:
+        server.close()
