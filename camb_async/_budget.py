@@ -256,17 +256,27 @@ class RateBudget:
         """Wait until one request may start (a concurrency slot and a unit of rate)."""
         # Every acquire is a checkpoint (the caller's cancellation is seen, other tasks run,
         # also when what follows never waits: an in-process transport, a body that fails
-        # to encode). Taken here, before the slot, so a cancellation holds none; the
-        # semaphore then takes a free slot without a checkpoint of its own (fast_acquire:
-        # anyio's shielded one cost 13.7 µs against this one's 7 on asyncio).
-        await anyio.lowlevel.checkpoint()
+        # to encode). A free slot is taken first, then a plain checkpoint (a cancellation
+        # there gives the slot back): the semaphore itself takes none (fast_acquire:
+        # anyio's shielded one cost 13.7 µs against this one's 7 on asyncio), and of a
+        # burst of calls only those that got a slot take one; the others' wait is theirs.
         if self._try_acquire():
+            try:
+                await anyio.lowlevel.checkpoint()
+            except BaseException:
+                self._sem.release()
+                raise
             return  # a free slot, no rate to keep and no pause: nothing to wait for
-        await self._sem.acquire()
+        sem = self._sem
+        if sem.value > 0:  # the semaphore will not wait, and _take_start may not either
+            await anyio.lowlevel.checkpoint()
+        await sem.acquire()
+        if self._max_rate is None and self._paused_until == -math.inf:
+            return  # no rate to keep, no pause (one may have begun during the wait)
         try:
             await self._take_start()
         except BaseException:
-            self._sem.release()
+            sem.release()
             raise
 
     def release(self) -> None:

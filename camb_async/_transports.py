@@ -185,20 +185,6 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
 
     to_httpx = _aiohttp_error_mapping(aiohttp)
 
-    def joined(raw: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
-        """An answer's headers as httpx reads them: names lowercased, a repeated header's
-        values joined with ", " (``gzip, gzip`` is two layers; two ``Retry-After`` lines
-        are no usable wait), decoded as ``httpx.Headers`` decodes them."""
-        headers: dict[str, str] = {}
-        try:
-            for name, value in raw:
-                key = name.decode("ascii").lower()
-                text = value.decode("ascii")
-                headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        except UnicodeDecodeError:  # rare: httpx's own decoding (UTF-8, else Latin-1)
-            return dict(httpx.Headers(list(raw)).items())
-        return headers
-
     @functools.lru_cache(maxsize=16)
     def origin(prefix: str) -> yarl.URL:
         return yarl.URL(prefix, encoded=True)
@@ -323,19 +309,23 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
                     status = response.status
                     if status < 100:  # httpcore refuses these too
                         raise httpx.RemoteProtocolError(f"invalid status code {status}")
-                    answer_headers = joined(response.raw_headers)
-                    body = await _capped(
-                        response.content.iter_any(),
-                        answer_headers.get("content-encoding", ""),
-                        status,
-                        limit,
+                    answer = _Answer(status, response.raw_headers, url, response.version)
+                    # The headers are read as httpx reads them only when asked for (an
+                    # error, a 429): a status check reads none but this one.
+                    encoding = (
+                        answer.headers.get("content-encoding", "")
+                        if "Content-Encoding" in response.headers
+                        else ""
+                    )
+                    answer._content = await _capped(
+                        response.content.iter_any(), encoding, status, limit
                     )
             except Exception as exc:
                 mapped = to_httpx(exc)
                 if mapped is None or mapped is exc:
                     raise
                 raise mapped from exc
-            return _Answer(status, answer_headers, body, url, response.version or (1, 1))
+            return answer
 
     return CambAiohttpTransport
 

@@ -236,6 +236,21 @@ async def test_a_cancelled_acquire_gives_its_slot_back() -> None:
     assert await starts(budget, 1) == approx([0.5])
 
 
+async def test_an_acquire_cancelled_at_its_checkpoint_holds_no_slot() -> None:
+    """A free slot is taken before the acquire's checkpoint: a caller cancelled there (its
+    scope cancelled before it ran) gets the slot back, and the next caller gets it."""
+    budget = RateBudget(None, 1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await budget.acquire()
+    assert scope.cancelled_caught
+    assert budget.in_flight == 0
+    with anyio.fail_after(1):
+        await budget.acquire()
+    assert budget.in_flight == 1
+    budget.release()
+
+
 @pytest.mark.parametrize(
     ("concurrency", "error"), [(0, ValueError), (1.5, TypeError), (True, TypeError)]
 )
