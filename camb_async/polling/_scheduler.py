@@ -82,6 +82,8 @@ class _CreatedTask(_Task):
 
 
 _CHUNK = 1024  # tasks prepared or reported between checkpoints, to keep the loop responsive
+#: A task counts as due this close to its time: timers fire a hair early, floats round.
+_DUE_SLACK = 1e-9
 
 
 class _Poller:
@@ -277,7 +279,24 @@ class _Poller:
                 return
             raise
 
+    def _ready(self) -> _Task | None:
+        """The top task, if it is due and the budget grants a slot without waiting."""
+        heap = self.heap
+        if heap and heap[0][0] - anyio.current_time() <= _DUE_SLACK:
+            budget = self.client.budget
+            if isinstance(budget, RateBudget) and budget._try_acquire():
+                self.in_flight += 1
+                return heapq.heappop(heap)[2]
+        return None
+
     async def _take(self) -> _Task | None:
+        # The common case without the lock: nobody is waiting in _take and the top task is
+        # ready. Nothing here awaits, so no other worker can run in between: the same as
+        # taking it under the lock.
+        if not self.stopping and not self._lock.locked():
+            task = self._ready()
+            if task is not None:
+                return task
         async with self._lock:
             heap = self.heap
             while True:
@@ -289,7 +308,7 @@ class _Poller:
                     await self._sleep_until_woken(math.inf)
                     continue
                 delay = heap[0][0] - anyio.current_time()
-                if delay > 1e-9:  # slack for timers firing a hair early / float rounding
+                if delay > _DUE_SLACK:
                     await self._sleep_until_woken(delay)
                     continue
                 budget = self.client.budget
