@@ -209,10 +209,10 @@ class _Call:
         # One attempt never outlasts ``timeout``: httpx's timeouts are per phase, so a
         # server trickling a byte per read (or an in-process transport, which has none)
         # could otherwise hold the call forever; the deadline starts once the budget
-        # granted. On aiohttp's direct path aiohttp keeps it (one timer over connect, send
-        # and every read: client_timeout in _transports); elsewhere the attempt's scope.
+        # granted. On aiohttp's direct path send_answer keeps it (one asyncio.timeout over
+        # connect, send and every read); elsewhere the attempt's scope.
         timed_by_transport = (direct is not None and not self.stream
-                              and direct.answers(self.data, self.files))
+                              and direct.keeps_deadline(self.data, self.files))
         # A scope per attempt, which aclose() cancels: it covers the wait for the budget
         # (a 429 pause, pacing, a full concurrency limit, a fleet backend) and the attempt,
         # and keeps the deadline the transport does not. Not needed when there is no

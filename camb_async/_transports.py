@@ -6,10 +6,12 @@ client machinery per request).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import math
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -199,19 +201,16 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
 
     @functools.lru_cache(maxsize=16)
     def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
-        """The timeouts of ``send_answer``: one object per value (httpx-aiohttp builds one
-        per request). ``total`` is the attempt's deadline: aiohttp arms one timer when the
-        request starts (the budget has granted it by then) and keeps it over the connect,
-        the send and every read of the answer until the connection is given back, so a
-        server trickling a byte per read is cut at ``seconds`` all the same. The request
-        path needs no cancel scope of its own for it (~50 µs of a bulk check at 50 in
-        flight, benchmarks/README.md). Its expiry reads as ``TimeoutError`` (mapped to
-        ``ReadTimeout``, as the scope's expiry was; a connect that hangs that long too, as
-        before: the deadline fires before a connect timeout of the same length would). No
-        per-read timer (re-armed on every chunk, ~3 % of a check). Deadlines of 5 s and
-        more are not rounded up to a whole second (aiohttp's default ``ceil_threshold``):
-        the caller asked for ``seconds``."""
-        return aiohttp.ClientTimeout(total=seconds, ceil_threshold=math.inf)
+        """aiohttp's timeouts for ``send_answer``: one object per value (httpx-aiohttp builds
+        one per request). Only the connect phase has its own (a ``ConnectTimeout`` proves
+        the server never saw the request). No ``total``: aiohttp's total timer cancels the
+        task, and while it waits for the headers the task is inside that timer twice
+        (the request and the answer's start), so both exits ``uncancel()`` it: a caller's
+        cancellation landing in the same loop iteration would be swallowed and the call
+        would read as a timeout (found in review; the attempt's deadline is
+        ``send_answer``'s ``asyncio.timeout`` instead). No per-read timer (re-armed on every
+        chunk, ~3 % of a status check)."""
+        return aiohttp.ClientTimeout(total=None, sock_connect=seconds)
 
     class MappedStream(httpx.AsyncByteStream):
         """The response body, with read errors mapped like the request's."""
@@ -293,19 +292,31 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
             """One request straight through aiohttp, its answer read whole (capped) into an
             ``_Answer``: no httpx ``Request``/``Response`` or stream layers (see
             ``_DirectSender``). ``url`` is already in httpx's normal form; it goes out as is.
-            Failures are mapped like ``handle_async_request``'s."""
+            Failures are mapped like ``handle_async_request``'s.
+
+            On Python 3.11+ the attempt's deadline is kept here (``KEEPS_DEADLINE``): one
+            ``asyncio.timeout(timeout)`` over the connect, the send and every read of the
+            answer, so a server trickling a byte per read is cut at ``timeout`` all the same,
+            and the request path needs no cancel scope of its own for it (~50 µs of a bulk
+            check at 50 in flight, benchmarks/README.md). ``asyncio.timeout`` counts
+            cancellations: a caller's landing in the same loop iteration still wins. Its
+            expiry is a ``ReadTimeout``, as the scope's was."""
             session = self.session()
+            deadline = _deadline(timeout)
             try:
-                async with session.request(
-                    method,
-                    target(url),
-                    data=content,
-                    headers=headers,
-                    allow_redirects=False,
-                    auto_decompress=False,
-                    compress=False,
-                    timeout=client_timeout(timeout),
-                ) as response:
+                async with (
+                    deadline,
+                    session.request(
+                        method,
+                        target(url),
+                        data=content,
+                        headers=headers,
+                        allow_redirects=False,
+                        auto_decompress=False,
+                        compress=False,
+                        timeout=client_timeout(timeout),
+                    ) as response,
+                ):
                     status = response.status
                     if status < 100:  # httpcore refuses these too
                         raise httpx.RemoteProtocolError(f"invalid status code {status}")
@@ -321,6 +332,8 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
                         response.content.iter_any(), encoding, status, limit
                     )
             except Exception as exc:
+                if isinstance(exc, TimeoutError) and _expired(deadline):
+                    raise httpx.ReadTimeout(f"no complete answer within {timeout}s") from None
                 mapped = to_httpx(exc)
                 if mapped is None or mapped is exc:
                     raise
@@ -328,6 +341,23 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
             return answer
 
     return CambAiohttpTransport
+
+
+#: Whether ``send_answer`` keeps the attempt's deadline itself (``asyncio.timeout``, 3.11+).
+KEEPS_DEADLINE = sys.version_info >= (3, 11)
+
+
+def _deadline(seconds: float) -> contextlib.AbstractAsyncContextManager[object]:
+    """``asyncio.timeout(seconds)`` where there is one; on 3.10 the request path's scope
+    keeps the deadline (``KEEPS_DEADLINE``) and this is a no-op."""
+    if sys.version_info >= (3, 11):
+        return asyncio.timeout(seconds)
+    return contextlib.nullcontext()
+
+
+def _expired(deadline: object) -> bool:
+    expired = getattr(deadline, "expired", None)
+    return expired is not None and bool(expired())
 
 
 class _DirectSender:
@@ -383,10 +413,10 @@ class _DirectSender:
         ).raw
         self._timeout = httpx.Timeout(timeout).as_dict()
 
-    def answers(self, data: Mapping[str, str] | None, files: Any) -> bool:
+    def keeps_deadline(self, data: Mapping[str, str] | None, files: Any) -> bool:
         """Whether ``send`` goes through the transport's ``send_answer`` (no form, no
-        upload, on aiohttp): aiohttp then keeps the attempt's deadline itself."""
-        return self._answer is not None and files is None and data is None
+        upload, on aiohttp) and that keeps the attempt's deadline itself (3.11+)."""
+        return self._answer is not None and files is None and data is None and KEEPS_DEADLINE
 
     async def send(
         self,
@@ -402,7 +432,7 @@ class _DirectSender:
         """Send one request and read its answer whole (capped at ``max_bytes``)."""
         self._check_open()
         answer = self._answer
-        if answer is not None and files is None and data is None:  # see answers()
+        if answer is not None and files is None and data is None:
             return await self._send_answer(answer, method, url, json_body, params, extra_headers)
         return await self._send_httpx(
             method, url, json_body, params, data, files, False, uploaded, extra_headers

@@ -24,6 +24,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
+import trio
 
 from camb_async import (
     APIConnectionError,
@@ -40,6 +41,8 @@ from camb_async import (
 from ..conftest import API_KEY
 
 pytestmark = pytest.mark.anyio
+
+_HAS_TIMEOUT = hasattr(asyncio, "timeout")
 
 ANSWER = {"task_id": "t-1", "status": "SUCCESS", "run_id": 7}
 
@@ -62,6 +65,12 @@ def trickled(n: int) -> Iterator[bytes]:
     yield b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 99999\r\n\r\n"
     while True:
         yield b" "
+
+
+def silent(n: int) -> Iterator[bytes]:
+    """No answer at all for 5 s (then a hang-up)."""
+    time.sleep(5)
+    yield from ()
 
 
 class Recorder:
@@ -362,3 +371,50 @@ async def test_aclose_ends_a_bulk_poll_in_flight() -> None:
             assert budget.in_flight == 0
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("caller", ["move_on_after", "fail_after", "the loop's own"])
+async def test_a_callers_deadline_at_the_attempts_own_still_wins(
+    caller: str, anyio_backend: str
+) -> None:
+    """The caller's deadline, set just before the call, falls a hair before the attempt's
+    (which starts once the budget granted it), often in the same turn of the loop. The
+    caller's cancellation must win every time: never swallowed into an APITimeoutError.
+    (aiohttp's own total timeout lost it: entered twice while waiting for the headers, it
+    uncancels the task twice.) "The loop's own": asyncio.timeout, trio.fail_after."""
+    server = serve(silent)
+    timeout = 0.2
+
+    async def one_call(client: AsyncCambClient) -> str:
+        try:
+            if caller == "move_on_after":
+                with anyio.move_on_after(timeout) as scope:
+                    await client.dub.status("t")
+                return "moved on" if scope.cancelled_caught else "answer"
+            if caller == "fail_after":
+                with anyio.fail_after(timeout):
+                    await client.dub.status("t")
+            elif anyio_backend == "trio":
+                with trio.fail_after(timeout):
+                    await client.dub.status("t")
+            elif _HAS_TIMEOUT:
+                async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                    await client.dub.status("t")
+            else:  # Python 3.10
+                await asyncio.wait_for(client.dub.status("t"), timeout)
+        except (TimeoutError, trio.TooSlowError):
+            return "caller's timeout"
+        except CambError as exc:
+            return type(exc).__name__
+        return "answer"
+
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0, timeout=timeout
+        ) as client:
+            outcomes = [await one_call(client) for _ in range(6)]
+            assert client.budget.in_flight == 0  # type: ignore[attr-defined]
+    finally:
+        server.close()
+    expected = "moved on" if caller == "move_on_after" else "caller's timeout"
+    assert outcomes == [expected] * 6
