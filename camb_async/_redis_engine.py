@@ -391,7 +391,9 @@ class _FleetEngine:
             raise
         if renew:
             self._renewed_at = now
-        if self._down:
+        # Back only when a grant went through: a call with nothing to write (the courier's,
+        # a give-back) also succeeds on a Redis that refuses writes (OOM, a replica).
+        if self._down and acquire:
             self._down = False
             logger.info("rate budget %r: Redis is back", self.name)
             if self._fallback is not None:

@@ -349,7 +349,8 @@ class RedisRateBudget(_FleetEngine):
 
     @property
     def redis_available(self) -> bool:
-        """False from a failed Redis call until the next successful one."""
+        """False from a failed Redis call until Redis next grants a request (a call with
+        nothing to write succeeds on a Redis that refuses writes, and does not count)."""
         return not self._down
 
     # ------------------------------------------------------------------ the Budget protocol
