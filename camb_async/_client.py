@@ -386,13 +386,7 @@ class AsyncCambClient(_ClientSurface):
             if self._http is None:
                 http = parent._open()
                 if parent._direct is not None:
-                    self._direct = _DirectSender(
-                        http,
-                        parent._direct._transport,
-                        self._headers,
-                        self.timeout,
-                        self.max_response_bytes,
-                    )
+                    self._direct = _DirectSender(http, parent._direct._transport, self._headers)
                 self._http = http
             return self._http
         if self._http is None:
@@ -402,7 +396,6 @@ class AsyncCambClient(_ClientSurface):
                 verify=self._verify,
                 timeout=self.timeout,
                 headers=self._headers,
-                max_response_bytes=self.max_response_bytes,
                 keepalive=max(20, concurrency_of(self.budget)),
             )
         return self._http

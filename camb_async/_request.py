@@ -272,6 +272,11 @@ class _Call:
         await self.check_attempt(body, too_large)
         if response is None and failure is None:  # the attempt's deadline expired
             failure = httpx.ReadTimeout(f"no complete answer within {client.timeout}s")
+        elif failure is not None and timed_by_transport:
+            # A caller's anyio cancellation landing in the loop iteration in which the
+            # transport's deadline fired is delivered an iteration later (the task was
+            # already woken): the caller's wins, never an APITimeoutError in its place.
+            await anyio.lowlevel.checkpoint_if_cancelled()
         return response, body, failure
 
     async def send(self, http: httpx.AsyncClient, direct: _DirectSender | None,
@@ -286,7 +291,8 @@ class _Call:
             return await direct.send(
                 method, url, self.json_body, self.params, self.data, self.files,
                 uploaded=uploaded,
-                extra_headers=None if headers is client._headers else headers), None
+                extra_headers=None if headers is client._headers else headers,
+                timeout=client.timeout, max_bytes=client.max_response_bytes), None
         request = http.build_request(
             method,
             url,
@@ -395,7 +401,8 @@ async def send_streaming(client: AsyncCambClient, http: httpx.AsyncClient,
     other); a failure before the first chunk closes the answer."""
     if direct is not None:
         extra = None if headers is None or headers is client._headers else headers
-        response = await direct.send_streaming(method, url, params, extra_headers=extra)
+        response = await direct.send_streaming(method, url, params, extra_headers=extra,
+                                               timeout=client.timeout)
     else:
         request = http.build_request(method, url, params=params, headers={
             **(headers or client._headers), "accept-encoding": "identity"})

@@ -202,14 +202,15 @@ def _aiohttp_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
     @functools.lru_cache(maxsize=16)
     def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
         """aiohttp's timeouts for ``send_answer``: one object per value (httpx-aiohttp builds
-        one per request). Only the connect phase has its own (a ``ConnectTimeout`` proves
-        the server never saw the request). No ``total``: aiohttp's total timer cancels the
-        task, and while it waits for the headers the task is inside that timer twice
-        (the request and the answer's start), so both exits ``uncancel()`` it: a caller's
-        cancellation landing in the same loop iteration would be swallowed and the call
-        would read as a timeout (found in review; the attempt's deadline is
-        ``send_answer``'s ``asyncio.timeout`` instead). No per-read timer (re-armed on every
-        chunk, ~3 % of a status check)."""
+        one per request). A connect timeout of ``seconds`` (the attempt's deadline starts
+        earlier and so fires first: a connect that hangs reads as a ``ReadTimeout``, as on
+        the httpx path, and a create is not resent after it). No ``total``: aiohttp's
+        total timer cancels the task, and while it waits for the headers the task is inside
+        that timer twice (the request and the answer's start), so both exits
+        ``uncancel()`` it: a caller's cancellation landing in the same loop iteration would
+        be swallowed and the call would read as a timeout (found in review; the attempt's
+        deadline is ``send_answer``'s ``asyncio.timeout`` instead). No per-read timer
+        (re-armed on every chunk, ~3 % of a status check)."""
         return aiohttp.ClientTimeout(total=None, sock_connect=seconds)
 
     class MappedStream(httpx.AsyncByteStream):
@@ -360,6 +361,12 @@ def _expired(deadline: object) -> bool:
     return expired is not None and bool(expired())
 
 
+@functools.lru_cache(maxsize=16)
+def _httpx_timeouts(seconds: float) -> dict[str, float | None]:
+    """httpx's per-phase timeouts of ``seconds``, as a request's ``timeout`` extension."""
+    return httpx.Timeout(seconds).as_dict()
+
+
 class _DirectSender:
     """The request path's send for a client that owns its ``httpx.AsyncClient``.
 
@@ -377,12 +384,9 @@ class _DirectSender:
         "_transport",
         "_headers",
         "_stream_headers",
-        "_timeout",
-        "_max_bytes",
         "_answer",
         "_plain",
         "_plain_json",
-        "_seconds",
     )
 
     def __init__(
@@ -390,11 +394,8 @@ class _DirectSender:
         http: httpx.AsyncClient,
         transport: httpx.AsyncBaseTransport,
         headers: Mapping[str, str],
-        timeout: float,
-        max_bytes: int,
     ) -> None:
         self._http = http
-        self._max_bytes = max_bytes
         self._transport = transport
         plain = {"accept-encoding": "gzip, deflate", "connection": "keep-alive", **headers}
         self._headers = httpx.Headers(plain).raw
@@ -406,12 +407,10 @@ class _DirectSender:
         )
         self._plain = plain
         self._plain_json = {**plain, "content-type": "application/json"}
-        self._seconds = timeout
         # A streamed body (audio) asks for no compression: FLAC/MP3 do not shrink further.
         self._stream_headers = httpx.Headers(
             {**dict(httpx.Headers(self._headers).items()), "accept-encoding": "identity"}
         ).raw
-        self._timeout = httpx.Timeout(timeout).as_dict()
 
     def keeps_deadline(self, data: Mapping[str, str] | None, files: Any) -> bool:
         """Whether ``send`` goes through the transport's ``send_answer`` (no form, no
@@ -428,14 +427,30 @@ class _DirectSender:
         files: Any,
         uploaded: Callable[..., None] | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float,
+        max_bytes: int,
     ) -> Answer:
-        """Send one request and read its answer whole (capped at ``max_bytes``)."""
+        """Send one request and read its answer whole (capped at ``max_bytes``).
+        ``timeout`` and ``max_bytes`` are the client's at the time of the call."""
         self._check_open()
         answer = self._answer
         if answer is not None and files is None and data is None:
-            return await self._send_answer(answer, method, url, json_body, params, extra_headers)
+            return await self._send_answer(
+                answer, method, url, json_body, params, extra_headers, timeout, max_bytes
+            )
         return await self._send_httpx(
-            method, url, json_body, params, data, files, False, uploaded, extra_headers
+            method,
+            url,
+            json_body,
+            params,
+            data,
+            files,
+            False,
+            uploaded,
+            extra_headers,
+            timeout,
+            max_bytes,
         )
 
     async def send_streaming(
@@ -444,11 +459,13 @@ class _DirectSender:
         url: str,
         params: Mapping[str, str | int] | None,
         extra_headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float,
     ) -> httpx.Response:
         """Send one request whose answer the caller streams (and closes)."""
         self._check_open()
         return await self._send_httpx(
-            method, url, None, params, None, None, True, None, extra_headers
+            method, url, None, params, None, None, True, None, extra_headers, timeout, 0
         )
 
     def _check_open(self) -> None:
@@ -467,6 +484,8 @@ class _DirectSender:
         stream: bool,
         uploaded: Callable[..., None] | None,
         extra_headers: Mapping[str, str] | None,
+        timeout: float,
+        max_bytes: int,
     ) -> httpx.Response:
         """An httpx ``Request`` straight to the transport (uploads, streamed answers, and
         every request on a transport without ``send_answer``)."""
@@ -484,7 +503,7 @@ class _DirectSender:
             json=json_body,
             data=data,
             files=files,
-            extensions={"timeout": self._timeout},
+            extensions={"timeout": _httpx_timeouts(timeout)},
         )
         if uploaded is not None:
             request.stream = _UploadStream(request.stream, uploaded)  # type: ignore[arg-type]
@@ -494,7 +513,7 @@ class _DirectSender:
             try:
                 if uploaded is not None:
                     uploaded()  # an answer before the whole upload: bound reading it all the same
-                await _read_capped(response, self._max_bytes)
+                await _read_capped(response, max_bytes)
             finally:
                 await response.aclose()
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
@@ -516,6 +535,8 @@ class _DirectSender:
         json_body: Any,
         params: Mapping[str, str | int] | None,
         extra_headers: Mapping[str, str] | None,
+        timeout: float,
+        max_bytes: int,
     ) -> _Answer:
         """``send`` through the transport's ``send_answer``: the same bytes on the wire as
         the httpx path (httpx's URL and JSON encodings, the same headers)."""
@@ -533,7 +554,7 @@ class _DirectSender:
             for name, value in extra_headers.items():  # ours are lowercase: replaced
                 headers.pop(name.lower(), None)
                 headers[name] = value
-        response = await answer(method, url, content, headers, self._seconds, self._max_bytes)
+        response = await answer(method, url, content, headers, timeout, max_bytes)
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
             _httpx_logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
@@ -553,7 +574,6 @@ def open_owned(
     verify: bool,
     timeout: float,
     headers: dict[str, str],
-    max_response_bytes: int,
     keepalive: int,
 ) -> tuple[httpx.AsyncBaseTransport | None, httpx.AsyncClient, _DirectSender]:
     """The HTTP client of a client that owns it, and its direct sender. Returns the
@@ -582,4 +602,4 @@ def open_owned(
         follow_redirects=False,  # the x-api-key header must not follow a redirect
         trust_env=False,
     )
-    return transport, http, _DirectSender(http, chosen, headers, timeout, max_response_bytes)
+    return transport, http, _DirectSender(http, chosen, headers)

@@ -28,6 +28,7 @@ import trio
 
 from camb_async import (
     APIConnectionError,
+    APIError,
     APITimeoutError,
     AsyncCambClient,
     AuthenticationError,
@@ -418,3 +419,72 @@ async def test_a_callers_deadline_at_the_attempts_own_still_wins(
         server.close()
     expected = "moved on" if caller == "move_on_after" else "caller's timeout"
     assert outcomes == [expected] * 6
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the transport's deadline: asyncio's
+@pytest.mark.parametrize("call", ["status", "create"])
+async def test_a_cancel_in_the_iteration_the_attempts_deadline_fires_wins(
+    call: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's scope is cancelled by a timer just after the attempt's own deadline, so
+    both fire in one turn of the loop: anyio delivers the caller's cancellation a turn later
+    (the task is already woken), and it must still win, not an APITimeoutError (which a
+    create, never resent, would raise at once)."""
+    from camb_async import _transports
+
+    deadlines: list[Any] = []
+    make = _transports._deadline
+
+    def recorded(seconds: float) -> Any:
+        deadlines.append(make(seconds))
+        return deadlines[-1]
+
+    monkeypatch.setattr(_transports, "_deadline", recorded)
+    server = serve(silent)
+    loop = asyncio.get_running_loop()
+    outcomes = []
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0, timeout=0.1
+        ) as client:
+            for _ in range(3):
+                deadlines.clear()
+                with anyio.CancelScope() as scope:
+
+                    async def cancel_with_the_deadline(scope: anyio.CancelScope = scope) -> None:
+                        while not deadlines or deadlines[-1].when() is None:  # noqa: ASYNC110
+                            await asyncio.sleep(0)
+                        loop.call_at(deadlines[-1].when() + 1e-7, scope.cancel)
+
+                    armed = asyncio.ensure_future(cancel_with_the_deadline())
+                    try:
+                        if call == "status":
+                            await client.dub.status("t")
+                        else:
+                            await client.tts.create(text="hi", voice_id=1, language=1)
+                    finally:
+                        await armed
+                outcomes.append(scope.cancelled_caught)
+            assert client.budget.in_flight == 0  # type: ignore[attr-defined]
+    finally:
+        server.close()
+    assert outcomes == [True] * 3
+
+
+async def test_timeout_and_max_response_bytes_set_on_an_open_client_apply() -> None:
+    """Both are plain attributes: a value set after the first request applies to the next
+    one, on every send path (the aiohttp path once read them when the client opened)."""
+    server = serve(lambda n: json_answer() if n < 2 else silent(n))
+    try:
+        async with AsyncCambClient(
+            API_KEY, base_url=server.url, rate_limit=None, max_retries=0, timeout=30
+        ) as client:
+            await client.dub.status("t")
+            client.max_response_bytes = 10
+            with pytest.raises(APIError, match="larger than max_response_bytes"):
+                await client.dub.status("t")
+            client.timeout = 0.2
+            with anyio.fail_after(10), pytest.raises(APITimeoutError):
+                await client.dub.status("t")
+    finally:
+        server.close()
