@@ -408,14 +408,17 @@ class _DirectSender:
         self._plain = plain
         self._plain_json = {**plain, "content-type": "application/json"}
         # A streamed body (audio) asks for no compression: FLAC/MP3 do not shrink further.
-        self._stream_headers = httpx.Headers(
-            {**dict(httpx.Headers(self._headers).items()), "accept-encoding": "identity"}
-        ).raw
+        self._stream_headers = httpx.Headers({**plain, "accept-encoding": "identity"}).raw
+
+    def _answers(self, data: Mapping[str, str] | None, files: Any) -> bool:
+        """Whether ``send`` goes through the transport's ``send_answer`` (on aiohttp, a
+        request with no form and no upload)."""
+        return self._answer is not None and files is None and data is None
 
     def keeps_deadline(self, data: Mapping[str, str] | None, files: Any) -> bool:
-        """Whether ``send`` goes through the transport's ``send_answer`` (no form, no
-        upload, on aiohttp) and that keeps the attempt's deadline itself (3.11+)."""
-        return self._answer is not None and files is None and data is None and KEEPS_DEADLINE
+        """Whether ``send`` goes through ``send_answer`` and that keeps the attempt's
+        deadline itself (3.11+)."""
+        return KEEPS_DEADLINE and self._answers(data, files)
 
     async def send(
         self,
@@ -434,10 +437,9 @@ class _DirectSender:
         """Send one request and read its answer whole (capped at ``max_bytes``).
         ``timeout`` and ``max_bytes`` are the client's at the time of the call."""
         self._check_open()
-        answer = self._answer
-        if answer is not None and files is None and data is None:
+        if self._answers(data, files):
             return await self._send_answer(
-                answer, method, url, json_body, params, extra_headers, timeout, max_bytes
+                method, url, json_body, params, extra_headers, timeout, max_bytes
             )
         return await self._send_httpx(
             method,
@@ -529,7 +531,6 @@ class _DirectSender:
 
     async def _send_answer(
         self,
-        answer: Callable[..., Awaitable[_Answer]],
         method: str,
         url: str,
         json_body: Any,
@@ -554,7 +555,8 @@ class _DirectSender:
             for name, value in extra_headers.items():  # ours are lowercase: replaced
                 headers.pop(name.lower(), None)
                 headers[name] = value
-        response = await answer(method, url, content, headers, timeout, max_bytes)
+        assert self._answer is not None  # see _answers
+        response = await self._answer(method, url, content, headers, timeout, max_bytes)
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx itself would log
             _httpx_logger.info(
                 'HTTP Request: %s %s "%s %d %s"',

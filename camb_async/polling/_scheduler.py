@@ -168,11 +168,10 @@ class _Poller:
                 raise TypeError(
                     f"tasks must be task id strings or TaskHandles, got {type(item).__name__}"
                 )
-            by_key = by_kind.get(kind)
-            if by_key is None:
-                by_key = by_kind[kind] = {}
-            key = task_id
-            task = by_key.get(key)
+            by_id = by_kind.get(kind)
+            if by_id is None:
+                by_id = by_kind[kind] = {}
+            task = by_id.get(task_id)
             if task is None:
                 try:
                     check_task_id(task_id)  # validates the id before any request
@@ -180,7 +179,7 @@ class _Poller:
                     if not self.return_exceptions:
                         raise
                     # Its own slot's error; the id is never sent, the others are polled.
-                    task = by_key[key] = _Task(kind, task_id, PollPolicy.for_kind(kind), now)
+                    task = by_id[task_id] = _Task(kind, task_id, PollPolicy.for_kind(kind), now)
                     task.error = _for_task(exc, kind, task_id)
                     self.refused.append(task)
                     order.append(task)
@@ -191,10 +190,10 @@ class _Poller:
                               or PollPolicy.for_kind(kind))
                     policy = policies[kind] = chosen._bind(client, kind)
                 if created is None:
-                    task = by_key[key] = _Task(kind, task_id, policy, first_seen, hint)
+                    task = by_id[task_id] = _Task(kind, task_id, policy, first_seen, hint)
                     due = now
                 else:
-                    task = by_key[key] = _CreatedTask(kind, task_id, policy, first_seen, hint)
+                    task = by_id[task_id] = _CreatedTask(kind, task_id, policy, first_seen, hint)
                     due = now + next_poll_delay(policy.first_interval(now - first_seen, hint),
                                                 self.final_at)
                 task.index = len(self.unique)
@@ -271,7 +270,7 @@ class _Poller:
                 except anyio.get_cancelled_exc_class():
                     # Cancelled mid-poll (deadline, caller, a fatal error elsewhere): put the
                     # task back, due now, so a later run polls it and nothing is lost.
-                    heapq.heappush(self.heap, (anyio.current_time(), task.index))
+                    self._schedule(task, 0.0)
                     raise
                 else:
                     await self._observed(task, result)
@@ -292,9 +291,13 @@ class _Poller:
         if heap and heap[0][0] - anyio.current_time() <= _DUE_SLACK:
             budget = self.client.budget
             if isinstance(budget, RateBudget) and budget._try_acquire():
-                self.in_flight += 1
-                return self.unique[heapq.heappop(heap)[1]]
+                return self._pop()
         return None
+
+    def _pop(self) -> _Task:
+        """Take the top task (its budget slot is held): it is in flight now."""
+        self.in_flight += 1
+        return self.unique[heapq.heappop(self.heap)[1]]
 
     async def _take(self) -> _Task | None:
         # The common case without the lock: nobody is waiting in _take and the top task is
@@ -318,23 +321,22 @@ class _Poller:
                 if delay > _DUE_SLACK:
                     await self._sleep_until_woken(delay)
                     continue
-                budget = self.client.budget
-                if not (isinstance(budget, RateBudget) and budget._try_acquire()):
-                    # Interruptible: iter_statuses stops the run when a result is ready, and
-                    # a wait for the budget (pacing, a 429 pause) must not hold it back.
-                    acquiring = self._acquiring = anyio.CancelScope()
-                    with acquiring:
-                        await budget.acquire()
-                    self._acquiring = None
-                    if acquiring.cancelled_caught:
-                        return None
+                task = self._ready()
+                if task is not None:
+                    return task
+                # Interruptible: iter_statuses stops the run when a result is ready, and a
+                # wait for the budget (pacing, a 429 pause) must not hold it back.
+                acquiring = self._acquiring = anyio.CancelScope()
+                with acquiring:
+                    await self.client.budget.acquire()
+                self._acquiring = None
+                if acquiring.cancelled_caught:
+                    return None
                 if self.stopping:
                     self.client.budget.release()
                     return None
                 # Anything pushed while we waited for the budget is due no earlier: take the top.
-                task = self.unique[heapq.heappop(heap)[1]]
-                self.in_flight += 1
-                return task
+                return self._pop()
 
     async def _sleep_until_woken(self, delay: float) -> None:
         event = self._wake = anyio.Event()
