@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from typing import Any
 
 import anyio
@@ -22,6 +21,7 @@ from camb_async import APIConnectionError, APITimeoutError, AsyncCambClient
 from camb_async.testing import FakeCambAPI, Fault
 
 from ..conftest import API_KEY
+from .http_server import Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -32,32 +32,6 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-class HangUpServer:
-    """Accepts connections, reads a request, closes without answering; counts requests."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.requests = 0
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                if conn.recv(65536):
-                    self.requests += 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def transport_of(client: AsyncCambClient) -> Any:
@@ -192,7 +166,7 @@ async def test_refused_create_is_resent(caplog: pytest.LogCaptureFixture) -> Non
 
 async def test_hang_up_before_answering_a_create_is_not_resent() -> None:
     """The server read the create and hung up: it may have made the job. Never resend."""
-    server = HangUpServer()
+    server = Recorder(lambda n: None)  # reads the request, hangs up without answering
     try:
         async with AsyncCambClient(
             API_KEY, base_url=server.url, rate_limit=None, max_retries=3
@@ -207,7 +181,7 @@ async def test_hang_up_before_answering_a_create_is_not_resent() -> None:
         server.close()
     assert not isinstance(info.value, APITimeoutError)
     assert not isinstance(raw.value, (httpx.TimeoutException, httpx.ConnectError))
-    assert server.requests == 2  # one per call above: no resend
+    assert len(server.requests) == 2  # one per call above: no resend
 
 
 # ------------------------------------------------------------------ the direct send path

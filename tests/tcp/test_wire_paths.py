@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,93 +37,11 @@ from camb_async import (
 )
 
 from ..conftest import API_KEY
+from .http_server import ANSWER, Recorder, json_answer, silent, trickled
 
 pytestmark = pytest.mark.anyio
 
 _HAS_TIMEOUT = hasattr(asyncio, "timeout")
-
-ANSWER = {"task_id": "t-1", "status": "SUCCESS", "run_id": 7}
-
-
-def json_answer(payload: Any = ANSWER, status: str = "200 OK", headers: bytes = b"") -> bytes:
-    body = json.dumps(payload).encode()
-    return (
-        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n".encode()
-        + headers
-        + f"content-length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-
-
-TRICKLE = 0.05
-
-
-def trickled(n: int) -> Iterator[bytes]:
-    """A 200 whose body comes one byte per ``TRICKLE`` s, for ever: every read is in time."""
-    yield b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 99999\r\n\r\n"
-    while True:
-        yield b" "
-
-
-def silent(n: int) -> Iterator[bytes]:
-    """No answer at all for 5 s (then a hang-up)."""
-    time.sleep(5)
-    yield from ()
-
-
-class Recorder:
-    """A loopback HTTP/1.1 server that records each request (line, headers, body) and
-    answers the n-th with ``answer(n)`` (default: ``ANSWER`` as JSON), keeping the
-    connection open; ``None`` hangs up instead of answering; an iterator of bytes is sent
-    piece by piece (``trickled``)."""
-
-    def __init__(self, answer: Any = None) -> None:
-        self.answer = answer or (lambda n: json_answer())
-        self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
-                line, *lines = head.decode("latin-1").split("\r\n")
-                headers = [tuple(h.split(": ", 1)) for h in lines]
-                length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
-                while len(buffer) < length:
-                    buffer += conn.recv(65536)
-                body, buffer = buffer[:length], buffer[length:]
-                self.requests.append((line, headers, body))  # type: ignore[arg-type]
-                answer = self.answer(len(self.requests) - 1)
-                if answer is None:
-                    return
-                if isinstance(answer, bytes):
-                    conn.sendall(answer)
-                    continue
-                try:  # an iterator: a trickle, one piece per TRICKLE s, until hung up on
-                    for piece in answer:
-                        conn.sendall(piece)
-                        time.sleep(TRICKLE)
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 @pytest.fixture
@@ -186,10 +101,6 @@ async def test_both_send_paths_put_the_same_bytes_on_the_wire(recorder: Recorder
 # read an answer exactly as httpx does.
 
 
-def serve(answer: Any) -> Recorder:
-    return Recorder(answer)
-
-
 async def test_a_repeated_header_is_read_as_httpx_reads_it() -> None:
     """``Content-Encoding: gzip`` twice is two layers; two ``X-Request-Id`` lines are one
     joined id; two ``Retry-After`` lines are no usable wait (not the first, not the last)."""
@@ -203,7 +114,7 @@ async def test_a_repeated_header_is_read_as_httpx_reads_it() -> None:
         "429 Too Many Requests",
         b"retry-after: 100\r\nretry-after: 1\r\nx-request-id: edge-1\r\nx-request-id: o-2\r\n",
     )
-    server = serve(lambda n: twice if n == 0 else throttled)
+    server = Recorder(lambda n: twice if n == 0 else throttled)
     try:
         async with AsyncCambClient(
             API_KEY, base_url=server.url, rate_limit=None, max_retries=0
@@ -218,7 +129,7 @@ async def test_a_repeated_header_is_read_as_httpx_reads_it() -> None:
 
 
 async def test_a_status_below_100_is_no_answer() -> None:
-    server = serve(lambda n: json_answer(status="099 Weird"))
+    server = Recorder(lambda n: json_answer(status="099 Weird"))
     try:
         async with AsyncCambClient(
             API_KEY, base_url=server.url, rate_limit=None, max_retries=0
@@ -232,7 +143,7 @@ async def test_a_status_below_100_is_no_answer() -> None:
 async def test_a_hang_up_is_not_resent_behind_the_budgets_back() -> None:
     """aiohttp resends an idempotent request on a kept-alive connection the server closed;
     with ``max_retries=0`` the server must see the request once."""
-    server = serve(lambda n: json_answer() if n == 0 else None)
+    server = Recorder(lambda n: json_answer() if n == 0 else None)
     try:
         async with AsyncCambClient(
             API_KEY, base_url=server.url, rate_limit=None, max_retries=0
@@ -256,7 +167,7 @@ async def test_cookies_a_server_sets_are_not_sent_back(recorder: Recorder) -> No
 
 async def test_a_key_echoed_as_a_header_name_is_redacted() -> None:
     key = "Abcdef0123456789-key-as-a-name"
-    server = serve(lambda n: json_answer({}, "401 Unauthorized", f"x-{key}: 1\r\n".encode()))
+    server = Recorder(lambda n: json_answer({}, "401 Unauthorized", f"x-{key}: 1\r\n".encode()))
     try:
         async with AsyncCambClient(key, base_url=server.url, rate_limit=None) as client:
             with pytest.raises(AuthenticationError) as info:
@@ -331,7 +242,7 @@ def test_extra_headers_cannot_set_the_bodys_framing() -> None:
 
 
 async def test_an_answer_that_trickles_ends_at_the_timeout_single_and_bulk() -> None:
-    server = serve(trickled)
+    server = Recorder(trickled)
     timeout = 0.3
     try:
         async with AsyncCambClient(
@@ -351,7 +262,7 @@ async def test_an_answer_that_trickles_ends_at_the_timeout_single_and_bulk() -> 
 
 
 async def test_aclose_ends_a_bulk_poll_in_flight() -> None:
-    server = serve(trickled)
+    server = Recorder(trickled)
     try:
         async with AsyncCambClient(
             API_KEY, base_url=server.url, rate_limit=None, max_retries=0, timeout=60
@@ -383,7 +294,7 @@ async def test_a_callers_deadline_at_the_attempts_own_still_wins(
     caller's cancellation must win every time: never swallowed into an APITimeoutError.
     (aiohttp's own total timeout lost it: entered twice while waiting for the headers, it
     uncancels the task twice.) "The loop's own": asyncio.timeout, trio.fail_after."""
-    server = serve(silent)
+    server = Recorder(silent)
     timeout = 0.2
 
     async def one_call(client: AsyncCambClient) -> str:
@@ -440,7 +351,7 @@ async def test_a_cancel_in_the_iteration_the_attempts_deadline_fires_wins(
         return deadlines[-1]
 
     monkeypatch.setattr(_transports, "_deadline", recorded)
-    server = serve(silent)
+    server = Recorder(silent)
     loop = asyncio.get_running_loop()
     outcomes = []
     try:
@@ -474,7 +385,7 @@ async def test_a_cancel_in_the_iteration_the_attempts_deadline_fires_wins(
 async def test_timeout_and_max_response_bytes_set_on_an_open_client_apply() -> None:
     """Both are plain attributes: a value set after the first request applies to the next
     one, on every send path (the aiohttp path once read them when the client opened)."""
-    server = serve(lambda n: json_answer() if n < 2 else silent(n))
+    server = Recorder(lambda n: json_answer() if n < 2 else silent(n))
     try:
         async with AsyncCambClient(
             API_KEY, base_url=server.url, rate_limit=None, max_retries=0, timeout=30
