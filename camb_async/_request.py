@@ -141,6 +141,7 @@ async def request(
                     return parse(body)
                 return decode(client, response, method, path, parse)
         error, retryable, retry_after = call.classify(response, failure)
+        response = None  # not held (up to max_response_bytes) through the back-off and retry
         delay = call.wait_before_retry(error, retryable, retry_after)
         await call.back_off(delay, error)
 
